@@ -1,0 +1,28 @@
+"""cuantiza: quantize trained neural networks to 1-8-bit integers; run, save, export, report.
+
+The public API only; see DESIGN.md for the map.
+"""
+
+from .errors import (CalibrationError, ConfigError, CorruptFileError, CuantizaError,
+                     NonFiniteError, OutputExistsError, PlanError, ScaleOverflowError, ShapeError,
+                     UnsafeFileError, UnsupportedDtypeError)
+from .histogram import HistogramObserver
+from .observers import MinMaxObserver, MovingAverageObserver
+from .ops import dequantize, fake_quantize, quantize, quantize_tensor
+from .packing import pack, unpack
+from .qparams import QParams, choose_qparams
+from .qtensor import QTensor
+from .scheme import PerChannel, PerGroup, PerTensor, QScheme
+from .specs import MSE, Histogram, MinMax, MovingAverage, Percentile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QScheme", "PerTensor", "PerChannel", "PerGroup", "QParams", "choose_qparams",
+    "quantize", "dequantize", "fake_quantize", "quantize_tensor", "pack", "unpack", "QTensor",
+    "MinMax", "MovingAverage", "Percentile", "Histogram", "MSE",
+    "MinMaxObserver", "MovingAverageObserver", "HistogramObserver",
+    "CuantizaError", "ConfigError", "UnsupportedDtypeError", "NonFiniteError", "ScaleOverflowError",
+    "ShapeError", "CalibrationError", "PlanError", "CorruptFileError", "UnsafeFileError",
+    "OutputExistsError",
+]

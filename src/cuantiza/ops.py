@@ -1,0 +1,144 @@
+"""quantize, dequantize, fake_quantize and quantize_tensor: the core maps, over tensors.
+
+    q     = clamp(round(x / s) + z, qmin, qmax)      # round half to even (ONNX QuantizeLinear)
+    x_hat = s (q - z)                                # float32: (q - z) is exact, one rounding
+
+Binary (1-bit symmetric): q = +1 if x >= 0 else -1, x_hat = s q.
+``x / s`` is a true IEEE division (not x * (1/s)), so any implementation of the formula in
+float32 gets the same integers; ``tests/reference.py`` is one, in NumPy.
+
+fake_quantize(x) = dequantize(quantize(x)) in the forward pass; its gradient is the
+straight-through estimator: 1 where round(x / s) + z lies inside [qmin, qmax], else 0
+(binary: where |x| <= s, as BinaryConnect's hard-tanh).
+
+>>> q, qp = quantize_tensor(torch.tensor([-1.0, 0.0, 0.5, 2.0]), QScheme(bits=4))
+>>> q.tolist()                 # s = 2/7 in float32; -1 / s = -3.4999998 rounds to -3
+[-3, 0, 2, 7]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import NonFiniteError, UnsupportedDtypeError
+from .layout import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
+from .qparams import QParams, choose_qparams
+from .ranges import row_chunks
+from .scheme import QScheme
+from .specs import MinMax, RangeSpec
+
+
+def as_float(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+    """float32 view/copy of a real floating tensor (bf16/fp16 upcast); typed error otherwise."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.is_complex():
+        raise UnsupportedDtypeError(f"{name} is complex ({x.dtype}); quantize its real and imaginary parts separately")
+    if not x.is_floating_point():
+        raise UnsupportedDtypeError(f"{name} has dtype {x.dtype}; only floating tensors are quantized")
+    if x.device.type == "meta":
+        raise UnsupportedDtypeError(f"{name} is on the meta device (no data); load or materialize it first")
+    return x.detach().to(torch.float32)
+
+
+def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
+    """NonFiniteError naming the tensor and counting NaN and ±Inf values."""
+    if bool(torch.isfinite(x).all()):
+        return
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise NonFiniteError(
+        f"{name} has {n_nan} NaN and {n_inf} Inf values out of {x.numel()}; "
+        "fix the checkpoint (or exclude this tensor) before quantizing"
+    )
+
+
+def _rows_params(qp: QParams, b: Blocking) -> tuple[torch.Tensor, torch.Tensor]:
+    s = scale_to_rows(qp.scale, b).to(torch.float32)[:, None]
+    z = scale_to_rows(qp.zero_point, b).to(torch.float32)[:, None]
+    return s, z
+
+
+def _quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+    if scheme.binary:
+        return torch.where(xb >= 0, 1, -1).to(torch.int8)
+    out = torch.empty(xb.shape, dtype=scheme.q_dtype)
+    if xb.shape[0] == 1:                                 # per tensor: chunk along the row
+        flat, fo = xb.reshape(-1), out.reshape(-1)
+        step = 1 << 18
+        for i in range(0, flat.numel(), step):
+            t = torch.div(flat[i:i + step], s[0, 0]).round_().add_(z[0, 0]).clamp_(scheme.qmin, scheme.qmax)
+            fo[i:i + step] = t
+        return out
+    for rows in row_chunks(xb.shape[0], xb.shape[1]):   # cache-sized chunks, ops in place
+        t = torch.div(xb[rows], s[rows]).round_().add_(z[rows]).clamp_(scheme.qmin, scheme.qmax)
+        out[rows] = t
+    return out
+
+
+def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Integers q in x's shape: int8 for symmetric schemes, uint8 for asymmetric."""
+    xb, b = to_blocks(as_float(x), qp.scheme.granularity)
+    s, z = _rows_params(qp, b)
+    return from_blocks(_quantize_rows(xb, s, z, qp.scheme), b)
+
+
+def dequantize(q: torch.Tensor, qp: QParams, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x_hat = s (q - z), computed in float32, in q's shape."""
+    qb, b = to_blocks(q, qp.scheme.granularity)
+    s, z = _rows_params(qp, b)
+    return from_blocks(qb.to(torch.float32).sub_(z).mul_(s), b).to(dtype)
+
+
+class _FakeQuantSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, scheme):
+        qp = QParams(scale, zero_point, scheme)
+        xb, b = to_blocks(x.to(torch.float32), scheme.granularity)
+        s, z = _rows_params(qp, b)
+        if scheme.binary:
+            inside = xb.abs() <= s
+        else:
+            t = torch.round(xb / s) + z
+            inside = (t >= scheme.qmin) & (t <= scheme.qmax)
+        ctx.save_for_backward(from_blocks(inside, b))
+        q = _quantize_rows(xb, s, z, scheme)
+        return from_blocks(q.to(torch.float32).sub_(z).mul_(s), b).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+
+def fake_quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """dequantize(quantize(x)) with a straight-through gradient (see module docstring)."""
+    return _FakeQuantSTE.apply(x, qp.scale, qp.zero_point, qp.scheme)
+
+
+def _binary_scale(xb: torch.Tensor, b: Blocking) -> torch.Tensor:
+    """mean|x| per row over the real (unpadded) elements."""
+    sums = xb.abs().sum(dim=1, dtype=torch.float64)
+    counts = torch.full_like(sums, xb.shape[1])
+    if b.pad:  # the last group of each original row holds block_len - pad real elements
+        groups = b.scale_shape[b.scale_perm.index(len(b.scale_perm) - 1)]
+        counts.view(-1, groups)[:, -1] -= b.pad
+    return sums / counts
+
+
+def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
+                    name: str = "tensor") -> tuple[torch.Tensor, QParams]:
+    """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
+    q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified."""
+    xf = as_float(x, name)
+    xb, b = to_blocks(xf, scheme.granularity)
+    if scheme.binary:
+        check_finite(xb, name)
+        m = _binary_scale(xb, b)
+        qp = choose_qparams(rows_to_scale(-m, b), rows_to_scale(m, b), scheme)
+    else:
+        lo, hi = range.rows_range(xb, scheme)
+        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+            check_finite(xf, name)
+        qp = choose_qparams(rows_to_scale(lo, b), rows_to_scale(hi, b), scheme)
+    s, z = _rows_params(qp, b)
+    return from_blocks(_quantize_rows(xb, s, z, scheme), b), qp
