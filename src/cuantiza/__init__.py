@@ -6,6 +6,7 @@ The public API only; see DESIGN.md for the map.
 from .errors import (CalibrationError, ConfigError, CorruptFileError, CuantizaError,
                      NonFiniteError, OutputExistsError, PlanError, ScaleOverflowError, ShapeError,
                      UnsafeFileError, UnsupportedDtypeError)
+from .config import QuantConfig
 from .histogram import HistogramObserver
 from .observers import MinMaxObserver, MovingAverageObserver
 from .ops import dequantize, fake_quantize, quantize, quantize_tensor
@@ -13,7 +14,10 @@ from .packing import pack, unpack
 from .qparams import QParams, choose_qparams
 from .qtensor import QTensor
 from .scheme import PerChannel, PerGroup, PerTensor, QScheme
+from .plan import Plan, plan
 from .specs import MSE, Histogram, MinMax, MovingAverage, Percentile
+from .workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat, quantize_dynamic,
+                        quantize_weights, simulate)
 
 __version__ = "0.1.0"
 
@@ -22,6 +26,8 @@ __all__ = [
     "quantize", "dequantize", "fake_quantize", "quantize_tensor", "pack", "unpack", "QTensor",
     "MinMax", "MovingAverage", "Percentile", "Histogram", "MSE",
     "MinMaxObserver", "MovingAverageObserver", "HistogramObserver",
+    "QuantConfig", "plan", "Plan", "quantize_weights", "quantize_dynamic", "prepare", "calibrate",
+    "convert", "prepare_qat", "simulate", "freeze_observers",
     "CuantizaError", "ConfigError", "UnsupportedDtypeError", "NonFiniteError", "ScaleOverflowError",
     "ShapeError", "CalibrationError", "PlanError", "CorruptFileError", "UnsafeFileError",
     "OutputExistsError",

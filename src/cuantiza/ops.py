@@ -125,20 +125,59 @@ def _binary_scale(xb: torch.Tensor, b: Blocking) -> torch.Tensor:
     return sums / counts
 
 
-def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
-                    name: str = "tensor") -> tuple[torch.Tensor, QParams]:
-    """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
-    q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified."""
-    xf = as_float(x, name)
+def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str) -> QParams:
     xb, b = to_blocks(xf, scheme.granularity)
     if scheme.binary:
         check_finite(xb, name)
         m = _binary_scale(xb, b)
-        qp = choose_qparams(rows_to_scale(-m, b), rows_to_scale(m, b), scheme)
-    else:
-        lo, hi = range.rows_range(xb, scheme)
-        if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
-            check_finite(xf, name)
-        qp = choose_qparams(rows_to_scale(lo, b), rows_to_scale(hi, b), scheme)
+        return choose_qparams(rows_to_scale(-m, b), rows_to_scale(m, b), scheme)
+    lo, hi = range.rows_range(xb, scheme)
+    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+        check_finite(xf, name)
+    return choose_qparams(rows_to_scale(lo, b), rows_to_scale(hi, b), scheme)
+
+
+def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
+                    name: str = "tensor") -> tuple[torch.Tensor, QParams]:
+    """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
+    q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified.
+    Binary (1-bit symmetric) schemes ignore ``range``: s = mean|x| per block."""
+    xf = as_float(x, name)
+    qp = quantize_tensor_params(xf, scheme, range, name)
+    xb, b = to_blocks(xf, scheme.granularity)
     s, z = _rows_params(qp, b)
     return from_blocks(_quantize_rows(xb, s, z, scheme), b), qp
+
+class _IntSTE(torch.autograd.Function):
+    """x -> (q - z) as float64 integers; gradient 1/s inside the clamp range, 0 outside."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, scheme):
+        qp = QParams(scale, zero_point, scheme)
+        xb, b = to_blocks(x.detach().to(torch.float32), scheme.granularity)
+        s, z = _rows_params(qp, b)
+        if scheme.binary:
+            inside = xb.abs() <= s
+        else:
+            t = torch.round(xb / s) + z
+            inside = (t >= scheme.qmin) & (t <= scheme.qmax)
+        ctx.save_for_backward(from_blocks(inside / s, b))
+        q = _quantize_rows(xb, s, z, scheme)
+        return from_blocks(q.to(torch.float64) - z.to(torch.float64), b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (gain,) = ctx.saved_tensors
+        return (grad * gain).to(torch.float32), None, None, None
+
+
+def int_ste(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """The integers q - z that an integer kernel sees, as float64 (exact), with a
+    straight-through gradient: simulation in the integer domain (see modules.fake)."""
+    return _IntSTE.apply(x, qp.scale, qp.zero_point, qp.scheme)
+
+
+def tensor_qparams(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
+                   name: str = "tensor") -> QParams:
+    """The qparams ``quantize_tensor`` would choose, without quantizing."""
+    return quantize_tensor_params(as_float(x, name), scheme, range, name)

@@ -57,6 +57,22 @@ class QParams:
         return f"QParams({self.scheme.describe()}, scale{tuple(self.scale.shape)})"
 
 
+# explicit mantissa bits of the 16-bit storage dtypes (float32 converts from float64 directly)
+_MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7}
+
+
+def _round_once(s64: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """Positive normal float64 values -> ``dt`` with a single round-half-to-even. torch converts
+    float64 to float16/bfloat16 through float32, which rounds twice (3.23339835802714 becomes
+    the float32 tie 3.2333984375, then float16 3.234375 instead of 3.2324219)."""
+    if dt not in _MANTISSA_BITS:
+        return s64.to(dt)
+    drop = 52 - _MANTISSA_BITS[dt]                               # float64 has 52 mantissa bits
+    b = s64.to(torch.float64).contiguous().view(torch.int64)
+    b = (b + ((1 << (drop - 1)) - 1) + ((b >> drop) & 1)) >> drop << drop
+    return b.view(torch.float64).to(dt)                          # exact from here on
+
+
 def _finalize_scale(s64: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     dt = scheme.torch_scale_dtype
     info = torch.finfo(dt)
@@ -68,7 +84,7 @@ def _finalize_scale(s64: torch.Tensor, scheme: QScheme) -> torch.Tensor:
         )
     s64 = torch.where(s64 == 0, torch.ones_like(s64), s64)       # all-zero block: s = 1
     s64 = s64.clamp(min=info.tiny)                                # tiny/denormal range
-    return s64.to(dt)
+    return _round_once(s64, dt)
 
 
 def scale_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme) -> torch.Tensor:

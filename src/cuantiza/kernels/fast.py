@@ -1,0 +1,66 @@
+"""Fast paths for the integer layers; each returns exactly what ``reference`` returns.
+
+* ``f32exact``: the integer products summed by float32 GEMM/conv (MKL / oneDNN). Exact, not
+  approximate, when K * max|x_int| * max|w_int| < 2^24: every partial sum is then an integer
+  that float32 represents exactly, in any summation order.
+* ``int_mm``: int8 x int8 -> int32 with ``torch._int_mm``. Asymmetric uint8 activations are
+  shifted into int8 (q - 128) and the shift is put back with the weight row sums::
+
+      sum_k (q - z) w = sum_k (q - 128) w + (128 - z) * sum_k w
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .reference import _im2col
+
+F32_EXACT = 2**24
+
+
+def f32exact_ok(k: int, x_absmax: int, w_absmax: int) -> bool:
+    return k * x_absmax * w_absmax < F32_EXACT
+
+
+def linear_f32exact(q_x: torch.Tensor, z_x: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
+    x = q_x.to(torch.float32) - z_x.to(torch.float32)
+    return F.linear(x, w_int.to(torch.float32))
+
+
+def linear_int_mm(q_x: torch.Tensor, z_x: torch.Tensor, w_int8: torch.Tensor, w_rowsum: torch.Tensor) -> torch.Tensor:
+    """q_x (..., K) int8 or uint8; w_int8 (O, K) int8; w_rowsum (O,) int32 = sum_k w."""
+    lead = q_x.shape[:-1]
+    q2 = q_x.reshape(-1, q_x.shape[-1])                                      # (M, K)
+    if q2.dtype == torch.uint8:
+        acc = torch._int_mm((q2.to(torch.int16) - 128).to(torch.int8), w_int8.t())
+        shift = 128 - z_x.reshape(-1, 1).to(torch.int32)                     # (M or 1, 1)
+        acc = acc + shift * w_rowsum
+    else:
+        acc = torch._int_mm(q2, w_int8.t())
+        if bool((z_x != 0).any()):
+            acc = acc - z_x.reshape(-1, 1).to(torch.int32) * w_rowsum
+    return acc.reshape(*lead, -1)
+
+
+def conv2d_f32exact(q_x, z_x, w_int, stride, padding, dilation, groups) -> torch.Tensor:
+    x = q_x.to(torch.float32) - z_x.to(torch.float32)
+    return F.conv2d(x, w_int.to(torch.float32), None, stride, padding, dilation, groups)
+
+
+def conv2d_int_mm(q_x, z_x, w_int8, w_rowsum, stride, padding, dilation, groups) -> torch.Tensor:
+    """im2col in uint8/int8 (padding with the zero point, i.e. real 0), then ``_int_mm``."""
+    o, cg, kh, kw = w_int8.shape
+    zp = int(z_x)
+    ph, pw = padding
+    x = F.pad(q_x, (pw, pw, ph, ph), value=zp) if (ph or pw) else q_x
+    cols = _im2col(x, kh, kw, stride, (0, 0), dilation)                      # (N,Ho,Wo,C,kh,kw)
+    n, ho, wo = cols.shape[:3]
+    og = o // groups
+    outs = []
+    for g in range(groups):
+        cg_cols = cols[:, :, :, g * cg:(g + 1) * cg].reshape(n * ho * wo, cg * kh * kw)
+        wg = w_int8[g * og:(g + 1) * og].reshape(og, -1)
+        outs.append(linear_int_mm(cg_cols, z_x, wg, w_rowsum[g * og:(g + 1) * og]))
+    acc = torch.cat(outs, dim=-1).reshape(n, ho, wo, o)
+    return acc.permute(0, 3, 1, 2).contiguous()

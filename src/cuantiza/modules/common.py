@@ -1,0 +1,69 @@
+"""Pieces shared by the quantized and the fake-quant modules, so both compute the same thing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..qparams import QParams, choose_qparams
+from ..qtensor import QTensor
+from ..ranges import minmax_rows
+from ..scheme import PerChannel, QScheme
+
+
+def conv_args(conv: nn.Module) -> dict:
+    """Geometry of a Conv1d/Conv2d as 2-D arguments (Conv1d runs as a 1 x k Conv2d)."""
+    two = lambda v: tuple(v) if len(v) == 2 else (1, v[0]) if v is not None else None  # noqa: E731
+    pad = conv.padding
+    if isinstance(pad, str):
+        raise ValueError(f"padding={pad!r} is not supported; give explicit padding")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported")
+    pad = tuple(pad) if len(pad) == 2 else (0, pad[0])
+    return {"stride": two(conv.stride), "padding": pad, "dilation": two(conv.dilation),
+            "groups": conv.groups, "dims": conv.weight.ndim - 2}
+
+
+def weight_2d(w: torch.Tensor) -> torch.Tensor:
+    """(O, ...) -> (O, K): conv weights are quantized as rows of their reduction."""
+    return w.reshape(w.shape[0], -1)
+
+
+def int_weight(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """w_int = q - z (int8 if it fits, else int16), its row sums (int32) and max |w_int|."""
+    q = qt.int_repr()
+    s = qt.scheme
+    if s.symmetric:
+        w = q.to(torch.int8)
+    else:
+        z = qt.qparams.zero_point
+        z = z.reshape(-1, *([1] * (q.ndim - 1))) if z.ndim == 1 else z
+        w = q.to(torch.int16) - z.to(torch.int16)
+    rowsum = w.reshape(w.shape[0], -1).sum(dim=1, dtype=torch.int32)
+    absmax = int(w.abs().max()) if w.numel() else 0
+    return w.contiguous(), rowsum, absmax
+
+
+def act_absmax(scheme) -> int:
+    """Largest |q_x - z_x| an activation scheme allows."""
+    return scheme.qmax - scheme.qmin
+
+
+def output_multiplier(s_x: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+    """m = float32(s_x * s_w), broadcast to (..., O): s_x scalar or (M, 1), s_w scalar or (O,)."""
+    return s_x.to(torch.float32) * s_w.to(torch.float32)
+
+
+def dynamic_qparams(x2d: torch.Tensor, scheme, per_token: bool) -> QParams:
+    """Activation qparams from the batch itself: one range per tensor or per row (token)."""
+    if per_token:
+        lo, hi = minmax_rows(x2d)
+        return choose_qparams(lo, hi, scheme_per_row(scheme))
+    lo, hi = torch.aminmax(x2d)
+    return choose_qparams(lo, hi, scheme)
+
+
+def scheme_per_row(scheme: QScheme) -> QScheme:
+    return dataclasses.replace(scheme, granularity=PerChannel(0))

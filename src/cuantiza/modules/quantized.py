@@ -1,0 +1,154 @@
+"""Quantized modules: integer arithmetic inside, dequantization at the exit.
+
+``QuantLinear`` / ``QuantConv`` run static W*A* layers (activation qparams fixed by calibration)
+or weight-only layers (``act=None``: float activations, dequantized weights).
+``DynamicQuantLinear`` picks activation qparams from each batch. ``QuantEmbedding`` is
+weight-only and dequantizes only the rows it looks up. See ``kernels.reference`` for the math.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels
+from ..ops import quantize
+from ..qparams import QParams
+from ..qtensor import QTensor
+from ..scheme import PerChannel, PerGroup, QScheme
+from .common import act_absmax, dynamic_qparams, int_weight, output_multiplier
+
+
+class _QuantWeight(nn.Module):
+    """Holds a QTensor weight, its integer form for the kernels, and an optional float bias."""
+
+    def __init__(self, weight: QTensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight_q = weight
+        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.w_int, self.w_rowsum, self.w_absmax = int_weight(weight)
+        self.kernel = "dequantize"
+
+    def _choose(self, act_scheme: QScheme, prefer: str | None):
+        k = self.weight_q.shape[1]
+        self.kernel = kernels.choose(k, act_absmax(act_scheme), self.w_absmax,
+                                     self.w_int.dtype == torch.int8, prefer)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_q.dequantize()
+
+    def extra_repr(self) -> str:
+        return f"{self.weight_q!r}, kernel={self.kernel}"
+
+
+class QuantLinear(_QuantWeight):
+    def __init__(self, weight: QTensor, bias=None, act: QParams | None = None, kernel: str | None = None):
+        super().__init__(weight, bias)
+        self.act = act
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        if act is not None:
+            self._choose(act.scheme, kernel)
+            self.m = output_multiplier(act.scale, weight.qparams.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is None:
+            return F.linear(x.to(torch.float32), self.dequantized_weight(), self.bias)
+        q_x = quantize(x, self.act)
+        acc = kernels.linear_acc(self.kernel, q_x, self.act.zero_point, self.w_int, self.w_rowsum)
+        return kernels.dequant_acc(acc, self.m, self.bias)
+
+
+class DynamicQuantLinear(_QuantWeight):
+    """Activations quantized per batch (per tensor or per token) from their own min/max."""
+
+    def __init__(self, weight: QTensor, bias=None, act_scheme: QScheme | None = None,
+                 per_token: bool = False, kernel: str | None = None):
+        super().__init__(weight, bias)
+        self.act_scheme = act_scheme or QScheme(bits=8, symmetric=False)
+        self.per_token = per_token
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self._choose(self.act_scheme, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)                    # (M, K)
+        qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
+        q_x = quantize(x2, qp)
+        z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
+        acc = kernels.linear_acc(self.kernel, q_x, z_x, self.w_int, self.w_rowsum)
+        s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
+        y = kernels.dequant_acc(acc, output_multiplier(s_x, self.weight_q.qparams.scale), self.bias)
+        return y.reshape(*lead, -1)
+
+
+class QuantConv(_QuantWeight):
+    """Conv1d / Conv2d. The weight is stored as (O, C/groups * k...) rows."""
+
+    def __init__(self, weight: QTensor, kernel_shape: tuple, conv: dict, bias=None,
+                 act: QParams | None = None, kernel: str | None = None):
+        super().__init__(weight, bias)
+        self.kernel_shape = tuple(kernel_shape)            # (O, C/groups, kh, kw) or (O, C/g, k)
+        self.conv = dict(conv)
+        self.act = act
+        if act is not None:
+            self._choose(act.scheme, kernel)
+            self.m = output_multiplier(act.scale, weight.qparams.scale)
+            self.w_int = self.w_int.reshape(self._shape4d())
+
+    def _shape4d(self) -> tuple:
+        s = self.kernel_shape
+        return s if len(s) == 4 else (s[0], s[1], 1, s[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        one_d = self.conv["dims"] == 1
+        x4 = x.unsqueeze(2) if one_d else x
+        c = self.conv
+        if self.act is None:
+            w = self.dequantized_weight().reshape(self._shape4d())
+            y = F.conv2d(x4.to(torch.float32), w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        else:
+            q_x = quantize(x4, self.act)
+            acc = kernels.conv2d_acc(self.kernel, q_x, self.act.zero_point, self.w_int, self.w_rowsum,
+                                     c["stride"], c["padding"], c["dilation"], c["groups"])
+            y = conv_exit(acc, self.m, self.bias)
+        return y.squeeze(2) if one_d else y
+
+
+def conv_exit(acc: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """dequant_acc with per-output-channel m and bias on the channel axis of (N, O, H, W)."""
+    shape = (1, -1, 1, 1)
+    m = m.reshape(shape) if m.ndim else m
+    return kernels.dequant_acc(acc, m, None if bias is None else bias.reshape(shape))
+
+
+class QuantEmbedding(nn.Module):
+    """Weight-only embedding; dequantizes just the looked-up rows."""
+
+    def __init__(self, weight: QTensor, padding_idx: int | None = None):
+        super().__init__()
+        self.weight_q = weight
+        self.padding_idx = padding_idx
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.codes = weight.int_repr()
+        g = weight.scheme.granularity
+        self.scale = weight.qparams.scale.to(torch.float32)
+        self.zero = weight.qparams.zero_point.to(torch.float32)
+        self.group = g.size if isinstance(g, PerGroup) else None
+        self.per_row = isinstance(g, (PerChannel, PerGroup))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        q = self.codes[idx].to(torch.float32)                                # (..., D)
+        if not self.per_row:
+            return (q - self.zero) * self.scale
+        s, z = self.scale[idx], self.zero[idx]                               # (...,) or (..., G)
+        if self.group is None:
+            s, z = s[..., None], z[..., None]
+        else:
+            d = self.embedding_dim
+            s = s.repeat_interleave(self.group, dim=-1)[..., :d]
+            z = z.repeat_interleave(self.group, dim=-1)[..., :d]
+        return (q - z) * s
+
+    def extra_repr(self) -> str:
+        return repr(self.weight_q)
