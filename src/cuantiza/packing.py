@@ -6,9 +6,13 @@ bit 0 is the least significant. So for b = 4, byte k holds value 2k in its low n
 for b = 5, eight values fill exactly five bytes. ``pack`` returns ceil(n * b / 8) bytes; the
 logical length n is kept by the caller (``QTensor``) and ``unpack`` trims to it exactly.
 
-Implementation: eight values of b bits are exactly b bytes, so groups of eight values are
-combined into one 64-bit integer and split into b bytes (and back). One code path for every
-width; the slow bit-by-bit reference lives in ``tests/reference.py``.
+Implementation: eight values of b bits are exactly b bytes. Eight one-byte values are read as
+one little-endian 64-bit word (value k in bits [8k, 8k+8)) and squeezed in three halving steps:
+in every 16-, then 32-, then 64-bit slot the upper field is shifted down onto the lower one, so
+the fields end up adjacent (value k in bits [bk, bk+b)), which is exactly the packed stream.
+``unpack`` runs the same steps backwards. Every step is a few whole-tensor integer ops; when b
+divides 8 (1, 2, 4 bits) the steps stop as soon as each slot holds one full byte. The slow
+bit-by-bit reference lives in ``tests/reference.py``.
 
 >>> pack(torch.tensor([1, 2, 3], dtype=torch.uint8), 4).tolist()
 [33, 3]
@@ -22,9 +26,11 @@ import torch
 
 from .errors import ConfigError, ShapeError
 
+_INT = {16: torch.int16, 32: torch.int32, 64: torch.int64}
+
 
 def _check_bits(bits: int) -> None:
-    if not isinstance(bits, int) or not 1 <= bits <= 8:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
         raise ConfigError(f"bits must be an integer in 1..8, got {bits!r}")
 
 
@@ -32,24 +38,57 @@ def packed_nbytes(n: int, bits: int) -> int:
     return (n * bits + 7) // 8
 
 
+def _mask(width: int, slot: int, shift: int = 0) -> int:
+    """A 64-bit mask, as a signed int64 value: bits [shift, shift + width) of every slot."""
+    m = 0
+    for j in range(0, 64, slot):
+        m |= ((1 << width) - 1) << (j + shift)
+    return m - (1 << 64) if m >= 1 << 63 else m
+
+
+def _steps(bits: int) -> list[tuple[int, int]]:
+    """(slot width, field width before the step) for each halving step: slots of 16, 32, 64
+    bits, until one slot holds a whole byte (b divides 8) or all 8 values (64-bit slot)."""
+    out, field = [], bits
+    for slot in (16, 32, 64):
+        out.append((slot, field))
+        field *= 2
+        if field == 8:
+            break
+    return out
+
+
+def _check_codes(flat: torch.Tensor, bits: int) -> None:
+    if flat.numel() == 0:
+        return
+    too_big = int(flat.max()) >= 1 << bits
+    negative = flat.dtype != torch.uint8 and int(flat.min()) < 0
+    if too_big or negative:
+        raise ShapeError(f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits")
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned codes (each < 2^bits; any shape, read flat) into a uint8 tensor."""
     _check_bits(bits)
     flat = codes.reshape(-1)
+    _check_codes(flat, bits)
     n = flat.numel()
-    if n and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits):
-        raise ShapeError(f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits")
     if bits == 8:
-        return flat.to(torch.uint8).clone()
+        return flat.to(torch.uint8, copy=True)
     groups = -(-n // 8)
-    v = torch.zeros(groups * 8, dtype=torch.int64)
+    v = torch.zeros(groups * 8, dtype=torch.uint8)
     v[:n] = flat
-    v = v.view(groups, 8)                                        # (groups, 8 values)
-    shifts = torch.arange(8, dtype=torch.int64) * bits
-    acc = (v << shifts).sum(dim=1, keepdim=True)                 # (groups, 1): 8*bits <= 56 bits
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
-    out = ((acc >> byte_shifts) & 0xFF).to(torch.uint8)         # (groups, bits bytes)
-    return out.reshape(-1)[: packed_nbytes(n, bits)]
+    w = v.view(torch.int64)                                      # (groups,): value k in bits 8k
+    steps = _steps(bits)
+    for slot, field in steps:                                    # upper field of each slot down
+        half = slot // 2
+        w = (w & _mask(field, slot)) | ((w >> (half - field)) & _mask(field, slot, field))
+    slot, field = steps[-1][0], 2 * steps[-1][1]
+    if field == 8:                                               # b | 8: one byte per slot
+        out = w.view(_INT[slot]).to(torch.uint8)                 # (groups * 64 / slot,)
+    else:                                                        # 8b bits at the bottom of w
+        out = w.view(torch.uint8).view(groups, 8)[:, :bits]      # (groups, b bytes)
+    return out.reshape(-1)[: packed_nbytes(n, bits)].clone()
 
 
 def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
@@ -63,9 +102,25 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if bits == 8:
         return packed.reshape(-1).clone()
     groups = -(-n // 8)
-    b = torch.zeros(groups * bits, dtype=torch.int64)
-    b[:need] = packed.reshape(-1)
-    b = b.view(groups, bits)                                     # (groups, bits bytes)
-    acc = (b << (torch.arange(bits, dtype=torch.int64) * 8)).sum(dim=1, keepdim=True)
-    vals = (acc >> (torch.arange(8, dtype=torch.int64) * bits)) & ((1 << bits) - 1)
-    return vals.reshape(-1)[:n].to(torch.uint8)
+    steps = _steps(bits)
+    slot = steps[-1][0]
+    if 2 * steps[-1][1] == 8:                                    # b | 8: one byte per slot
+        b = torch.zeros(groups * 64 // slot, dtype=torch.uint8)
+        b[:need] = packed.reshape(-1)
+        w = b.to(_INT[slot]).view(torch.int64)                   # (groups,)
+    else:
+        b = torch.zeros(groups, 8, dtype=torch.uint8)            # (groups, 8 bytes), b used
+        b[:, :bits] = _padded(packed.reshape(-1), groups * bits).view(groups, bits)
+        w = b.view(torch.int64).reshape(-1)                      # (groups,)
+    for slot, field in reversed(steps):                          # upper field back up
+        half = slot // 2
+        w = (w & _mask(field, slot)) | ((w << (half - field)) & _mask(field, slot, half))
+    return w.view(torch.uint8)[:n].clone()
+
+
+def _padded(flat: torch.Tensor, length: int) -> torch.Tensor:
+    if flat.numel() == length:
+        return flat
+    out = torch.zeros(length, dtype=flat.dtype)
+    out[: flat.numel()] = flat
+    return out

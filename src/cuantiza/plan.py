@@ -80,6 +80,8 @@ def _weight_scheme(name: str, mod: nn.Module, cfg: QuantConfig) -> tuple[QScheme
     g = s.granularity
     if isinstance(g, PerGroup):
         k = _reduction_len(mod)
+        if g.size > k and cfg.group_remainder != "error":
+            return dataclasses.replace(s, granularity=PerChannel(0)), f"group {g.size} > {k} columns: per-channel"
         if k % g.size:
             if cfg.group_remainder == "error":
                 raise PlanError(

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..layout import from_blocks, scale_to_rows, to_blocks
 from ..qparams import QParams, choose_qparams
 from ..qtensor import QTensor
 from ..ranges import minmax_rows
@@ -38,9 +39,8 @@ def int_weight(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     if s.symmetric:
         w = q.to(torch.int8)
     else:
-        z = qt.qparams.zero_point
-        z = z.reshape(-1, *([1] * (q.ndim - 1))) if z.ndim == 1 else z
-        w = q.to(torch.int16) - z.to(torch.int16)
+        qb, b = to_blocks(q.to(torch.int16), s.granularity)
+        w = from_blocks(qb - scale_to_rows(qt.qparams.zero_point, b).to(torch.int16)[:, None], b)
     rowsum = w.reshape(w.shape[0], -1).sum(dim=1, dtype=torch.int32)
     absmax = int(w.abs().max()) if w.numel() else 0
     return w.contiguous(), rowsum, absmax

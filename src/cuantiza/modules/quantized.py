@@ -27,10 +27,11 @@ class _QuantWeight(nn.Module):
         super().__init__()
         self.weight_q = weight
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self.w_int, self.w_rowsum, self.w_absmax = int_weight(weight)
-        self.kernel = "dequantize"
+        self.kernel = "dequantize"       # weight-only: float compute on dequantized weights
 
     def _choose(self, act_scheme: QScheme, prefer: str | None):
+        """Integer execution: keep w_int (int8, or int16 for asymmetric weights) and pick a kernel."""
+        self.w_int, self.w_rowsum, self.w_absmax = int_weight(self.weight_q)
         k = self.weight_q.shape[1]
         self.kernel = kernels.choose(k, act_absmax(act_scheme), self.w_absmax,
                                      self.w_int.dtype == torch.int8, prefer)
