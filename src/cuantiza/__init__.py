@@ -15,6 +15,8 @@ from .qparams import QParams, choose_qparams
 from .qtensor import QTensor
 from .scheme import PerChannel, PerGroup, PerTensor, QScheme
 from .plan import Plan, plan
+from .report import Report, report
+from .io import load, save
 from .specs import MSE, Histogram, MinMax, MovingAverage, Percentile
 from .workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat, quantize_dynamic,
                         quantize_weights, simulate)
@@ -27,7 +29,7 @@ __all__ = [
     "MinMax", "MovingAverage", "Percentile", "Histogram", "MSE",
     "MinMaxObserver", "MovingAverageObserver", "HistogramObserver",
     "QuantConfig", "plan", "Plan", "quantize_weights", "quantize_dynamic", "prepare", "calibrate",
-    "convert", "prepare_qat", "simulate", "freeze_observers",
+    "convert", "prepare_qat", "simulate", "freeze_observers", "save", "load", "report", "Report",
     "CuantizaError", "ConfigError", "UnsupportedDtypeError", "NonFiniteError", "ScaleOverflowError",
     "ShapeError", "CalibrationError", "PlanError", "CorruptFileError", "UnsafeFileError",
     "OutputExistsError",

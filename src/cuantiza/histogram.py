@@ -116,8 +116,12 @@ class HistogramObserver(Observer):
             lo, hi = ranges.hist_percentile(counts, r, self.p)
             return max(lo, float(self.lo[c])), min(hi, float(self.hi[c]))
         if self.method == "entropy":
-            return ranges.hist_entropy(counts, r, scheme)
-        return ranges.hist_mse(counts, r, scheme)
+            lo, hi = ranges.hist_entropy(counts, r, scheme)
+        else:
+            lo, hi = ranges.hist_mse(counts, r, scheme)
+        # bin edges overshoot the data by up to a bin: stay inside the exact min/max widened to
+        # contain 0 (all-zero data: [0, 0] -> scale 1, not a scale of one bin width ~1e-32)
+        return max(lo, min(float(self.lo[c]), 0.0)), min(hi, max(float(self.hi[c]), 0.0))
 
     def range(self, scheme: QScheme):
         pairs = [self._row_range(c, scheme) for c in range(self.counts.shape[0])]

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .errors import CalibrationError, ConfigError
+from .errors import CalibrationError, ConfigError, UnsupportedDtypeError
 from .qparams import QParams, choose_qparams
 from .scheme import PerChannel, PerTensor, QScheme
 
@@ -43,7 +43,7 @@ class Observer:
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """(channels, values) float32; one row when per-tensor."""
         if x.is_complex() or not x.is_floating_point():
-            raise ConfigError(f"observers take floating tensors, got {x.dtype}")
+            raise UnsupportedDtypeError(f"observers take real floating tensors, got {x.dtype}")
         x = x.detach().to(torch.float32)
         if self.channel_axis is None:
             return x.reshape(1, -1)

@@ -23,7 +23,7 @@ import torch
 from .errors import NonFiniteError, UnsupportedDtypeError
 from .layout import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
 from .qparams import QParams, choose_qparams
-from .ranges import row_chunks
+from .ranges import ROW_CHUNK_ELEMS, row_chunks
 from .scheme import QScheme
 from .specs import MinMax, RangeSpec
 
@@ -59,20 +59,25 @@ def _rows_params(qp: QParams, b: Blocking) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+    """q = clamp(round(x / s) + z, qmin, qmax) for rows xb (n, L) with s, z of shape (n, 1).
+
+    Cache-sized chunks, in-place ops after the division; symmetric schemes skip "+ z" (z = 0,
+    and round(t) + 0 gives the same integer). Binary: q = +1 where x >= 0, else -1."""
     if scheme.binary:
-        return torch.where(xb >= 0, 1, -1).to(torch.int8)
-    out = torch.empty(xb.shape, dtype=scheme.q_dtype)
+        return (xb >= 0).to(torch.int8).mul_(2).sub_(1)
+    result = torch.empty(xb.shape, dtype=scheme.q_dtype)
+    x, out = xb, result
     if xb.shape[0] == 1:                                 # per tensor: chunk along the row
-        flat, fo = xb.reshape(-1), out.reshape(-1)
-        step = 1 << 18
-        for i in range(0, flat.numel(), step):
-            t = torch.div(flat[i:i + step], s[0, 0]).round_().add_(z[0, 0]).clamp_(scheme.qmin, scheme.qmax)
-            fo[i:i + step] = t
-        return out
-    for rows in row_chunks(xb.shape[0], xb.shape[1]):   # cache-sized chunks, ops in place
-        t = torch.div(xb[rows], s[rows]).round_().add_(z[rows]).clamp_(scheme.qmin, scheme.qmax)
-        out[rows] = t
-    return out
+        x, out, s, z = xb.reshape(-1), result.view(-1), s.reshape(()), z.reshape(())
+        chunks = (slice(i, i + ROW_CHUNK_ELEMS) for i in range(0, x.numel(), ROW_CHUNK_ELEMS))
+    else:
+        chunks = row_chunks(xb.shape[0], xb.shape[1])
+    for c in chunks:
+        t = torch.div(x[c], s if s.ndim == 0 else s[c]).round_()
+        if not scheme.symmetric:
+            t.add_(z if z.ndim == 0 else z[c])
+        out[c] = t.clamp_(scheme.qmin, scheme.qmax)
+    return result
 
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -130,7 +135,14 @@ def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, 
     if scheme.binary:
         check_finite(xb, name)
         m = _binary_scale(xb, b)
+        # an all-zero block has no useful binary scale (s = 1 would dequantize it to +1):
+        # the smallest normal of the storage dtype dequantizes it to about 0 (FAULTS.md 5)
+        m = torch.where(m > 0, m, torch.finfo(scheme.torch_scale_dtype).tiny)
         return choose_qparams(rows_to_scale(-m, b), rows_to_scale(m, b), scheme)
+    if not isinstance(range, MinMax):
+        # searches fail on NaN/Inf without naming x, or (histograms) silently drop them;
+        # MinMax's min/max propagate them, so the check after it costs nothing
+        check_finite(xf, name)
     lo, hi = range.rows_range(xb, scheme)
     if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
         check_finite(xf, name)

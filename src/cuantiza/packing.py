@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, UnsupportedDtypeError
 
 _INT = {16: torch.int16, 32: torch.int32, 64: torch.int64}
 
@@ -58,26 +58,74 @@ def _steps(bits: int) -> list[tuple[int, int]]:
     return out
 
 
-def _check_codes(flat: torch.Tensor, bits: int) -> None:
+def _check_codes(flat: torch.Tensor, bits: int, offset: int) -> None:
+    if flat.is_floating_point() or flat.is_complex() or flat.dtype == torch.bool:
+        raise UnsupportedDtypeError(f"codes must be an integer tensor, got {flat.dtype}")
     if flat.numel() == 0:
         return
-    too_big = int(flat.max()) >= 1 << bits
-    negative = flat.dtype != torch.uint8 and int(flat.min()) < 0
+    too_big = int(flat.max()) + offset >= 1 << bits
+    negative = (flat.dtype != torch.uint8 or offset < 0) and int(flat.min()) + offset < 0
     if too_big or negative:
-        raise ShapeError(f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits")
+        raise ShapeError(f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits"
+                         + (f" (after adding offset {offset})" if offset else ""))
 
 
-def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned codes (each < 2^bits; any shape, read flat) into a uint8 tensor."""
+CHUNK = 1 << 20  # values per step (a multiple of 8): 1 MiB of codes, temporaries stay in cache
+
+
+def pack(codes: torch.Tensor, bits: int, offset: int = 0) -> torch.Tensor:
+    """Pack unsigned codes (each < 2^bits; any shape, read flat) into a uint8 tensor.
+
+    ``offset`` is added to every value first, so ``pack(q, bits, -qmin)`` packs the codes
+    q - qmin of signed integers q without building them."""
     _check_bits(bits)
     flat = codes.reshape(-1)
-    _check_codes(flat, bits)
+    _check_codes(flat, bits, offset)
     n = flat.numel()
+    out = torch.empty(packed_nbytes(n, bits), dtype=torch.uint8)
+    for i in range(0, n, CHUNK):                                 # chunk: CHUNK * bits / 8 bytes
+        j = min(i + CHUNK, n)
+        out[i * bits // 8: packed_nbytes(j, bits)] = _pack_chunk(_as_codes(flat[i:j], offset), bits)
+    return out
+
+
+def unpack(packed: torch.Tensor, bits: int, n: int, offset: int = 0) -> torch.Tensor:
+    """Inverse of :func:`pack`: the first ``n`` codes, uint8, flat. ``offset`` is added to
+    every code (wrapping modulo 256), so ``unpack(p, bits, n, qmin).view(torch.int8)`` gives
+    back signed integers."""
+    _check_bits(bits)
+    if packed.dtype != torch.uint8:
+        raise ShapeError(f"packed data must be uint8, got {packed.dtype}")
+    need = packed_nbytes(n, bits)
+    if packed.numel() != need:
+        raise ShapeError(f"{n} values of {bits} bits need {need} bytes, got {packed.numel()}")
+    flat = packed.reshape(-1)
+    out = torch.empty(n, dtype=torch.uint8)
+    for i in range(0, n, CHUNK):
+        j = min(i + CHUNK, n)
+        codes = _unpack_chunk(flat[i * bits // 8: packed_nbytes(j, bits)], bits, j - i)
+        out[i:j] = codes.add_(offset % 256) if offset % 256 else codes
+    return out
+
+
+def _as_codes(chunk: torch.Tensor, offset: int) -> torch.Tensor:
+    """chunk + offset as uint8 (already range-checked: the result fits)."""
+    if chunk.dtype == torch.int8:
+        chunk = chunk.view(torch.uint8)                          # two's complement, mod 256
+    elif chunk.dtype != torch.uint8:
+        chunk = (chunk + offset).to(torch.uint8)
+        offset = 0
+    return chunk + (offset % 256) if offset % 256 else chunk     # wraps modulo 256: exact
+
+
+def _pack_chunk(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """Dense bytes of uint8 codes ``v``: ceil(len(v) * bits / 8) of them (a new tensor)."""
+    n = v.numel()
     if bits == 8:
-        return flat.to(torch.uint8, copy=True)
+        return v.clone()
     groups = -(-n // 8)
-    v = torch.zeros(groups * 8, dtype=torch.uint8)
-    v[:n] = flat
+    if n % 8 or v.storage_offset() % 8:
+        v = _padded(v, groups * 8)
     w = v.view(torch.int64)                                      # (groups,): value k in bits 8k
     steps = _steps(bits)
     for slot, field in steps:                                    # upper field of each slot down
@@ -88,39 +136,30 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
         out = w.view(_INT[slot]).to(torch.uint8)                 # (groups * 64 / slot,)
     else:                                                        # 8b bits at the bottom of w
         out = w.view(torch.uint8).view(groups, 8)[:, :bits]      # (groups, b bytes)
-    return out.reshape(-1)[: packed_nbytes(n, bits)].clone()
+    return out.reshape(-1)[: packed_nbytes(n, bits)]
 
 
-def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack`: the first ``n`` codes, uint8, flat."""
-    _check_bits(bits)
-    if packed.dtype != torch.uint8:
-        raise ShapeError(f"packed data must be uint8, got {packed.dtype}")
-    need = packed_nbytes(n, bits)
-    if packed.numel() != need:
-        raise ShapeError(f"{n} values of {bits} bits need {need} bytes, got {packed.numel()}")
+def _unpack_chunk(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The n uint8 codes in ``packed`` (a new tensor of 8 * ceil(n / 8) values, trimmed)."""
     if bits == 8:
-        return packed.reshape(-1).clone()
+        return packed.clone()
     groups = -(-n // 8)
     steps = _steps(bits)
     slot = steps[-1][0]
     if 2 * steps[-1][1] == 8:                                    # b | 8: one byte per slot
-        b = torch.zeros(groups * 64 // slot, dtype=torch.uint8)
-        b[:need] = packed.reshape(-1)
-        w = b.to(_INT[slot]).view(torch.int64)                   # (groups,)
+        w = _padded(packed, groups * 64 // slot).to(_INT[slot]).view(torch.int64)  # (groups,)
     else:
         b = torch.zeros(groups, 8, dtype=torch.uint8)            # (groups, 8 bytes), b used
-        b[:, :bits] = _padded(packed.reshape(-1), groups * bits).view(groups, bits)
+        b[:, :bits] = _padded(packed, groups * bits).view(groups, bits)
         w = b.view(torch.int64).reshape(-1)                      # (groups,)
     for slot, field in reversed(steps):                          # upper field back up
         half = slot // 2
         w = (w & _mask(field, slot)) | ((w << (half - field)) & _mask(field, slot, half))
-    return w.view(torch.uint8)[:n].clone()
+    return w.view(torch.uint8)[:n]
 
 
 def _padded(flat: torch.Tensor, length: int) -> torch.Tensor:
-    if flat.numel() == length:
-        return flat
+    """``flat`` zero padded to ``length`` values, in a fresh (8-byte aligned) tensor."""
     out = torch.zeros(length, dtype=flat.dtype)
     out[: flat.numel()] = flat
     return out

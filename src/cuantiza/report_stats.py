@@ -93,10 +93,10 @@ def cache_bytes(model: nn.Module) -> int:
             stored |= {qp.scale.data_ptr(), qp.zero_point.data_ptr()}
         if qt is not None:
             stored.add(qt.data.data_ptr())
-    seen, n = set(), 0
+    seen, n = stored, 0
     for mod in model.modules():
         for v in vars(mod).values():
-            if isinstance(v, torch.Tensor) and v.numel() and v.data_ptr() not in stored | seen:
+            if isinstance(v, torch.Tensor) and v.numel() and v.data_ptr() not in seen:
                 seen.add(v.data_ptr())
                 n += tensor_bytes(v)
     return n

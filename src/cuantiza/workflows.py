@@ -32,6 +32,7 @@ class QuantInfo:
     plan: Plan
     notes: dict = field(default_factory=dict)   # layer name -> note (fallbacks, ties, kernels)
     folded: list = field(default_factory=list)  # (conv, bn) pairs folded
+    observers: dict = field(default_factory=dict)  # layer -> {n_seen, n_nan, n_inf} of its observer
 
 
 def _prepared_copy(model: nn.Module, config: QuantConfig, workflow: str) -> tuple[nn.Module, Plan, list]:
@@ -214,6 +215,8 @@ def convert(prepared: nn.Module, unobserved: str = "error") -> nn.Module:
             set_module(m, name, _float_module(fm))
             info.notes[name] = "no calibration data reached it: kept in float"
             continue
+        if fm.act_observer is not None:
+            info.observers[name] = {k: getattr(fm.act_observer, k) for k in ("n_seen", "n_nan", "n_inf")}
         act = fm.act_qparams() if fm.ascheme is not None else None
         set_module(m, name, _quant_module(fm, lp, cache.get(fm.weight, lp, info.notes), act, None))
     m.cuantiza_info = info

@@ -1,0 +1,126 @@
+"""all-MiniLM-L6-v2, dynamic int8, side by side in one run: fp32 PyTorch, torch.ao
+quantize_dynamic (per-channel qconfig), ONNX Runtime quantize_dynamic (QInt8, per-channel, on
+the fp32 ONNX export) and cuantiza quantize_dynamic. Size, median latency at batch 1x128 and
+32x128 tokens, and embedding cosine (mean, min) against fp32 over 200 sentences.
+
+Run: ``python benchmarks/bench_minilm.py`` (about two minutes). Writes its section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import minilm  # noqa: E402
+
+import cuantiza as cz  # noqa: E402
+from _results import machine, median_seconds, write_section  # noqa: E402
+
+
+def torch_ao(fp32):
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(fp32, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def state_bytes(model) -> int:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes
+
+
+class OrtEncoder:
+    """An ORT session behind the same call as a BertModel, for embed()."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = torch.get_num_threads()
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.bytes = path.stat().st_size
+
+    def __call__(self, **enc):
+        feeds = {k: v.numpy() for k, v in enc.items()}
+        (hidden,) = self.sess.run(["last_hidden_state"], feeds)
+
+        class Out:
+            last_hidden_state = torch.from_numpy(hidden)
+        return Out()
+
+
+def onnx_variants(fp32, enc, tmp: Path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = tmp / "minilm.onnx", tmp / "minilm.int8.onnx"
+    names = ["input_ids", "token_type_ids", "attention_mask"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(fp32, (), str(src), kwargs={k: enc[k] for k in names}, input_names=names,
+                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={k: {0: "b", 1: "t"} for k in names + ["last_hidden_state"]})
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    return OrtEncoder(src), OrtEncoder(dst)
+
+
+def measure(name, model, size, enc_all, ref, b1, b32, repeats):
+    emb = minilm.embed(model, enc_all)
+    cos = minilm.cosine(ref, emb) if ref is not None else torch.ones(len(emb))
+    t1 = median_seconds(lambda: minilm.embed(model, b1), repeats)
+    t32 = median_seconds(lambda: minilm.embed(model, b32), max(3, repeats // 4))
+    return {"name": name, "bytes": size, "t1": t1, "t32": t32, "cos_mean": float(cos.mean()),
+            "cos_min": float(cos.min()), "emb": emb}
+
+
+def table(rows) -> str:
+    base = rows[0]
+    out = ["| variant | bytes | bytes vs fp32 | speed b1x128 | speed b32x128 | mean cosine | min cosine |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['name']} | {r['bytes']:,} | {r['bytes'] / base['bytes']:.3f} | "
+                   f"{base['t1'] / r['t1']:.2f}x | {base['t32'] / r['t32']:.2f}x | "
+                   f"{r['cos_mean']:.4f} | {r['cos_min']:.4f} |")
+    return "\n".join(out)
+
+
+def main(repeats: int = 20) -> list:
+    cz.progress.set_quiet(True)
+    tok, fp32 = minilm.load()
+    texts = minilm.sentences(200)
+    enc_all = minilm.batch(tok, texts)
+    b1 = minilm.batch(tok, texts[:1], pad_to_max=True)
+    b32 = minilm.batch(tok, texts[:32], pad_to_max=True)
+    ours = cz.quantize_dynamic(fp32, cz.QuantConfig(dynamic="per_token"))
+    with tempfile.TemporaryDirectory() as d:
+        cz.save(ours, Path(d) / "cz")
+        ours_bytes = sum(f.stat().st_size for f in (Path(d) / "cz").iterdir())
+        ort_fp32, ort_int8 = onnx_variants(fp32, b1, Path(d))
+    ref = minilm.embed(fp32, enc_all)
+    rows = [measure("fp32 PyTorch", fp32, state_bytes(fp32), enc_all, None, b1, b32, repeats)]
+    rows[0]["emb"] = ref
+    rows.append(measure("torch.ao dynamic, per-channel", torch_ao(fp32), state_bytes(torch_ao(fp32)),
+                        enc_all, ref, b1, b32, repeats))
+    rows.append(measure("ONNX Runtime fp32", ort_fp32, ort_fp32.bytes, enc_all, ref, b1, b32, repeats))
+    rows.append(measure("ONNX Runtime dynamic QInt8, per-channel", ort_int8, ort_int8.bytes, enc_all, ref, b1, b32, repeats))
+    rows.append(measure("cuantiza dynamic int8 (per-token act.)", ours, ours_bytes, enc_all, ref, b1, b32, repeats))
+    return rows
+
+
+if __name__ == "__main__":
+    rows = main()
+    body = (f"## all-MiniLM-L6-v2, dynamic int8 (`bench_minilm.py`)\n\n{machine()}; 200 sentences; "
+            "speed = fp32 PyTorch latency / variant latency (median); bytes = serialized model.\n\n" + table(rows))
+    ours, ao = rows[-1], rows[1]
+    body += (f"\n\nTargets: mean cosine >= 0.993 ({ours['cos_mean']:.4f}), min >= 0.96 ({ours['cos_min']:.4f}), "
+             f"latency <= torch.ao's (b1 {ours['t1'] / ao['t1']:.2f}x, b32 {ours['t32'] / ao['t32']:.2f}x of torch.ao's), "
+             f"bytes <= 30% of fp32 ({ours['bytes'] / rows[0]['bytes']:.1%}).")
+    write_section("bench_minilm", body)
+    print(body)
