@@ -15,14 +15,15 @@ zero points, activation qparams of static layers, and the model's remaining ``st
 (biases, float layers, buffers) under its own keys; a tensor shared by several keys (tied
 parameters) is stored once. ``cuantiza.json`` holds the format name and version, the cuantiza
 version, the workflow, one entry per quantized module (``saveformat``), the state-key map, the
-folded BatchNorms, the notes and plan of ``cuantiza_info``, and the SHA-256 of the tensors file.
+folded BatchNorms, the notes, observer counts and plan of ``cuantiza_info``, and the SHA-256
+of the tensors file.
 Nothing is pickled, and ``load`` opens these two files only: a ``*.bin`` / ``*.pt`` beside them
 is never read.
 
-Saving is atomic (FAULTS 28-29): both files are written into a fresh hidden folder next to the
-output, flushed and fsynced, then moved into place with ``os.replace``; a previous save at the
-path is moved aside first and restored if the move fails. On any error the temporary folder is
-removed and the previous save stays intact. Same model -> same bytes (sorted keys, no times).
+Saving is atomic (FAULTS 28-29, ``atomic.publish_folder``): both files are written into a
+fresh hidden folder next to the output, fsynced, then moved into place with ``os.replace``; on
+any error the temporary folder is removed and a previous save stays intact. Same model -> same
+bytes (sorted keys, no timestamps).
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import shutil
 from pathlib import Path
 
 import safetensors.torch
@@ -39,32 +38,41 @@ import torch
 from torch import nn
 
 from . import saveformat as fmt
+from .atomic import publish_folder
 from .errors import CorruptFileError, CuantizaError, OutputExistsError, PlanError, ShapeError
-from .modules.fake import _FakeQuant
 from .surgery import copy_model, fold_bn_into_conv, get_module, set_module
-from .workflows import QuantInfo
+from .workflows import FAKE, QuantInfo
 
 TENSORS, MANIFEST = "model.safetensors", "cuantiza.json"
 
 
 def save(qmodel: nn.Module, dir, overwrite: bool = False) -> Path:
     """Write ``qmodel`` (made by a cuantiza workflow) to the folder ``dir``; returns its path.
-    An existing non-empty folder is refused unless ``overwrite=True`` (``OutputExistsError``)."""
+
+    An existing non-empty folder is refused (``OutputExistsError``) unless ``overwrite=True``
+    and it holds a previous cuantiza save, which is then replaced as a whole."""
     out = Path(os.path.abspath(dir))
     _check_output(out, overwrite)
     tensors, doc = _payload(qmodel)
     blob = safetensors.torch.save(tensors)
     doc["files"] = {TENSORS: {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}}
     text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
-    _publish(out, {TENSORS: blob, MANIFEST: text.encode("ascii")})
+    publish_folder(out, {TENSORS: blob, MANIFEST: text.encode("ascii")})
     return out
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse a file, a non-empty folder (without ``overwrite``) or, even with it, a folder that
+    is not a cuantiza save: replacing it would delete someone's files (say ``save(qm, ".")``)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; save needs a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
         raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    if not (out / MANIFEST).is_file():
+        raise OutputExistsError(f"{out} is not a cuantiza save (no {MANIFEST}); overwrite=True only "
+                                "replaces a previous save: choose a new or empty folder")
 
 
 def _quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -72,9 +80,11 @@ def _quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     types = tuple(cls for cls, _ in fmt.MODULE_TYPES.values())
     found = []
     for name, mod in model.named_modules(remove_duplicate=False):
-        if isinstance(mod, _FakeQuant) and (mod.fake_quant or mod.observing):
+        if isinstance(mod, FAKE) and (mod.fake_quant or mod.observing):
             raise PlanError(f"{name} is a fake-quant module: call cz.convert() before saving")
         if isinstance(mod, types):
+            if not name:
+                raise PlanError("the model itself is a quantized layer: save a model containing it")
             if type(mod) not in types:
                 raise PlanError(f"{name}: cannot save {type(mod).__name__}, a subclass of a cuantiza module")
             found.append((name, mod))
@@ -99,78 +109,22 @@ def _payload(qmodel: nn.Module) -> tuple[dict, dict]:
     tensors, shared, modules = {}, {}, {}
     for name, mod in _quant_modules(qmodel):
         modules[name] = fmt.module_to_json(name, mod, tensors, shared)
-    state = _state_map(qmodel, tensors)
-    info = getattr(qmodel, "cuantiza_info", None)
     doc = {"format": fmt.FORMAT, "format_version": fmt.FORMAT_VERSION, "cuantiza_version": __version__,
-           "workflow": getattr(info, "workflow", None), "training": qmodel.training,
-           "modules": modules, "state": state,
-           "folded": [list(p) for p in getattr(info, "folded", [])],
-           "notes": dict(getattr(info, "notes", {})),
-           "plan": fmt.plan_to_json(getattr(info, "plan", None))}
+           "training": qmodel.training, "modules": modules, "state": _state_map(qmodel, tensors),
+           **_info_to_json(getattr(qmodel, "cuantiza_info", None))}
     flat = {k: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
             for k, t in tensors.items()}             # contiguous, unshared (FAULTS 21)
     return flat, doc
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable (a no-op where folders can't be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sibling(out: Path, tag: str) -> Path:
-    """An unused hidden name next to ``out`` (same folder, so os.replace stays a rename)."""
-    while True:
-        p = out.with_name(f".{out.name}.{tag}-{secrets.token_hex(4)}")
-        if not os.path.lexists(p):
-            return p
-
-
-def _publish(out: Path, files: dict) -> None:
-    """Write ``files`` into a temporary folder beside ``out``, then swap it in atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    tmp.mkdir()
-    try:
-        for name in sorted(files):
-            _write_synced(tmp / name, files[name])
-        _fsync_dir(tmp)
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(out.parent)
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """os.replace ``tmp`` onto ``out``; an existing ``out`` is moved aside, then removed (or put
-    back if the move fails)."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = _sibling(out, "old")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _info_to_json(info: QuantInfo | None) -> dict:
+    """The manifest fields kept from ``cuantiza_info`` (all empty for a hand-built model)."""
+    observers = getattr(info, "observers", None) or {}
+    return {"workflow": getattr(info, "workflow", None),
+            "folded": [list(p) for p in getattr(info, "folded", [])],
+            "notes": dict(getattr(info, "notes", {})),
+            "observers": {name: {k: int(v) for k, v in c.items()} for name, c in observers.items()},
+            "plan": fmt.plan_to_json(getattr(info, "plan", None))}
 
 
 # ----------------------------------------------------------------------------------- load
@@ -184,11 +138,13 @@ def load(dir, model: nn.Module) -> nn.Module:
     PlanError / ShapeError (``model`` is not the saved architecture; the message names the
     module or tensor)."""
     if not isinstance(model, nn.Module):
-        raise PlanError(f"load needs a float torch.nn.Module of the saved architecture, got {type(model).__name__}")
+        raise PlanError("load needs a float torch.nn.Module of the saved architecture, "
+                        f"got {type(model).__name__}")
     folder = Path(dir)
     doc = _read_manifest(folder / MANIFEST)
     tensors = _read_tensors(folder / TENSORS, doc)
     m = copy_model(model)
+    _refold(m, doc["folded"])
     for name, qmod in _rebuild_modules(doc, tensors, folder / MANIFEST):
         try:
             float_mod = get_module(m, name)
@@ -285,11 +241,12 @@ def _refold(m: nn.Module, folded: list) -> None:
         try:
             conv, bn = get_module(m, conv_name), get_module(m, bn_name)
         except AttributeError:
-            raise PlanError(f"the save folded BatchNorm {bn_name} into {conv_name}, which the model "
-                            "lacks; pass an instance of the saved architecture") from None
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            raise PlanError(f"{bn_name}: the save folded a BatchNorm here, the model has a "
-                            f"{type(bn).__name__}")
+            raise PlanError(f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}), "
+                            "which the model lacks; pass an instance of the saved architecture") from None
+        is_conv = isinstance(conv, (nn.Conv1d, nn.Conv2d))
+        if not is_conv or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            raise PlanError(f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}); "
+                            f"the model has a {type(bn).__name__} and a {type(conv).__name__} there")
         with torch.no_grad():
             fold_bn_into_conv(conv, bn)
         set_module(m, bn_name, nn.Identity())
@@ -308,7 +265,8 @@ def _load_state(m: nn.Module, state: dict, tensors: dict) -> None:
         if src is None:
             raise CorruptFileError(f"{TENSORS} lacks {state[key]!r}, listed for {key} in {MANIFEST}")
         if tuple(src.shape) != tuple(t.shape):
-            raise ShapeError(f"{key}: the model's tensor is {tuple(t.shape)}, the saved one {tuple(src.shape)}")
+            raise ShapeError(f"{key}: the model's tensor is {tuple(t.shape)}, "
+                             f"the saved one {tuple(src.shape)}")
         if src.dtype != t.dtype:
             raise PlanError(f"{key}: the model holds {t.dtype}, the save {src.dtype}; cast the "
                             f"model to the saved dtype (model.to(...)) before loading")
@@ -317,9 +275,11 @@ def _load_state(m: nn.Module, state: dict, tensors: dict) -> None:
 
 
 def _info(doc: dict, path: Path) -> QuantInfo:
+    """``cuantiza_info`` of the loaded model; the plan keeps schemes and reasons, not configs."""
     try:
         plan = fmt.plan_from_json(doc["plan"])
         folded = [tuple(p) for p in doc["folded"]]
-        return QuantInfo(doc["workflow"], plan, dict(doc["notes"]), folded)
-    except (CuantizaError, KeyError, TypeError, ValueError) as err:
-        raise _corrupt(path, "has a malformed plan or notes", err) from err
+        observers = {name: dict(counts) for name, counts in doc.get("observers", {}).items()}
+        return QuantInfo(doc["workflow"], plan, dict(doc["notes"]), folded, observers)
+    except (CuantizaError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise _corrupt(path, "has a malformed plan, notes or observer counts", err) from err

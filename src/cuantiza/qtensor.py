@@ -51,8 +51,10 @@ class QTensor:
     @classmethod
     def from_int(cls, q: torch.Tensor, qparams: QParams) -> "QTensor":
         s = qparams.scheme
-        codes = (q.to(torch.int16) - s.qmin) // s.code_step
-        return cls(pack(codes.contiguous(), s.bits), qparams, tuple(q.shape))
+        if s.binary:                                             # {-1, +1} -> {0, 1}
+            codes = (q.to(torch.int16) - s.qmin) // s.code_step
+            return cls(pack(codes, s.bits), qparams, tuple(q.shape))
+        return cls(pack(q, s.bits, offset=-s.qmin), qparams, tuple(q.shape))   # codes q - qmin
 
     @classmethod
     def from_float(cls, x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
@@ -63,8 +65,11 @@ class QTensor:
     def int_repr(self) -> torch.Tensor:
         """The integers q in the logical shape (int8 symmetric, uint8 asymmetric)."""
         s = self.scheme
-        codes = unpack(self.data, s.bits, self.numel).to(torch.int16)
-        return (codes * s.code_step + s.qmin).to(s.q_dtype).reshape(self.shape)
+        if s.binary:
+            codes = unpack(self.data, s.bits, self.numel).to(torch.int16)
+            return (codes * s.code_step + s.qmin).to(s.q_dtype).reshape(self.shape)
+        # code + qmin modulo 256, read as int8 for symmetric schemes: exactly q
+        return unpack(self.data, s.bits, self.numel, offset=s.qmin).view(s.q_dtype).reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.int_repr(), self.qparams, dtype)

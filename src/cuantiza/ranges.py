@@ -5,8 +5,8 @@ Nothing here keeps state; observers (``observers.py``) accumulate statistics and
 * rows: a blocked tensor ``(n_blocks, block_len)`` (see ``layout``), one range per row.
 * histograms: counts over ``bins`` equal bins covering [-R, R) (see ``observers.Histogram``).
 
-Error model for a histogram: a value inside [lo, hi] costs the uniform rounding noise s^2/12;
-a clipped value costs its squared distance to the nearest end of the range.
+Error model for a histogram: every value counts as its bin's centre c and costs
+(c - dq(q(c)))^2 (rounding and clipping alike); bins are 2R/bins wide, far below a step s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import torch
 from .qparams import scale_from_range, zero_point_from_range
 from .scheme import QScheme
 
-ROW_CHUNK_ELEMS = 1 << 18  # ~1 MiB of float32 per chunk: stays in L2 while several passes run
+# Elements per chunk (2 MiB of float32): each op on a chunk costs a few microseconds of call
+# overhead, so chunks are as large as keeps several passes within L2/L3 (measured: 2^19 beats
+# 2^16..2^18 by 10-35% for quantize on 2 threads, and ties with 2^20).
+ROW_CHUNK_ELEMS = 1 << 19
 
 
 def row_chunks(n_rows: int, row_len: int):
@@ -29,12 +32,25 @@ def row_chunks(n_rows: int, row_len: int):
 
 
 def minmax_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row min and max (NaN propagates; callers check finiteness)."""
-    if xb.shape[1] == 0:
-        z = torch.zeros(xb.shape[0], dtype=xb.dtype)
+    """Per-row min and max (NaN propagates; callers check finiteness).
+
+    amin then amax on each cache-sized chunk, so the data is read from memory once; two
+    reductions are ~5x faster than ``torch.aminmax(dim=1)`` on CPU (torch 2.x)."""
+    n, length = xb.shape
+    if length == 0:
+        z = torch.zeros(n, dtype=xb.dtype)
         return z, z
-    # amin and amax as two reductions: ~5x faster than torch.aminmax(dim=1) on CPU (torch 2.x)
-    return xb.amin(dim=1), xb.amax(dim=1)
+    if n == 1 and length > ROW_CHUNK_ELEMS:                      # one long row: chunk along it
+        flat = xb.reshape(-1)
+        parts = [flat[i:i + ROW_CHUNK_ELEMS] for i in range(0, length, ROW_CHUNK_ELEMS)]
+        lo = torch.stack([p.amin() for p in parts]).amin()
+        hi = torch.stack([p.amax() for p in parts]).amax()
+        return lo.reshape(1), hi.reshape(1)
+    chunks = [xb[rows] for rows in row_chunks(n, length)]
+    if len(chunks) == 1:
+        return xb.amin(dim=1), xb.amax(dim=1)
+    lo, hi = zip(*[(c.amin(dim=1), c.amax(dim=1)) for c in chunks])
+    return torch.cat(lo), torch.cat(hi)
 
 
 def percentile_rows(xb: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,27 +68,45 @@ def fake_quant_rows(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: Q
     return q.sub_(z).mul_(s)
 
 
+# A shrunk range must beat min/max by this relative margin: errors are float32 norms (relative
+# error ~1e-6), so the margin keeps the search never worse than min/max in exact arithmetic.
+MSE_MARGIN = 1e-5
+
+
+def _row_errors(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme, norm: float) -> torch.Tensor:
+    """(sum |x - dq(q(x))|^norm)^(1/norm) per row, float32; s and z are (n, 1) float32."""
+    if scheme.binary:
+        d = torch.where(x >= 0, s, -s).sub_(x)
+    else:
+        t = torch.div(x, s).round_()
+        if scheme.symmetric:                                     # z = 0
+            t.clamp_(scheme.qmin, scheme.qmax)
+        else:
+            t.add_(z).clamp_(scheme.qmin, scheme.qmax).sub_(z)
+        d = t.mul_(s).sub_(x)
+    return torch.linalg.vector_norm(d, ord=norm, dim=1)
+
+
 def mse_rows(xb: torch.Tensor, scheme: QScheme, grid: int = 32, max_shrink: float = 0.75,
              norm: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row clipping range minimising sum |x - dq(q(x))|^norm over ``grid`` candidates
-    ``[lo, hi] * (1 - k * max_shrink / grid)``, k = 0..grid-1 (k = 0 is min/max itself).
-    The scale rounded to its storage dtype is the one evaluated."""
+    ``[lo, hi] * (1 - k * max_shrink / grid)``, k = 0..grid-1 (k = 0 is min/max itself; a
+    shrunk range wins only if better by ``MSE_MARGIN``, relative). The scale rounded to its
+    storage dtype is the one evaluated. Scales of all candidates are chosen at once per chunk."""
     lo, hi = minmax_rows(xb)
+    ratios = torch.tensor([1.0 - k * max_shrink / grid for k in range(grid)], dtype=lo.dtype)[:, None]
     best_lo, best_hi = lo.clone(), hi.clone()
     for rows in row_chunks(xb.shape[0], xb.shape[1]):
-        x = xb[rows]
-        best = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
-        for k in range(grid):
-            r = 1.0 - k * max_shrink / grid
-            clo, chi = lo[rows] * r, hi[rows] * r
-            s = scale_from_range(clo, chi, scheme)
-            z = zero_point_from_range(clo, s, scheme)
-            d = fake_quant_rows(x, s.float()[:, None], z.float()[:, None], scheme).sub_(x).abs_()
-            err = d.pow_(norm).sum(dim=1, dtype=torch.float64)
-            better = err < best
-            best = torch.where(better, err, best)
-            best_lo[rows] = torch.where(better, clo, best_lo[rows])
-            best_hi[rows] = torch.where(better, chi, best_hi[rows])
+        x, n = xb[rows], rows.stop - rows.start
+        clo, chi = lo[rows] * ratios, hi[rows] * ratios          # (grid, n)
+        s = scale_from_range(clo, chi, scheme)
+        z = zero_point_from_range(clo, s, scheme).float()
+        s = s.float()
+        err = torch.stack([_row_errors(x, s[k, :, None], z[k, :, None], scheme, norm) for k in range(grid)])
+        err[0] *= 1 - MSE_MARGIN                                 # (grid, n): min/max wins ties
+        k = err.argmin(dim=0)                                    # (n,)
+        idx = torch.arange(n)
+        best_lo[rows], best_hi[rows] = clo[k, idx], chi[k, idx]
     return best_lo, best_hi
 
 
@@ -110,20 +144,18 @@ def _occupied(counts: torch.Tensor, radius: float) -> tuple[float, float]:
 
 def hist_expected_error(counts: torch.Tensor, radius: float, lo: torch.Tensor, hi: torch.Tensor,
                         scheme: QScheme) -> torch.Tensor:
-    """Expected squared error for each candidate range (lo[k], hi[k]) given the histogram."""
-    c = counts.to(torch.float64)
-    centers = bin_centers(c.numel(), radius)                     # (B,)
-    s = scale_from_range(lo, hi, scheme).to(torch.float64)       # (K,)
-    z = zero_point_from_range(lo, s, scheme).to(torch.float64)
-    top = s * (scheme.qmax - z)                                  # largest representable value
-    bot = s * (scheme.qmin - z)
+    """Squared error of each candidate range (lo[k], hi[k]), every value taken at its bin's
+    centre: (c - dq(q(c)))^2, clipping and rounding alike, weighted by the bin's count."""
+    nz = counts > 0
+    c = counts[nz].to(torch.float64)                             # occupied bins only
+    centers = bin_centers(counts.numel(), radius)[nz][None, :]   # (1, B')
+    s = scale_from_range(lo, hi, scheme).to(torch.float64)[:, None]   # (K, 1)
+    z = zero_point_from_range(lo, s[:, 0], scheme).to(torch.float64)[:, None]
     if scheme.binary:
-        top, bot = s, -s
-    clipped = centers[None, :].clamp(min=bot[:, None], max=top[:, None])
-    err = (centers[None, :] - clipped) ** 2                      # (K, B)
-    inside = (centers[None, :] >= bot[:, None]) & (centers[None, :] <= top[:, None])
-    err = err + inside * (s[:, None] ** 2 / 12)
-    return (err * c[None, :]).sum(dim=1)
+        fq = torch.where(centers >= 0, s, -s)
+    else:
+        fq = (torch.round(centers / s) + z).clamp(scheme.qmin, scheme.qmax).sub(z).mul(s)
+    return ((centers - fq) ** 2 * c[None, :]).sum(dim=1)
 
 
 def hist_mse(counts: torch.Tensor, radius: float, scheme: QScheme, grid: int = 64) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 Pure translation, no files (``io`` reads and writes them). One entry per quantized module::
 
     "features.0": {
-      "type": "QuantConv",                       # QuantLinear | DynamicQuantLinear | QuantConv | QuantEmbedding
+      "type": "QuantConv",           # QuantLinear | DynamicQuantLinear | QuantConv | QuantEmbedding
       "weight": {"scheme": SCHEME, "shape": [8, 9],          # logical (rows, reduction) shape
                  "data": "features.0.weight_q.data",         # uint8, packed codes
                  "scale": "features.0.weight_q.scale",       # in the scheme's scale_dtype

@@ -96,6 +96,7 @@ def test_static_round_trip_is_bit_identical_and_skeleton_untouched(tmp_path):
     assert q2.c2.kernel == qm.c2.kernel and q2.fc.act.zero_point.dtype == torch.int32
     info = q2.cuantiza_info
     assert info.workflow == "static" and info.folded == [("c1", "bn")]
+    assert info.observers == qm.cuantiza_info.observers and info.observers["fc"]["n_seen"] > 0
     assert [lp.name for lp in info.plan.layers] == [lp.name for lp in qm.cuantiza_info.plan.layers]
     assert sorted(os.listdir(tmp_path / "q")) == ["cuantiza.json", "model.safetensors"]
 
@@ -166,7 +167,12 @@ def test_existing_output_refused_without_overwrite(tmp_path):
         cz.save(other, tmp_path / "f", overwrite=True)
     cz.save(other, out, overwrite=True)
     assert _snapshot(out) != old
-    assert sorted(os.listdir(tmp_path)) == ["f", "q"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(cz.OutputExistsError, match="not a cuantiza save"):
+        cz.save(other, tmp_path / "mine", overwrite=True)                # never wipes other files
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["f", "mine", "q"]
     (tmp_path / "empty").mkdir()
     cz.save(other, tmp_path / "empty")                               # an empty folder is fine
 
@@ -230,7 +236,8 @@ def test_changed_tensor_bytes_fail_the_checksum(saved):
         cz.load(saved, _net())
 
 
-@pytest.mark.parametrize("text", [b"{not json", b"\xff\xfe", b"[1, 2]", b'{"format": "cuantiza", "format_version": 1}'])
+@pytest.mark.parametrize("text", [b"{not json", b"\xff\xfe", b"[1, 2]",
+                                  b'{"format": "cuantiza", "format_version": 1}'])
 def test_garbage_json_is_corrupt(saved, text):
     (saved / "cuantiza.json").write_bytes(text)
     with pytest.raises(cz.CorruptFileError, match="cuantiza.json"):
@@ -274,11 +281,19 @@ class Renamed(Net):
 @pytest.mark.parametrize("skeleton, error, where", [
     (lambda: _net(hidden=4), cz.ShapeError, "c1d"),
     (lambda: Renamed(), cz.PlanError, "fc"),
-    (lambda: nn.Sequential(), cz.PlanError, "BatchNorm bn"),
+    (lambda: nn.Sequential(), cz.PlanError, r"BatchNorm \(bn\)"),
+    (lambda: {"fc.weight": None}, cz.PlanError, "nn.Module"),
 ])
 def test_mismatched_architecture_is_a_typed_error(saved, skeleton, error, where):
     with pytest.raises(error, match=where):
         cz.load(saved, skeleton())
+
+
+def test_float_layer_dtype_mismatch_is_a_typed_error(tmp_path):
+    cz.save(cz.quantize_weights(_lm()), tmp_path / "q")                 # LayerNorm stays float
+    msg = "norm.weight: the model holds torch.float64, the save torch.float32"
+    with pytest.raises(cz.PlanError, match=msg):
+        cz.load(tmp_path / "q", _lm().double())
 
 
 def test_wrong_layer_type_names_the_module(saved):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cuantiza import kernels
-from cuantiza.kernels import fast, reference
+from cuantiza.kernels import ActInfo, IntWeight, fast, reference
 
 
 def _acts(shape, asym: bool, per_row: bool = False):
@@ -19,7 +19,7 @@ def _acts(shape, asym: bool, per_row: bool = False):
 
 def _weights(o, k):
     w = torch.randint(-127, 128, (o, k), dtype=torch.int8)
-    return w, w.to(torch.int32).sum(dim=1, dtype=torch.int32)
+    return IntWeight(w, w.to(torch.int32).sum(dim=1, dtype=torch.int32), int(w.abs().max()))
 
 
 @pytest.mark.parametrize("asym", [True, False])
@@ -27,18 +27,18 @@ def _weights(o, k):
 @pytest.mark.parametrize("m,k,o", [(1, 16, 8), (7, 33, 5), (32, 64, 48)])
 def test_linear_kernels_match_reference(asym, per_row, m, k, o):
     q, z = _acts((m, k), asym, per_row)
-    w, rs = _weights(o, k)
-    ref = kernels.linear_acc("reference", q, z, w, rs)
-    assert torch.equal(kernels.linear_acc("int_mm", q, z, w, rs), ref)
+    w = _weights(o, k)
+    ref = kernels.linear_acc("reference", q, z, w)
+    assert torch.equal(kernels.linear_acc("int_mm", q, z, w), ref)
     if fast.f32exact_ok(k, 255, 127):
-        assert torch.equal(kernels.linear_acc("f32exact", q, z, w, rs).to(torch.int32), ref)
+        assert torch.equal(kernels.linear_acc("f32exact", q, z, w).to(torch.int32), ref)
 
 
 def test_reference_linear_is_plain_integer_matmul():
     q, z = _acts((4, 9), asym=True)
-    w, rs = _weights(3, 9)
-    want = (q.long() - z.long()) @ w.long().t()
-    assert torch.equal(kernels.linear_acc("reference", q, z, w, rs), want.int())
+    w = _weights(3, 9)
+    want = (q.long() - z.long()) @ w.w.long().t()
+    assert torch.equal(kernels.linear_acc("reference", q, z, w), want.int())
 
 
 @pytest.mark.parametrize("groups,stride,padding,dilation", [
@@ -48,12 +48,12 @@ def test_reference_linear_is_plain_integer_matmul():
 def test_conv_kernels_match_reference(groups, stride, padding, dilation, asym):
     n, c, h, wd, o = 2, 8, 7, 6, 12
     q, z = _acts((n, c, h, wd), asym)
-    w = torch.randint(-127, 128, (o, c // groups, 3, 3), dtype=torch.int8)
-    rs = w.reshape(o, -1).to(torch.int32).sum(dim=1, dtype=torch.int32)
-    ref = kernels.conv2d_acc("reference", q, z, w, rs, stride, padding, dilation, groups)
-    got = kernels.conv2d_acc("int_mm", q, z, w, rs, stride, padding, dilation, groups)
+    wt = torch.randint(-127, 128, (o, c // groups, 3, 3), dtype=torch.int8)
+    w = IntWeight(wt, wt.reshape(o, -1).to(torch.int32).sum(dim=1, dtype=torch.int32), 127)
+    ref = kernels.conv2d_acc("reference", q, z, w, stride, padding, dilation, groups)
+    got = kernels.conv2d_acc("int_mm", q, z, w, stride, padding, dilation, groups)
     assert torch.equal(got, ref)
-    f32 = kernels.conv2d_acc("f32exact", q, z, w, rs, stride, padding, dilation, groups)
+    f32 = kernels.conv2d_acc("f32exact", q, z, w, stride, padding, dilation, groups)
     assert torch.equal(f32.to(torch.int32), ref)
 
 
@@ -65,9 +65,56 @@ def test_reference_conv_matches_float64_conv():
     assert torch.equal(got.double(), want)
 
 
-def test_choose_respects_exactness_bound():
-    assert kernels.choose(64, 255, 127, True) == "f32exact"
-    assert kernels.choose(4096, 255, 127, True) == "int_mm"
-    assert kernels.choose(4096, 255, 255, False) == "reference"
+U8 = ActInfo(256, symmetric=False, scalar_zp=True)
+S7_PER_TOKEN = ActInfo(127, symmetric=True, scalar_zp=False)
+A8_PER_TOKEN = ActInfo(256, symmetric=False, scalar_zp=False)
+
+
+def test_choose_respects_exactness_bounds():
+    w8 = _weights(4, 8)
+    w16 = IntWeight(w8.w.to(torch.int16), w8.rowsum, 255)
+    assert kernels.choose(64, U8, w8) == "f32exact"              # u8 saturates oneDNN on AVX2
+    assert kernels.choose(4096, U8, w8) == "int_mm"
+    assert kernels.choose(4096, U8, w16) == "reference"
+    if fast.onednn_available():
+        assert kernels.choose(4096, S7_PER_TOKEN, w8) == "onednn"
+    assert kernels.choose(4096, A8_PER_TOKEN, w8) == "int_mm"
+    assert kernels.choose(64, U8, w8, conv=True) == "f32exact"
     with pytest.raises(ValueError):
-        kernels.choose(4096, 255, 127, True, prefer="f32exact")
+        kernels.choose(4096, U8, w8, prefer="f32exact")
+    with pytest.raises(ValueError):
+        kernels.choose(64, U8, w8, prefer="onednn")
+
+
+@pytest.mark.skipif(not fast.onednn_available(), reason="oneDNN int8 ops not in this torch build")
+@pytest.mark.parametrize("m,k,o", [(1, 16, 8), (9, 100, 24), (64, 1536, 48)])
+def test_onednn_matches_reference_for_7bit_codes(m, k, o):
+    w = _weights(o, k)
+    q_sym = torch.randint(-63, 64, (m, k), dtype=torch.int8)           # symmetric 7-bit codes
+    zero = torch.zeros((), dtype=torch.int32)
+    ref = kernels.linear_acc("reference", q_sym, zero, w)
+    assert torch.equal(kernels.linear_acc("onednn", q_sym, zero, w), ref.to(torch.float32))
+    q_asym = torch.randint(0, 128, (m, k), dtype=torch.uint8)          # asymmetric 7-bit codes
+    z = torch.tensor(37, dtype=torch.int32)
+    ref = kernels.linear_acc("reference", q_asym, z, w)
+    assert torch.equal(kernels.linear_acc("onednn", q_asym, z, w), ref.to(torch.float32))
+
+
+@pytest.mark.skipif(not fast.onednn_available(), reason="oneDNN int8 ops not in this torch build")
+def test_onednn_rounds_large_accumulators_like_int32_to_float32():
+    """|acc| > 2^24 is not exact in float32: oneDNN must round it as int32 -> float32 does."""
+    k = 4096
+    w = IntWeight(torch.full((3, k), 127, dtype=torch.int8), torch.full((3,), 127 * k, dtype=torch.int32), 127)
+    q = torch.full((2, k), 63, dtype=torch.int8)
+    q[1, :7] = -63                                       # an odd sum, not a multiple of 2^k
+    zero = torch.zeros((), dtype=torch.int32)
+    ref = kernels.linear_acc("reference", q, zero, w)
+    assert int(ref.abs().max()) > 2**24
+    assert torch.equal(kernels.linear_acc("onednn", q, zero, w), ref.to(torch.float32))
+
+
+def test_dequant_order_is_left_to_right():
+    acc = torch.tensor([[3, -7]], dtype=torch.int32)
+    s_w, s_x, b = torch.tensor([0.1, 0.3]), torch.tensor([[0.7]]), torch.tensor([1.0, 2.0])
+    want = (acc.float() * s_w) * s_x + b
+    assert torch.equal(kernels.dequant_acc(acc, s_w, s_x, b), want)

@@ -2,50 +2,96 @@
 here is tested against it bit for bit (tests/unit/test_kernels.py).
 
 A kernel is chosen once, when a quantized module is built, from what is known then: the
-reduction length K, the largest |x_int| the activation scheme allows and the largest |w_int|.
-``choose(...)`` returns the first entry of ``TABLE`` whose condition holds; the name is kept on
-the module and shown in reports.
+reduction length K, the activation scheme (levels, symmetric or one zero point per batch) and
+the weight (int8 or wider, largest |w_int|). ``choose`` returns the first entry of ``TABLE``
+whose condition makes it exact; the name is kept on the module and shown in reports.
+
+Measured on this project's 2-core AVX2 machine (benchmarks/RESULTS.md): oneDNN's u8 x s8 GEMM
+is the fast one; ``torch._int_mm`` falls back to a slow path without VNNI, so it ranks below
+the float32-exact path and is kept for layers nothing else can run exactly.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from . import fast, reference
 
-# name -> condition(k, x_absmax, w_absmax, w_is_int8) under which it is exact; first match wins
+
+@dataclass
+class IntWeight:
+    """A layer's integer weight w_int = q - z (int8, or int16 for asymmetric weights), its row
+    sums, its largest magnitude, and kernel-specific packings made on first use."""
+
+    w: torch.Tensor
+    rowsum: torch.Tensor
+    absmax: int
+    packs: dict = field(default_factory=dict)
+
+    @property
+    def is_int8(self) -> bool:
+        return self.w.dtype == torch.int8
+
+    def onednn(self) -> fast.OneDNNWeight:
+        if "onednn" not in self.packs:
+            self.packs["onednn"] = fast.OneDNNWeight(self.w.reshape(self.w.shape[0], -1))
+        return self.packs["onednn"]
+
+
+@dataclass(frozen=True)
+class ActInfo:
+    levels: int          # qmax - qmin + 1 of the activation scheme
+    symmetric: bool
+    scalar_zp: bool      # one zero point for the whole batch (per-tensor ranges)
+
+    @property
+    def absmax(self) -> int:
+        return self.levels - 1
+
+
+def _onednn_ok(k, a: ActInfo, w: IntWeight) -> bool:
+    return fast.onednn_available() and w.is_int8 and a.levels <= 128 and (a.symmetric or a.scalar_zp)
+
+
+# name -> condition(k, act, weight) under which the kernel is exact; first match wins
 TABLE = {
-    "f32exact": (lambda k, xa, wa, w8: fast.f32exact_ok(k, xa, wa)),
-    "int_mm": (lambda k, xa, wa, w8: w8 and xa <= 255),
-    "reference": (lambda k, xa, wa, w8: True),
+    "onednn": _onednn_ok,
+    "f32exact": lambda k, a, w: fast.f32exact_ok(k, a.absmax, w.absmax),
+    "int_mm": lambda k, a, w: w.is_int8 and a.absmax <= 255,
+    "reference": lambda k, a, w: True,
 }
+CONV = ("f32exact", "int_mm", "reference")   # conv runs as im2col; oneDNN's conv is not wired
 
 
-def choose(k: int, x_absmax: int, w_absmax: int, w_is_int8: bool, prefer: str | None = None) -> str:
-    """Kernel name for a layer; ``prefer`` forces one (tests, benchmarks) if its condition holds."""
+def choose(k: int, act: ActInfo, w: IntWeight, prefer: str | None = None, conv: bool = False) -> str:
+    """Kernel name for a layer; ``prefer`` forces one (tests, benchmarks) if it is exact here."""
+    names = CONV if conv else tuple(TABLE)
     if prefer is not None:
-        if not TABLE[prefer](k, x_absmax, w_absmax, w_is_int8):
+        if prefer not in names or not TABLE[prefer](k, act, w):
             raise ValueError(f"kernel {prefer!r} cannot run this layer exactly")
         return prefer
-    return next(name for name, ok in TABLE.items() if ok(k, x_absmax, w_absmax, w_is_int8))
+    return next(n for n in names if TABLE[n](k, act, w))
 
 
-def linear_acc(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w_int: torch.Tensor,
-               w_rowsum: torch.Tensor) -> torch.Tensor:
-    """acc = sum_k (q_x - z_x) w_int, exact (int32 or integer-valued float32)."""
+def linear_acc(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w: IntWeight) -> torch.Tensor:
+    """acc = sum_k (q_x - z_x) w_int, exact (int32, or integer-valued float32)."""
+    if kernel == "onednn":
+        return fast.linear_onednn(q_x, z_x, w.onednn())
     if kernel == "f32exact":
-        return fast.linear_f32exact(q_x, z_x, w_int)
+        return fast.linear_f32exact(q_x, z_x, w.w)
     if kernel == "int_mm":
-        return fast.linear_int_mm(q_x, z_x, w_int, w_rowsum)
-    return reference.linear_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w_int)
+        return fast.linear_int_mm(q_x, z_x, w.w, w.rowsum)
+    return reference.linear_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w.w)
 
 
-def conv2d_acc(kernel: str, q_x, z_x, w_int, w_rowsum, stride, padding, dilation, groups):
+def conv2d_acc(kernel: str, q_x, z_x, w: IntWeight, stride, padding, dilation, groups):
     if kernel == "f32exact":
-        return fast.conv2d_f32exact(q_x, z_x, w_int, stride, padding, dilation, groups)
+        return fast.conv2d_f32exact(q_x, z_x, w.w, stride, padding, dilation, groups)
     if kernel == "int_mm" and z_x.numel() == 1:
-        return fast.conv2d_int_mm(q_x, z_x, w_int, w_rowsum, stride, padding, dilation, groups)
-    return reference.conv2d_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w_int, stride, padding,
+        return fast.conv2d_int_mm(q_x, z_x, w.w, w.rowsum, stride, padding, dilation, groups)
+    return reference.conv2d_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w.w, stride, padding,
                                 dilation, groups)
 
 

@@ -64,3 +64,38 @@ def conv2d_int_mm(q_x, z_x, w_int8, w_rowsum, stride, padding, dilation, groups)
         outs.append(linear_int_mm(cg_cols, z_x, wg, w_rowsum[g * og:(g + 1) * og]))
     acc = torch.cat(outs, dim=-1).reshape(n, ho, wo, o)
     return acc.permute(0, 3, 1, 2).contiguous()
+
+
+def onednn_available() -> bool:
+    ops = getattr(torch.ops, "onednn", None)
+    return (torch.backends.mkldnn.is_available() and ops is not None
+            and hasattr(ops, "qlinear_prepack") and hasattr(ops, "qlinear_pointwise"))
+
+
+class OneDNNWeight:
+    """An int8 weight prepacked for oneDNN's u8 x s8 -> s32 GEMM (``onednn::qlinear_pointwise``).
+
+    Exact only for activation codes in [0, 127]: without VNNI, x86 multiplies u8 x s8 pairs with
+    ``vpmaddubsw``, which saturates at int16 (255 * 127 * 2 > 32767; 127 * 127 * 2 is not).
+    Scales are passed as 1, so the output is float32(acc), rounded as int32 -> float32 is."""
+
+    def __init__(self, w_int8: torch.Tensor):
+        o = w_int8.shape[0]
+        self.packed = torch.ops.onednn.qlinear_prepack(w_int8.contiguous(), None)
+        self.ones = torch.ones(o, dtype=torch.float32)
+        self.zeros = torch.zeros(o, dtype=torch.int64)
+
+    def acc(self, q_u8: torch.Tensor, zero_point: int) -> torch.Tensor:
+        """float32(sum_k (q - zero_point) w) for q uint8 (M, K) with values <= 127."""
+        return torch.ops.onednn.qlinear_pointwise(q_u8, 1.0, zero_point, self.packed, self.ones, self.zeros,
+                                                  None, 1.0, 0, torch.float32, "none", [], "")
+
+
+def linear_onednn(q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight) -> torch.Tensor:
+    lead = q_x.shape[:-1]
+    q2 = q_x.reshape(-1, q_x.shape[-1])
+    if q2.dtype == torch.int8:              # symmetric codes |q| <= 63: shift into [1, 127]
+        acc = pack.acc((q2 + 64).view(torch.uint8), 64)
+    else:
+        acc = pack.acc(q2, int(z_x))
+    return acc.reshape(*lead, -1)

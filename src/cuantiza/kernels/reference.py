@@ -5,10 +5,10 @@ A quantized layer sees integers ``x_int = q_x - z_x`` (activations) and ``w_int 
 (weights). It accumulates exactly in integers, then dequantizes at its exit::
 
     acc[n, o] = sum_k x_int[n, k] * w_int[o, k]                 (int64 here, must fit int32)
-    y[n, o]   = float32(acc[n, o]) * m[n, o] + bias[o]          m = float32(s_x * s_w)
+    y[n, o]   = (float32(acc[n, o]) * s_w[o]) * s_x[n] + bias[o]     (float32, left to right)
 
-``m`` is computed once in float32 (s_x * s_w, in that order) and the two float operations are
-applied in that order, so every implementation that gets ``acc`` right gets ``y`` bit for bit.
+Three float32 operations in that order (s_x is one scale, or one per row for per-token
+activations), so every implementation that gets ``acc`` right gets ``y`` bit for bit.
 """
 
 from __future__ import annotations
@@ -63,7 +63,14 @@ def conv2d_acc(x_int: torch.Tensor, w_int: torch.Tensor, stride=(1, 1), padding=
     return _to_int32(torch.cat(outs, dim=-1).permute(0, 3, 1, 2).contiguous())
 
 
-def dequant_acc(acc: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = float32(acc) * m (+ bias): the layer's exit. m and bias broadcast against acc."""
-    y = acc.to(torch.float32) * m
-    return y + bias if bias is not None else y
+def dequant_acc(acc: torch.Tensor, s_w: torch.Tensor, s_x: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """y = (float32(acc) * s_w) * s_x (+ bias): the layer's exit. s_w, s_x and bias broadcast
+    against acc (s_w and bias on the output-channel axis, s_x per tensor or per row).
+    A float32 ``acc`` (fresh from a kernel) is consumed: its memory holds the result."""
+    y = acc.to(torch.float32)
+    if y.requires_grad:                      # simulation with autograd: no in-place ops
+        y = y * s_w * s_x
+        return y + bias if bias is not None else y
+    y.mul_(s_w).mul_(s_x)
+    return y.add_(bias) if bias is not None else y

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from ..kernels import ActInfo, IntWeight
 from ..layout import from_blocks, scale_to_rows, to_blocks
 from ..qparams import QParams, choose_qparams
 from ..qtensor import QTensor
@@ -32,7 +33,7 @@ def weight_2d(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)
 
 
-def int_weight(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def int_weight(qt: QTensor) -> IntWeight:
     """w_int = q - z (int8 if it fits, else int16), its row sums (int32) and max |w_int|."""
     q = qt.int_repr()
     s = qt.scheme
@@ -43,17 +44,17 @@ def int_weight(qt: QTensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         w = from_blocks(qb - scale_to_rows(qt.qparams.zero_point, b).to(torch.int16)[:, None], b)
     rowsum = w.reshape(w.shape[0], -1).sum(dim=1, dtype=torch.int32)
     absmax = int(w.abs().max()) if w.numel() else 0
-    return w.contiguous(), rowsum, absmax
+    return IntWeight(w.contiguous(), rowsum, absmax)
 
 
-def act_absmax(scheme) -> int:
-    """Largest |q_x - z_x| an activation scheme allows."""
-    return scheme.qmax - scheme.qmin
+def act_info(scheme: QScheme, scalar_zp: bool = True) -> ActInfo:
+    """What a kernel needs to know of an activation scheme to be exact."""
+    return ActInfo(scheme.qmax - scheme.qmin + 1, scheme.symmetric, scalar_zp)
 
 
-def output_multiplier(s_x: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-    """m = float32(s_x * s_w), broadcast to (..., O): s_x scalar or (M, 1), s_w scalar or (O,)."""
-    return s_x.to(torch.float32) * s_w.to(torch.float32)
+def channel_scales(qp: QParams) -> torch.Tensor:
+    """Per-output-channel (or scalar) weight scales as float32, for the layer's exit."""
+    return qp.scale.to(torch.float32)
 
 
 def dynamic_qparams(x2d: torch.Tensor, scheme, per_token: bool) -> QParams:

@@ -23,7 +23,7 @@ from torch import nn
 from ..ops import fake_quantize, int_ste, tensor_qparams
 from ..plan import LayerPlan
 from ..qparams import QParams
-from .common import conv_args, output_multiplier, weight_2d
+from .common import channel_scales, conv_args, weight_2d
 from .quantized import conv_exit
 from .. import kernels
 
@@ -70,7 +70,7 @@ class FakeQuantLinear(_FakeQuant):
             return F.linear(x, fake_quantize(self.weight, qp_w), self.bias)
         qp_x = self.act_qparams()
         acc = F.linear(int_ste(x, qp_x), int_ste(self.weight, qp_w))        # float64, exact
-        return kernels.dequant_acc(acc, output_multiplier(qp_x.scale, qp_w.scale), self.bias)
+        return kernels.dequant_acc(acc, channel_scales(qp_w), qp_x.scale.to(torch.float32), self.bias)
 
 
 class FakeQuantConv(_FakeQuant):
@@ -94,7 +94,7 @@ class FakeQuantConv(_FakeQuant):
             qp_w, qp_x = self.weight_qparams(), self.act_qparams()
             w_int = int_ste(weight_2d(self.weight), qp_w).reshape(w4.shape)
             acc = F.conv2d(int_ste(x4, qp_x), w_int, None, *args)              # float64, exact
-            y = conv_exit(acc, output_multiplier(qp_x.scale, qp_w.scale), self.bias)
+            y = conv_exit(acc, channel_scales(qp_w), qp_x.scale.to(torch.float32), self.bias)
         return y.squeeze(2) if one_d else y
 
 

@@ -17,7 +17,7 @@ from ..ops import quantize
 from ..qparams import QParams
 from ..qtensor import QTensor
 from ..scheme import PerChannel, PerGroup, QScheme
-from .common import act_absmax, dynamic_qparams, int_weight, output_multiplier
+from .common import act_info, channel_scales, dynamic_qparams, int_weight
 
 
 class _QuantWeight(nn.Module):
@@ -29,12 +29,11 @@ class _QuantWeight(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
         self.kernel = "dequantize"       # weight-only: float compute on dequantized weights
 
-    def _choose(self, act_scheme: QScheme, prefer: str | None):
+    def _choose(self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False):
         """Integer execution: keep w_int (int8, or int16 for asymmetric weights) and pick a kernel."""
-        self.w_int, self.w_rowsum, self.w_absmax = int_weight(self.weight_q)
+        self.w_int = int_weight(self.weight_q)
         k = self.weight_q.shape[1]
-        self.kernel = kernels.choose(k, act_absmax(act_scheme), self.w_absmax,
-                                     self.w_int.dtype == torch.int8, prefer)
+        self.kernel = kernels.choose(k, act_info(act_scheme, scalar_zp), self.w_int, prefer, conv)
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.weight_q.dequantize()
@@ -50,14 +49,14 @@ class QuantLinear(_QuantWeight):
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         if act is not None:
             self._choose(act.scheme, kernel)
-            self.m = output_multiplier(act.scale, weight.qparams.scale)
+            self.s_w, self.s_x = channel_scales(weight.qparams), act.scale.to(torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is None:
             return F.linear(x.to(torch.float32), self.dequantized_weight(), self.bias)
         q_x = quantize(x, self.act)
-        acc = kernels.linear_acc(self.kernel, q_x, self.act.zero_point, self.w_int, self.w_rowsum)
-        return kernels.dequant_acc(acc, self.m, self.bias)
+        acc = kernels.linear_acc(self.kernel, q_x, self.act.zero_point, self.w_int)
+        return kernels.dequant_acc(acc, self.s_w, self.s_x, self.bias)
 
 
 class DynamicQuantLinear(_QuantWeight):
@@ -69,7 +68,8 @@ class DynamicQuantLinear(_QuantWeight):
         self.act_scheme = act_scheme or QScheme(bits=8, symmetric=False)
         self.per_token = per_token
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self._choose(self.act_scheme, kernel)
+        self._choose(self.act_scheme, kernel, scalar_zp=not per_token)
+        self.s_w = channel_scales(weight.qparams)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -77,9 +77,9 @@ class DynamicQuantLinear(_QuantWeight):
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
         q_x = quantize(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
-        acc = kernels.linear_acc(self.kernel, q_x, z_x, self.w_int, self.w_rowsum)
+        acc = kernels.linear_acc(self.kernel, q_x, z_x, self.w_int)
         s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
-        y = kernels.dequant_acc(acc, output_multiplier(s_x, self.weight_q.qparams.scale), self.bias)
+        y = kernels.dequant_acc(acc, self.s_w, s_x.to(torch.float32), self.bias)
         return y.reshape(*lead, -1)
 
 
@@ -93,9 +93,9 @@ class QuantConv(_QuantWeight):
         self.conv = dict(conv)
         self.act = act
         if act is not None:
-            self._choose(act.scheme, kernel)
-            self.m = output_multiplier(act.scale, weight.qparams.scale)
-            self.w_int = self.w_int.reshape(self._shape4d())
+            self._choose(act.scheme, kernel, conv=True)
+            self.s_w, self.s_x = channel_scales(weight.qparams), act.scale.to(torch.float32)
+            self.w_int.w = self.w_int.w.reshape(self._shape4d())
 
     def _shape4d(self) -> tuple:
         s = self.kernel_shape
@@ -110,17 +110,17 @@ class QuantConv(_QuantWeight):
             y = F.conv2d(x4.to(torch.float32), w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
         else:
             q_x = quantize(x4, self.act)
-            acc = kernels.conv2d_acc(self.kernel, q_x, self.act.zero_point, self.w_int, self.w_rowsum,
+            acc = kernels.conv2d_acc(self.kernel, q_x, self.act.zero_point, self.w_int,
                                      c["stride"], c["padding"], c["dilation"], c["groups"])
-            y = conv_exit(acc, self.m, self.bias)
+            y = conv_exit(acc, self.s_w, self.s_x, self.bias)
         return y.squeeze(2) if one_d else y
 
 
-def conv_exit(acc: torch.Tensor, m: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """dequant_acc with per-output-channel m and bias on the channel axis of (N, O, H, W)."""
+def conv_exit(acc: torch.Tensor, s_w: torch.Tensor, s_x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """dequant_acc with per-output-channel s_w and bias on the channel axis of (N, O, H, W)."""
     shape = (1, -1, 1, 1)
-    m = m.reshape(shape) if m.ndim else m
-    return kernels.dequant_acc(acc, m, None if bias is None else bias.reshape(shape))
+    s_w = s_w.reshape(shape) if s_w.ndim else s_w
+    return kernels.dequant_acc(acc, s_w, s_x, None if bias is None else bias.reshape(shape))
 
 
 class QuantEmbedding(nn.Module):

@@ -1,0 +1,82 @@
+"""Atomic publication of output folders (FAULTS 28-29): nothing partial is ever visible.
+
+``publish_folder(out, files)`` writes every file into a fresh hidden folder next to ``out``
+(same parent, so the final step is a rename on one file system), flushes and fsyncs each file
+and the folder, then ``os.replace``s it onto ``out``. A previous ``out`` is first moved aside
+under a hidden name and removed only once the new folder is in place; if that last rename
+fails it is moved back. On any error (disk full, interruption) the temporary folder is
+removed, so the previous output stays as it was and no debris is left. Callers decide
+beforehand whether ``out`` may be replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    """Create ``path`` (never over an existing file) with ``data``, flushed to the disk."""
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (a no-op where folders can't be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sibling(out: Path, tag: str) -> Path:
+    """An unused hidden name next to ``out`` (same folder, so os.replace stays a rename)."""
+    while True:
+        p = out.with_name(f".{out.name}.{tag}-{secrets.token_hex(4)}")
+        if not os.path.lexists(p):
+            return p
+
+
+def publish_folder(out: Path, files: dict) -> None:
+    """Publish the folder ``out`` holding ``files`` (name -> bytes), atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, "tmp")
+    tmp.mkdir()
+    try:
+        for name in sorted(files):
+            write_synced(tmp / name, files[name])
+        fsync_dir(tmp)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """os.replace ``tmp`` onto ``out``; an existing ``out`` is moved aside, then removed (or put
+    back if the move fails)."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = _sibling(out, "old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
