@@ -1,8 +1,9 @@
-"""The ``cuantiza`` command line: ``size``, ``explain`` and ``demo``, each with ``--help``.
+"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo`` and ``report``, each with ``--help``.
 
     cuantiza size --params 70e9 [--bits 32,16,8,5,4,3,2,1] [--group-size 128] [--json]
     cuantiza explain VALUE [--bits 8] [--asymmetric] [--range MIN MAX]
-    cuantiza demo [--quick] [--out DIR]
+    cuantiza demo [--quick] [--out DIR] [--core]
+    cuantiza report DIR
 
 ``--quiet`` (before or after the command) prints results only, without notes. Errors from
 cuantiza (``cuantiza.errors``) print one line, ``cuantiza: error: ...``, and exit with status 2,
@@ -55,11 +56,22 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--range", nargs=2, type=float, metavar=("MIN", "MAX"),
                    help="range to quantize over (default: [v, v], widened to contain 0)")
 
-    d = sub.add_parser("demo", parents=[quiet], help="the numeric core on a weight matrix: bits/weight, bytes, SQNR",
-                       description=demo_core.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d.add_argument("--quick", action="store_true", help="a 256x256 matrix instead of 1024x1024 (seconds)")
-    d.add_argument("--out", metavar="DIR", help="also write demo_core.md and demo_core.json to DIR")
+    d = sub.add_parser("demo", parents=[quiet], help="every workflow on a CNN trained on real digits, in one table",
+                       description=demo_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--quick", action="store_true", help="fewer epochs: under a minute")
+    d.add_argument("--out", metavar="DIR", default="cuantiza-demo",
+                   help="where the report goes (default ./cuantiza-demo); with --core, demo_core.md/.json")
+    d.add_argument("--core", action="store_true",
+                   help="instead: the numeric core on a weight matrix at every bit width (bits/weight, bytes, SQNR)")
+
+    r = sub.add_parser("report", parents=[quiet], help="print a saved report (report.json in DIR)")
+    r.add_argument("dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`")
     return p
+
+
+def demo_doc() -> str:
+    from . import demo
+    return demo.__doc__
 
 
 def _bits_list(text: str) -> list[int]:
@@ -109,11 +121,26 @@ def cmd_explain(args, quiet: bool) -> int:
 
 
 def cmd_demo(args, quiet: bool) -> int:
-    demo_core.run(quick=args.quick, out=args.out, echo=print, notes=not quiet)
+    if args.core:
+        out = args.out if args.out != "cuantiza-demo" else None
+        demo_core.run(quick=args.quick, out=out, echo=print, notes=not quiet)
+        return 0
+    from . import demo, progress
+
+    if quiet:
+        progress.set_quiet(True)
+    demo.run(quick=args.quick, out=args.out)
     return 0
 
 
-COMMANDS = {"size": cmd_size, "explain": cmd_explain, "demo": cmd_demo}
+def cmd_report(args, quiet: bool) -> int:
+    from .report import Report
+
+    print(Report.load(args.dir))
+    return 0
+
+
+COMMANDS = {"size": cmd_size, "explain": cmd_explain, "demo": cmd_demo, "report": cmd_report}
 
 
 def _protect_negative_numbers(argv: list[str]) -> list[str]:

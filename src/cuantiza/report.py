@@ -111,6 +111,8 @@ class Report:
     @classmethod
     def load(cls, directory) -> "Report":
         path = Path(directory) / "report.json"
+        if not path.is_file():
+            raise CorruptFileError(f"{path} does not exist; give a folder written by Report.save()")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -179,15 +179,16 @@ def test_bad_arguments_exit_2_with_one_message(capsys, argv):
     assert "Traceback" not in err and "error" in err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["size", "--help"], ["explain", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["size", "--help"], ["explain", "--help"], ["demo", "--help"],
+                                  ["report", "--help"]])
 def test_help(capsys, argv):
     code, out, _ = run(capsys, *argv)
     assert code == 0 and "usage: cuantiza" in out
 
 
 # ---------------------------------------------------------------------------------- demo
-def test_demo_quick_table_and_files(capsys, tmp_path):
-    code, out, _ = run(capsys, "demo", "--quick", "--out", str(tmp_path))
+def test_demo_core_quick_table_and_files(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--core", "--quick", "--out", str(tmp_path))
     assert code == 0
     lines = [line for line in out.splitlines() if line.startswith("| int")]
     assert len(lines) == 8 * 2 * 3 * 2 - 3                     # bits x sym/asym x granularity x range, binary minmax only
@@ -201,3 +202,23 @@ def test_demo_quick_table_and_files(capsys, tmp_path):
     for (scheme, rng), r in by.items():                         # the MSE search includes min/max itself
         if rng == "mse":
             assert r["sqnr_db"] >= by[(scheme, "minmax")]["sqnr_db"] - 1e-9
+
+
+# -------------------------------------------------------------------------------- report
+def test_report_prints_a_saved_report(capsys, tmp_path):
+    import torch
+    from torch import nn
+
+    import cuantiza as cz
+
+    m = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    qm = cz.quantize_dynamic(m, cz.QuantConfig())
+    cz.report(m, qm, torch.randn(4, 16)).save(tmp_path / "r", plots=0)
+    code, out, _ = run(capsys, "report", str(tmp_path / "r"))
+    assert code == 0 and "model output SQNR" in out
+    assert "compression" in out and out.count("Linear") >= 2
+
+
+def test_report_of_a_missing_folder_is_one_line_error(capsys, tmp_path):
+    code, _, err = run(capsys, "report", str(tmp_path / "nope"))
+    assert code == 2 and "Traceback" not in err
