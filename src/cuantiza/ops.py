@@ -87,6 +87,16 @@ def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     return from_blocks(_quantize_rows(xb, s, z, qp.scheme), b)
 
 
+def quantize_rows(x2: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """``quantize`` for a 2-D float32 tensor with per-tensor or per-row (PerChannel(0)) qparams,
+    without the layout machinery: the hot path of dynamic activations. Same integers."""
+    s = qp.scale.to(torch.float32).reshape(-1, 1)
+    z = qp.zero_point.to(torch.float32).reshape(-1, 1)
+    if s.shape[0] == 1:
+        return _quantize_rows(x2.reshape(1, -1), s, z, qp.scheme).reshape(x2.shape)
+    return _quantize_rows(x2, s, z, qp.scheme)
+
+
 def dequantize(q: torch.Tensor, qp: QParams, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """x_hat = s (q - z), computed in float32, in q's shape."""
     qb, b = to_blocks(q, qp.scheme.granularity)

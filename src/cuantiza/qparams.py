@@ -76,10 +76,11 @@ def _round_once(s64: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
 def _finalize_scale(s64: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     dt = scheme.torch_scale_dtype
     info = torch.finfo(dt)
-    if bool((s64 > info.max).any()):
-        worst = float(s64.max())
+    if not bool((s64 <= info.max).all()):         # one check (and one sync): NaN/Inf fail it too
+        if not bool(torch.isfinite(s64).all()):
+            raise NonFiniteError("range bounds must be finite; exclude NaN/Inf before choosing qparams")
         raise ScaleOverflowError(
-            f"scale {worst:.4g} overflows {scheme.scale_dtype} (max {info.max:.4g}); "
+            f"scale {float(s64.max()):.4g} overflows {scheme.scale_dtype} (max {info.max:.4g}); "
             f"store scales as float32 (scale_dtype='float32') or clip the range"
         )
     s64 = torch.where(s64 == 0, torch.ones_like(s64), s64)       # all-zero block: s = 1
@@ -89,9 +90,7 @@ def _finalize_scale(s64: torch.Tensor, scheme: QScheme) -> torch.Tensor:
 
 def scale_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     """Scale (storage dtype) for ranges [lo, hi]; lo/hi any shape, computed in float64."""
-    lo64, hi64 = lo.to(torch.float64), hi.to(torch.float64)
-    if not (torch.isfinite(lo64).all() and torch.isfinite(hi64).all()):
-        raise NonFiniteError("range bounds must be finite; exclude NaN/Inf before choosing qparams")
+    lo64, hi64 = lo.to(torch.float64), hi.to(torch.float64)       # NaN/Inf propagate into s
     if scheme.symmetric:
         amax = torch.maximum(lo64.abs(), hi64.abs())
         s = amax if scheme.binary else amax / scheme.qmax

@@ -193,3 +193,15 @@ def test_empty_tensor():
     q, qp = cz.quantize_tensor(torch.empty(0), cz.QScheme(bits=4))
     assert q.shape == (0,) and float(qp.scale) == 1.0
     assert cz.dequantize(q, qp).shape == (0,)
+
+
+@pytest.mark.parametrize("scheme", [cz.QScheme(bits=8, symmetric=False), cz.QScheme(bits=7),
+                                    cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
+                                    cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0))],
+                         ids=lambda s: s.describe())
+def test_quantize_rows_fast_path_equals_quantize(scheme):
+    from cuantiza.ops import quantize_rows
+
+    x = torch.randn(37, 300) * torch.logspace(-2, 2, 37)[:, None]
+    qp = cz.ops.tensor_qparams(x, scheme)
+    assert torch.equal(quantize_rows(x, qp), cz.quantize(x, qp))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..ops import quantize
+from ..ops import quantize, quantize_rows
 from ..qparams import QParams
 from ..qtensor import QTensor
 from ..scheme import PerChannel, PerGroup, QScheme
@@ -75,7 +75,7 @@ class DynamicQuantLinear(_QuantWeight):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)                    # (M, K)
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
-        q_x = quantize(x2, qp)
+        q_x = quantize_rows(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
         acc = kernels.linear_acc(self.kernel, q_x, z_x, self.w_int)
         s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
