@@ -118,3 +118,27 @@ def test_config_errors_are_typed():
         cz.QuantConfig(overrides={"x": {"bitz": 3}})
     with pytest.raises(cz.ConfigError):
         cz.QuantConfig(activation=cz.QScheme(bits=1))
+
+
+def test_fault_23_already_quantized_model_is_never_quantized_twice():
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    qm = cz.quantize_dynamic(m, cz.QuantConfig())
+    with pytest.raises(cz.PlanError, match="already quantized"):
+        cz.quantize_weights(qm, cz.QuantConfig())
+    mixed = nn.Sequential(qm[0], nn.Linear(8, 2))           # one layer done, one float
+    p = cz.plan(mixed, cz.QuantConfig(), "weight_only")
+    assert "already quantized by cuantiza" in p["0"].reason and p["1"].quantized
+    out = cz.quantize_weights(mixed, cz.QuantConfig())
+    assert out[0].weight_q is not None and isinstance(out[0], cz.modules.DynamicQuantLinear)
+
+
+def test_fault_23_torch_ao_quantized_layers_are_listed_not_requantized():
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ao = quantize_dynamic(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), {nn.Linear}, dtype=torch.qint8)
+    with pytest.raises(cz.PlanError, match="already quantized"):
+        cz.plan(ao, cz.QuantConfig(), "weight_only")
