@@ -76,10 +76,15 @@ def _reduction_len(mod: nn.Module) -> int:
 
 def _weight_scheme(name: str, mod: nn.Module, cfg: QuantConfig) -> tuple[QScheme, str]:
     """The weight scheme for a layer, with the group-remainder policy applied."""
+    return weight_scheme(name, _reduction_len(mod), cfg)
+
+
+def weight_scheme(name: str, k: int, cfg: QuantConfig) -> tuple[QScheme, str]:
+    """The weight scheme for a layer whose rows reduce over ``k`` elements, with the
+    group-remainder policy applied; (scheme, note). Also used for ONNX graphs."""
     s = cfg.weight
     g = s.granularity
     if isinstance(g, PerGroup):
-        k = _reduction_len(mod)
         if g.size > k and cfg.group_remainder != "error":
             return dataclasses.replace(s, granularity=PerChannel(0)), f"group {g.size} > {k} columns: per-channel"
         if k % g.size:
@@ -130,10 +135,23 @@ def plan(model: nn.Module, config: QuantConfig, workflow: str = "static") -> Pla
     for name, mod in model.named_modules():
         if not name or next(mod.children(), None) is not None:
             continue
-        if not any(True for _ in mod.parameters(recurse=False)):
-            continue
-        layers.append(_layer(name, mod, config.resolve(name), workflow))
+        done = _already_quantized(mod)
+        if done:                                   # FAULTS 23: never quantize twice
+            layers.append(LayerPlan(name, type(mod).__name__, None, None, done))
+        elif any(True for _ in mod.parameters(recurse=False)):
+            layers.append(_layer(name, mod, config.resolve(name), workflow))
     if not any(lp.quantized for lp in layers):
+        if any(lp.reason.startswith("already quantized") for lp in layers):
+            raise PlanError("this model is already quantized; start from the float model")
         raise PlanError("no layer can be quantized: check include/exclude globs and layer types")
     return Plan(workflow, tuple(layers))
+
+
+def _already_quantized(mod: nn.Module) -> str:
+    """A reason if ``mod`` holds quantized weights already (cuantiza's or torch.ao's), else ''."""
+    if hasattr(mod, "weight_q") or hasattr(mod, "layer_plan"):
+        return "already quantized by cuantiza: left as it is"
+    if type(mod).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized")):
+        return f"already quantized ({type(mod).__module__}): left as it is"
+    return ""
 
