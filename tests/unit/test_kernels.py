@@ -118,3 +118,17 @@ def test_dequant_order_is_left_to_right():
     s_w, s_x, b = torch.tensor([0.1, 0.3]), torch.tensor([[0.7]]), torch.tensor([1.0, 2.0])
     want = (acc.float() * s_w) * s_x + b
     assert torch.equal(kernels.dequant_acc(acc, s_w, s_x, b), want)
+
+
+@pytest.mark.skipif(not fast.onednn_available(), reason="oneDNN int8 ops not in this torch build")
+@pytest.mark.parametrize("per_row", [False, True])
+def test_fused_onednn_exit_equals_reference_exit(per_row):
+    m, k, o = 33, 200, 40
+    w = _weights(o, k)
+    q = torch.randint(-63, 64, (m, k), dtype=torch.int8)
+    zero = torch.zeros((), dtype=torch.int32)
+    s_w = torch.rand(o) * 1e-2
+    s_x = torch.rand(m, 1) * 0.1 if per_row else torch.tensor(0.037)
+    bias = torch.randn(o)
+    want = kernels.linear("reference", q, zero, w, s_w, s_x, bias)
+    assert torch.equal(kernels.linear("onednn", q, zero, w, s_w, s_x, bias), want)

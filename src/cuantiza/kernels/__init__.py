@@ -86,6 +86,18 @@ def linear_acc(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w: IntWeight) 
     return reference.linear_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w.w)
 
 
+def linear(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w: IntWeight, s_w: torch.Tensor,
+           s_x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The whole integer layer after activation quantization: acc, then the exit
+    (float32(acc) * s_w) * s_x + bias. oneDNN applies s_w in its GEMM's output stage (the same
+    single rounding), which saves a pass over the output."""
+    if kernel == "onednn":
+        y = fast.linear_onednn(q_x, z_x, w.onednn(), s_w)
+        y.mul_(s_x)
+        return y.add_(bias) if bias is not None else y
+    return dequant_acc(linear_acc(kernel, q_x, z_x, w), s_w, s_x, bias)
+
+
 def conv2d_acc(kernel: str, q_x, z_x, w: IntWeight, stride, padding, dilation, groups):
     if kernel == "f32exact":
         return fast.conv2d_f32exact(q_x, z_x, w.w, stride, padding, dilation, groups)

@@ -85,17 +85,21 @@ class OneDNNWeight:
         self.ones = torch.ones(o, dtype=torch.float32)
         self.zeros = torch.zeros(o, dtype=torch.int64)
 
-    def acc(self, q_u8: torch.Tensor, zero_point: int) -> torch.Tensor:
-        """float32(sum_k (q - zero_point) w) for q uint8 (M, K) with values <= 127."""
-        return torch.ops.onednn.qlinear_pointwise(q_u8, 1.0, zero_point, self.packed, self.ones, self.zeros,
+    def acc(self, q_u8: torch.Tensor, zero_point: int, s_w: torch.Tensor | None = None) -> torch.Tensor:
+        """float32(sum_k (q - zero_point) w), times s_w per output channel if given (one
+        rounding, as float32(acc) * s_w), for q uint8 (M, K) with values <= 127."""
+        scales = self.ones if s_w is None else s_w.reshape(-1).expand(self.ones.shape).contiguous()
+        return torch.ops.onednn.qlinear_pointwise(q_u8, 1.0, zero_point, self.packed, scales, self.zeros,
                                                   None, 1.0, 0, torch.float32, "none", [], "")
 
 
-def linear_onednn(q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight) -> torch.Tensor:
+def linear_onednn(q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight,
+                  s_w: torch.Tensor | None = None) -> torch.Tensor:
+    """acc (or float32(acc) * s_w, fused into the GEMM's output stage)."""
     lead = q_x.shape[:-1]
     q2 = q_x.reshape(-1, q_x.shape[-1])
     if q2.dtype == torch.int8:              # symmetric codes |q| <= 63: shift into [1, 127]
-        acc = pack.acc((q2 + 64).view(torch.uint8), 64)
+        acc = pack.acc((q2 + 64).view(torch.uint8), 64, s_w)
     else:
-        acc = pack.acc(q2, int(z_x))
+        acc = pack.acc(q2, int(z_x), s_w)
     return acc.reshape(*lead, -1)

@@ -55,8 +55,7 @@ class QuantLinear(_QuantWeight):
         if self.act is None:
             return F.linear(x.to(torch.float32), self.dequantized_weight(), self.bias)
         q_x = quantize(x, self.act)
-        acc = kernels.linear_acc(self.kernel, q_x, self.act.zero_point, self.w_int)
-        return kernels.dequant_acc(acc, self.s_w, self.s_x, self.bias)
+        return kernels.linear(self.kernel, q_x, self.act.zero_point, self.w_int, self.s_w, self.s_x, self.bias)
 
 
 class DynamicQuantLinear(_QuantWeight):
@@ -77,9 +76,8 @@ class DynamicQuantLinear(_QuantWeight):
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
         q_x = quantize_rows(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
-        acc = kernels.linear_acc(self.kernel, q_x, z_x, self.w_int)
         s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
-        y = kernels.dequant_acc(acc, self.s_w, s_x.to(torch.float32), self.bias)
+        y = kernels.linear(self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias)
         return y.reshape(*lead, -1)
 
 
