@@ -47,4 +47,29 @@ THRESHOLDS = {
     #     one outlier at 50: measured 7.2 dB vs. 1.0 dB. Clipping must win by a clear margin,
     #     not a rounding accident.
     "histogram_vs_minmax_sqnr_gain_db": 3.0,
+
+    # --- ONNX (tests/onnx). The runtime computes QDQ layers in float32 ((q_x - z_x) s_x times
+    #     (q_w - z_w) s_w, summed), cuantiza in exact integers with one float exit, so a layer
+    #     fed the same input differs by float32 rounding only. The unit is the LSB of the layer
+    #     output's 8-bit scale, (max(y, 0) - min(y, 0)) / 255 (the scale a static output
+    #     quantizer would get). Measured <= 0.015 LSB for a layer fed the same input (4-bit
+    #     activations, asymmetric weights; <= 0.002 with 8-bit ones); 0.05 is far below any real
+    #     error (one weight code off moves an output by ~0.1-1 LSB).
+    "onnx_isolated_output_lsb": 0.05,
+    # end to end (each side running its own earlier layers) the issue's promise: <= 1 LSB.
+    "onnx_layer_output_lsb": 1.0,
+    # end to end, a float32 difference that lands on a rounding boundary flips one activation
+    # code in a later QuantizeLinear, and the flip moves later layers by a fraction of an LSB,
+    # which flips a few more. Never by more than 1 code; measured up to 1.3 % of the codes at
+    # the 5th layer of the (untrained) digits CNN. 5 % bounds that cascade; a wrong scale, zero
+    # point or rounding rule changes most codes (and fails the isolated check, which is exact).
+    "onnx_code_mismatch_max": 1,
+    "onnx_code_mismatch_rate": 0.05,
+    # onnxruntime's default session turns DequantizeLinear -> MatMul into MatMulNBits with int8
+    # activations (accuracy_level 4: a second activation quantization cuantiza does not do);
+    # measured 1.04 LSB at the ConvNet's output (dynamic int8). With the session option
+    # session.qdq_matmulnbits_accuracy_level=1 the limits above hold.
+    "onnx_default_session_output_lsb": 2.0,
+    # the issue: "a 4-bit export must be <= 60 % of the 8-bit export's bytes for the same model"
+    "onnx_4bit_vs_8bit_bytes": 0.60,
 }

@@ -17,6 +17,7 @@ from .scheme import PerChannel, PerGroup, PerTensor, QScheme
 from .plan import Plan, plan
 from .report import Report, report
 from .io import load, save
+from .onnx import export_onnx, quantize_onnx
 from .specs import MSE, Histogram, MinMax, MovingAverage, Percentile
 from .workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat, quantize_dynamic,
                         quantize_weights, simulate)
@@ -32,5 +33,5 @@ __all__ = [
     "convert", "prepare_qat", "simulate", "freeze_observers", "save", "load", "report", "Report",
     "CuantizaError", "ConfigError", "UnsupportedDtypeError", "NonFiniteError", "ScaleOverflowError",
     "ShapeError", "CalibrationError", "PlanError", "CorruptFileError", "UnsafeFileError",
-    "OutputExistsError",
+    "OutputExistsError", "export_onnx", "quantize_onnx",
 ]
