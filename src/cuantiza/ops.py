@@ -61,19 +61,24 @@ def _rows_params(qp: QParams, b: Blocking) -> tuple[torch.Tensor, torch.Tensor]:
 def _quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     """q = clamp(round(x / s) + z, qmin, qmax) for rows xb (n, L) with s, z of shape (n, 1).
 
-    Cache-sized chunks, in-place ops after the division; symmetric schemes skip "+ z" (z = 0,
-    and round(t) + 0 gives the same integer). Binary: q = +1 where x >= 0, else -1."""
+    Cache-sized chunks through one reused float buffer (a fresh multi-MB temporary per chunk
+    can cost page faults: glibc may hand such blocks back to the OS on free), in-place ops after
+    the division; symmetric schemes skip "+ z" (z = 0, and round(t) + 0 gives the same integer).
+    Binary: q = +1 where x >= 0, else -1."""
     if scheme.binary:
         return (xb >= 0).to(torch.int8).mul_(2).sub_(1)
+    xb = xb.detach()                                     # integers carry no gradient; out= needs it
     result = torch.empty(xb.shape, dtype=scheme.q_dtype)
     x, out = xb, result
     if xb.shape[0] == 1:                                 # per tensor: chunk along the row
         x, out, s, z = xb.reshape(-1), result.view(-1), s.reshape(()), z.reshape(())
-        chunks = (slice(i, i + ROW_CHUNK_ELEMS) for i in range(0, x.numel(), ROW_CHUNK_ELEMS))
+        chunks = [slice(i, i + ROW_CHUNK_ELEMS) for i in range(0, x.numel(), ROW_CHUNK_ELEMS)]
     else:
-        chunks = row_chunks(xb.shape[0], xb.shape[1])
+        chunks = list(row_chunks(xb.shape[0], xb.shape[1]))
+    buf = torch.empty(min(x.numel(), max(ROW_CHUNK_ELEMS, xb.shape[1])), dtype=torch.float32)
     for c in chunks:
-        t = torch.div(x[c], s if s.ndim == 0 else s[c]).round_()
+        xc = x[c]
+        t = torch.div(xc, s if s.ndim == 0 else s[c], out=buf[: xc.numel()].view(xc.shape)).round_()
         if not scheme.symmetric:
             t.add_(z if z.ndim == 0 else z[c])
         out[c] = t.clamp_(scheme.qmin, scheme.qmax)

@@ -73,6 +73,16 @@ def _check_codes(flat: torch.Tensor, bits: int, offset: int) -> None:
 CHUNK = 1 << 20  # values per step (a multiple of 8): 1 MiB of codes, temporaries stay in cache
 
 
+class _Work:
+    """Buffers reused by every chunk of one pack/unpack call: fresh multi-MB temporaries per
+    chunk can cost page faults (glibc may hand freed blocks back to the OS)."""
+
+    def __init__(self, n: int):
+        size = min(CHUNK, -(-n // 8) * 8)
+        self.codes = torch.zeros(size, dtype=torch.uint8)        # one byte per value
+        self.tmp = torch.empty(size // 8, dtype=torch.int64)     # one word per 8 values
+
+
 def pack(codes: torch.Tensor, bits: int, offset: int = 0) -> torch.Tensor:
     """Pack unsigned codes (each < 2^bits; any shape, read flat) into a uint8 tensor.
 
@@ -83,9 +93,10 @@ def pack(codes: torch.Tensor, bits: int, offset: int = 0) -> torch.Tensor:
     _check_codes(flat, bits, offset)
     n = flat.numel()
     out = torch.empty(packed_nbytes(n, bits), dtype=torch.uint8)
+    work = _Work(n)
     for i in range(0, n, CHUNK):                                 # chunk: CHUNK * bits / 8 bytes
         j = min(i + CHUNK, n)
-        out[i * bits // 8: packed_nbytes(j, bits)] = _pack_chunk(_as_codes(flat[i:j], offset), bits)
+        _pack_chunk(flat[i:j], offset, bits, out[i * bits // 8: packed_nbytes(j, bits)], work)
     return out
 
 
@@ -101,65 +112,70 @@ def unpack(packed: torch.Tensor, bits: int, n: int, offset: int = 0) -> torch.Te
         raise ShapeError(f"{n} values of {bits} bits need {need} bytes, got {packed.numel()}")
     flat = packed.reshape(-1)
     out = torch.empty(n, dtype=torch.uint8)
+    work = _Work(n)
     for i in range(0, n, CHUNK):
         j = min(i + CHUNK, n)
-        codes = _unpack_chunk(flat[i * bits // 8: packed_nbytes(j, bits)], bits, j - i)
-        out[i:j] = codes.add_(offset % 256) if offset % 256 else codes
+        codes = _unpack_chunk(flat[i * bits // 8: packed_nbytes(j, bits)], bits, j - i, work)
+        torch.add(codes, offset % 256, out=out[i:j])             # wraps modulo 256: exact
     return out
 
 
-def _as_codes(chunk: torch.Tensor, offset: int) -> torch.Tensor:
-    """chunk + offset as uint8 (already range-checked: the result fits)."""
-    if chunk.dtype == torch.int8:
-        chunk = chunk.view(torch.uint8)                          # two's complement, mod 256
-    elif chunk.dtype != torch.uint8:
-        chunk = (chunk + offset).to(torch.uint8)
-        offset = 0
-    return chunk + (offset % 256) if offset % 256 else chunk     # wraps modulo 256: exact
-
-
-def _pack_chunk(v: torch.Tensor, bits: int) -> torch.Tensor:
-    """Dense bytes of uint8 codes ``v``: ceil(len(v) * bits / 8) of them (a new tensor)."""
-    n = v.numel()
-    if bits == 8:
-        return v.clone()
-    groups = -(-n // 8)
-    if n % 8 or v.storage_offset() % 8:
-        v = _padded(v, groups * 8)
-    w = v.view(torch.int64)                                      # (groups,): value k in bits 8k
+def _squeeze(w: torch.Tensor, tmp: torch.Tensor, bits: int, down: bool) -> None:
+    """The halving steps, in place on the words ``w`` (``tmp``: same shape). down=True packs
+    (upper field of each slot shifted onto the lower one), False unpacks (the reverse)."""
     steps = _steps(bits)
-    for slot, field in steps:                                    # upper field of each slot down
+    for slot, field in (steps if down else reversed(steps)):
         half = slot // 2
-        w = (w & _mask(field, slot)) | ((w >> (half - field)) & _mask(field, slot, field))
-    slot, field = steps[-1][0], 2 * steps[-1][1]
-    if field == 8:                                               # b | 8: one byte per slot
-        out = w.view(_INT[slot]).to(torch.uint8)                 # (groups * 64 / slot,)
-    else:                                                        # 8b bits at the bottom of w
-        out = w.view(torch.uint8).view(groups, 8)[:, :bits]      # (groups, b bytes)
-    return out.reshape(-1)[: packed_nbytes(n, bits)]
+        if down:
+            torch.bitwise_right_shift(w, half - field, out=tmp).bitwise_and_(_mask(field, slot, field))
+        else:
+            torch.bitwise_left_shift(w, half - field, out=tmp).bitwise_and_(_mask(field, slot, half))
+        w.bitwise_and_(_mask(field, slot)).bitwise_or_(tmp)
 
 
-def _unpack_chunk(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """The n uint8 codes in ``packed`` (a new tensor of 8 * ceil(n / 8) values, trimmed)."""
+def _pack_chunk(chunk: torch.Tensor, offset: int, bits: int, out: torch.Tensor, work: _Work) -> None:
+    """Pack ``chunk`` (+ offset, modulo 256) into ``out``, ceil(len * bits / 8) bytes."""
+    n = chunk.numel()
+    groups = -(-n // 8)
+    v = work.codes[: groups * 8]
+    v[n:] = 0                                                    # zero padding of the last group
+    v[:n] = chunk.view(torch.uint8) if chunk.dtype == torch.int8 else chunk   # mod 256: exact
+    if offset % 256:
+        v[:n].add_(offset % 256)
     if bits == 8:
-        return packed.clone()
+        out.copy_(v[:n])
+        return
+    w = v.view(torch.int64)                                      # (groups,): value k in bits 8k
+    _squeeze(w, work.tmp[:groups], bits, down=True)
+    slot, field = _steps(bits)[-1][0], 2 * _steps(bits)[-1][1]
+    if field == 8:                                               # b | 8: one byte per slot
+        out.copy_(w.view(_INT[slot])[: out.numel()])             # int -> uint8 keeps the low byte
+    else:                                                        # 8b bits at the bottom of w
+        dense = w.view(torch.uint8).view(groups, 8)[:, :bits]    # (groups, b bytes)
+        full = out.numel() // bits
+        out[: full * bits].view(full, bits).copy_(dense[:full])
+        out[full * bits:] = dense[full:].reshape(-1)[: out.numel() - full * bits]
+
+
+def _unpack_chunk(packed: torch.Tensor, bits: int, n: int, work: _Work) -> torch.Tensor:
+    """The n uint8 codes in ``packed`` (a view of ``work`` or of ``packed`` itself at 8 bits)."""
+    if bits == 8:
+        return packed
     groups = -(-n // 8)
     steps = _steps(bits)
     slot = steps[-1][0]
+    v = work.codes[: groups * 8]
     if 2 * steps[-1][1] == 8:                                    # b | 8: one byte per slot
-        w = _padded(packed, groups * 64 // slot).to(_INT[slot]).view(torch.int64)  # (groups,)
+        wide = v.view(_INT[slot])                                # byte k at the bottom of slot k
+        wide[packed.numel():] = 0
+        wide[: packed.numel()] = packed                          # zero-extends
     else:
-        b = torch.zeros(groups, 8, dtype=torch.uint8)            # (groups, 8 bytes), b used
-        b[:, :bits] = _padded(packed, groups * bits).view(groups, bits)
-        w = b.view(torch.int64).reshape(-1)                      # (groups,)
-    for slot, field in reversed(steps):                          # upper field back up
-        half = slot // 2
-        w = (w & _mask(field, slot)) | ((w << (half - field)) & _mask(field, slot, half))
-    return w.view(torch.uint8)[:n]
-
-
-def _padded(flat: torch.Tensor, length: int) -> torch.Tensor:
-    """``flat`` zero padded to ``length`` values, in a fresh (8-byte aligned) tensor."""
-    out = torch.zeros(length, dtype=flat.dtype)
-    out[: flat.numel()] = flat
-    return out
+        b = v.view(groups, 8)                                    # (groups, 8 bytes), b used
+        b.zero_()
+        full = packed.numel() // bits
+        b[:full, :bits] = packed[: full * bits].view(full, bits)
+        if full < groups:
+            b[full, : packed.numel() - full * bits] = packed[full * bits:]
+    w = v.view(torch.int64)                                      # (groups,)
+    _squeeze(w, work.tmp[:groups], bits, down=False)
+    return v[:n]

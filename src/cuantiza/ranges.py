@@ -73,12 +73,14 @@ def fake_quant_rows(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: Q
 MSE_MARGIN = 1e-5
 
 
-def _row_errors(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme, norm: float) -> torch.Tensor:
-    """(sum |x - dq(q(x))|^norm)^(1/norm) per row, float32; s and z are (n, 1) float32."""
+def _row_errors(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme, norm: float,
+                buf: torch.Tensor) -> torch.Tensor:
+    """(sum |x - dq(q(x))|^norm)^(1/norm) per row, float32; s and z are (n, 1) float32 and
+    ``buf`` a float32 buffer of x's shape (reused: no multi-MB temporary per candidate)."""
     if scheme.binary:
-        d = torch.where(x >= 0, s, -s).sub_(x)
+        d = torch.where(x >= 0, s, -s, out=buf).sub_(x)
     else:
-        t = torch.div(x, s).round_()
+        t = torch.div(x, s, out=buf).round_()
         if scheme.symmetric:                                     # z = 0
             t.clamp_(scheme.qmin, scheme.qmax)
         else:
@@ -93,16 +95,18 @@ def mse_rows(xb: torch.Tensor, scheme: QScheme, grid: int = 32, max_shrink: floa
     ``[lo, hi] * (1 - k * max_shrink / grid)``, k = 0..grid-1 (k = 0 is min/max itself; a
     shrunk range wins only if better by ``MSE_MARGIN``, relative). The scale rounded to its
     storage dtype is the one evaluated. Scales of all candidates are chosen at once per chunk."""
+    xb = xb.detach()                                             # a search, not a differentiable op
     lo, hi = minmax_rows(xb)
     ratios = torch.tensor([1.0 - k * max_shrink / grid for k in range(grid)], dtype=lo.dtype)[:, None]
     best_lo, best_hi = lo.clone(), hi.clone()
+    buf = torch.empty(min(xb.numel(), max(ROW_CHUNK_ELEMS, xb.shape[1])), dtype=torch.float32)
     for rows in row_chunks(xb.shape[0], xb.shape[1]):
         x, n = xb[rows], rows.stop - rows.start
         clo, chi = lo[rows] * ratios, hi[rows] * ratios          # (grid, n)
         s = scale_from_range(clo, chi, scheme)
         z = zero_point_from_range(clo, s, scheme).float()
-        s = s.float()
-        err = torch.stack([_row_errors(x, s[k, :, None], z[k, :, None], scheme, norm) for k in range(grid)])
+        s, b = s.float(), buf[: x.numel()].view(x.shape)
+        err = torch.stack([_row_errors(x, s[k, :, None], z[k, :, None], scheme, norm, b) for k in range(grid)])
         err[0] *= 1 - MSE_MARGIN                                 # (grid, n): min/max wins ties
         k = err.argmin(dim=0)                                    # (n,)
         idx = torch.arange(n)
