@@ -1,9 +1,11 @@
-"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo`` and ``report``, each with ``--help``.
+"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report`` and ``quantize``, each with ``--help``.
 
     cuantiza size --params 70e9 [--bits 32,16,8,5,4,3,2,1] [--group-size 128] [--json]
     cuantiza explain VALUE [--bits 8] [--asymmetric] [--range MIN MAX]
     cuantiza demo [--quick] [--out DIR] [--core]
     cuantiza report DIR
+    cuantiza quantize MODEL.onnx -o OUT.onnx [--bits 8] [--static --calibration data.npz | --weight-only]
+             [--per-channel | --group-size N] [--asymmetric] [--exclude GLOB ...] [--overwrite]
 
 ``--quiet`` (before or after the command) prints results only, without notes. Errors from
 cuantiza (``cuantiza.errors``) print one line, ``cuantiza: error: ...``, and exit with status 2,
@@ -17,7 +19,7 @@ import json
 import os
 import sys
 
-from . import demo_core, explain, sizes
+from . import cli_quantize, demo_core, explain, sizes
 from .errors import ConfigError, CuantizaError
 
 
@@ -66,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", parents=[quiet], help="print a saved report (report.json in DIR)")
     r.add_argument("dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`")
+
+    cli_quantize.add_parser(sub, quiet)
     return p
 
 
@@ -140,7 +144,8 @@ def cmd_report(args, quiet: bool) -> int:
     return 0
 
 
-COMMANDS = {"size": cmd_size, "explain": cmd_explain, "demo": cmd_demo, "report": cmd_report}
+COMMANDS = {"size": cmd_size, "explain": cmd_explain, "demo": cmd_demo, "report": cmd_report,
+            "quantize": cli_quantize.cmd_quantize}
 
 
 def _protect_negative_numbers(argv: list[str]) -> list[str]:
