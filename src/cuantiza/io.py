@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 import safetensors.torch
+from safetensors.torch import load as load_safetensors_bytes
 import torch
 from torch import nn
 
@@ -209,7 +210,7 @@ def _read_tensors(path: Path, doc: dict) -> dict:
     """All tensors of the save, read into memory, checked against the manifest's checksum."""
     blob = _read_bytes(path)
     try:
-        tensors = safetensors.torch.load(blob)
+        tensors = load_safetensors_bytes(blob)   # safetensors' own format: no pickle
     except Exception as e:  # noqa: BLE001  (the Rust parser raises its own error types)
         raise _corrupt(path, "is truncated or not a safetensors file", e) from e
     try:

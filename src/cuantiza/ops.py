@@ -109,19 +109,24 @@ def dequantize(q: torch.Tensor, qp: QParams, dtype: torch.dtype = torch.float32)
     return from_blocks(qb.to(torch.float32).sub_(z).mul_(s), b).to(dtype)
 
 
+def _ste_forward(x, scale, zero_point, scheme):
+    """Shared by both STE functions: blocks, row params, the pass-through mask and q.
+    The mask is 1 where round(x / s) + z lies in [qmin, qmax] (binary: |x| <= s)."""
+    xb, b = to_blocks(x.detach().to(torch.float32), scheme.granularity)
+    s, z = _rows_params(QParams(scale, zero_point, scheme), b)
+    if scheme.binary:
+        inside = xb.abs() <= s
+    else:
+        t = torch.round(xb / s) + z
+        inside = (t >= scheme.qmin) & (t <= scheme.qmax)
+    return xb, b, s, z, inside, _quantize_rows(xb, s, z, scheme)
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, scheme):
-        qp = QParams(scale, zero_point, scheme)
-        xb, b = to_blocks(x.to(torch.float32), scheme.granularity)
-        s, z = _rows_params(qp, b)
-        if scheme.binary:
-            inside = xb.abs() <= s
-        else:
-            t = torch.round(xb / s) + z
-            inside = (t >= scheme.qmin) & (t <= scheme.qmax)
+        _, b, s, z, inside, q = _ste_forward(x, scale, zero_point, scheme)
         ctx.save_for_backward(from_blocks(inside, b))
-        q = _quantize_rows(xb, s, z, scheme)
         return from_blocks(q.to(torch.float32).sub_(z).mul_(s), b).to(x.dtype)
 
     @staticmethod
@@ -180,16 +185,8 @@ class _IntSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, scheme):
-        qp = QParams(scale, zero_point, scheme)
-        xb, b = to_blocks(x.detach().to(torch.float32), scheme.granularity)
-        s, z = _rows_params(qp, b)
-        if scheme.binary:
-            inside = xb.abs() <= s
-        else:
-            t = torch.round(xb / s) + z
-            inside = (t >= scheme.qmin) & (t <= scheme.qmax)
+        _, b, s, z, inside, q = _ste_forward(x, scale, zero_point, scheme)
         ctx.save_for_backward(from_blocks(inside / s, b))
-        q = _quantize_rows(xb, s, z, scheme)
         return from_blocks(q.to(torch.float64) - z.to(torch.float64), b)
 
     @staticmethod
