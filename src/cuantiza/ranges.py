@@ -60,14 +60,6 @@ def percentile_rows(xb: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Ten
     return lo.to(torch.float32), hi.to(torch.float32)
 
 
-def fake_quant_rows(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
-    """dq(q(x)) for rows with per-row scale s and zero point z, both (n, 1) float32."""
-    if scheme.binary:
-        return torch.where(x >= 0, s, -s)
-    q = torch.round(x / s).add_(z).clamp_(scheme.qmin, scheme.qmax)
-    return q.sub_(z).mul_(s)
-
-
 # A shrunk range must beat min/max by this relative margin: errors are float32 norms (relative
 # error ~1e-6), so the margin keeps the search never worse than min/max in exact arithmetic.
 MSE_MARGIN = 1e-5
