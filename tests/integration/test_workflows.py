@@ -167,7 +167,7 @@ def test_dynamic_kernels_agree_bit_for_bit(act, mode):
     x = torch.randn(5, 7, 1536) * 3
     with torch.no_grad():
         want = None
-        for kernel in ("reference", "int_mm", "f32exact", "onednn"):
+        for kernel in ("reference", "int_mm", "f32exact", "onednn", "f32split"):
             try:
                 for mod in qm.modules():
                     if isinstance(mod, cz.modules.DynamicQuantLinear):

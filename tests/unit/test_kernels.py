@@ -30,6 +30,7 @@ def test_linear_kernels_match_reference(asym, per_row, m, k, o):
     w = _weights(o, k)
     ref = kernels.linear_acc("reference", q, z, w)
     assert torch.equal(kernels.linear_acc("int_mm", q, z, w), ref)
+    assert torch.equal(kernels.linear_acc("f32split", q, z, w).to(torch.int32), ref)
     if fast.f32exact_ok(k, 255, 127):
         assert torch.equal(kernels.linear_acc("f32exact", q, z, w).to(torch.int32), ref)
 
@@ -74,11 +75,11 @@ def test_choose_respects_exactness_bounds():
     w8 = _weights(4, 8)
     w16 = IntWeight(w8.w.to(torch.int16), w8.rowsum, 255)
     assert kernels.choose(64, U8, w8) == "f32exact"              # u8 saturates oneDNN on AVX2
-    assert kernels.choose(4096, U8, w8) == "int_mm"
-    assert kernels.choose(4096, U8, w16) == "reference"
+    assert kernels.choose(4096, U8, w8) == ("int_mm_vnni" if fast.has_vnni() else "f32split")
+    assert kernels.choose(4096, U8, w16) == "f32split"
     if fast.onednn_available():
         assert kernels.choose(4096, S7_PER_TOKEN, w8) == "onednn"
-    assert kernels.choose(4096, A8_PER_TOKEN, w8) == "int_mm"
+    assert kernels.choose(4096, A8_PER_TOKEN, w8) in ("int_mm_vnni", "f32split")
     assert kernels.choose(64, U8, w8, conv=True) == "f32exact"
     with pytest.raises(ValueError):
         kernels.choose(4096, U8, w8, prefer="f32exact")
@@ -132,3 +133,14 @@ def test_fused_onednn_exit_equals_reference_exit(per_row):
     bias = torch.randn(o)
     want = kernels.linear("reference", q, zero, w, s_w, s_x, bias)
     assert torch.equal(kernels.linear("onednn", q, zero, w, s_w, s_x, bias), want)
+
+
+def test_f32split_is_exact_where_float32_alone_is_not():
+    k = 6000                                             # 255 * 127 * 6000 >> 2^24
+    w = IntWeight(torch.full((2, k), 127, dtype=torch.int8), torch.full((2,), 127 * k, dtype=torch.int32), 127)
+    q = torch.full((3, k), 255, dtype=torch.uint8)
+    q[1, ::7] = 0
+    z = torch.zeros((), dtype=torch.int32)
+    ref = kernels.linear_acc("reference", q, z, w)
+    assert int(ref.max()) > 2**24
+    assert torch.equal(kernels.linear_acc("f32split", q, z, w).to(torch.int64), ref.to(torch.int64))

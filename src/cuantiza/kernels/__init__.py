@@ -34,6 +34,11 @@ class IntWeight:
     def is_int8(self) -> bool:
         return self.w.dtype == torch.int8
 
+    def f32(self) -> torch.Tensor:
+        if "f32" not in self.packs:
+            self.packs["f32"] = self.w.reshape(self.w.shape[0], -1).to(torch.float32)
+        return self.packs["f32"]
+
     def onednn(self) -> fast.OneDNNWeight:
         if "onednn" not in self.packs:
             self.packs["onednn"] = fast.OneDNNWeight(self.w.reshape(self.w.shape[0], -1))
@@ -56,18 +61,23 @@ def _onednn_ok(k, a: ActInfo, w: IntWeight) -> bool:
 
 
 # name -> condition(k, act, weight) under which the kernel is exact; first match wins
+_VNNI = fast.has_vnni()
+
 TABLE = {
     "onednn": _onednn_ok,
     "f32exact": lambda k, a, w: fast.f32exact_ok(k, a.absmax, w.absmax),
+    "int_mm_vnni": lambda k, a, w: _VNNI and w.is_int8 and a.absmax <= 255,   # int_mm where it is fast
+    "f32split": lambda k, a, w: True,
     "int_mm": lambda k, a, w: w.is_int8 and a.absmax <= 255,
     "reference": lambda k, a, w: True,
 }
 CONV = ("f32exact", "int_mm", "reference")   # conv runs as im2col; oneDNN's conv is not wired
+LINEAR = ("onednn", "f32exact", "int_mm_vnni", "f32split", "int_mm", "reference")
 
 
 def choose(k: int, act: ActInfo, w: IntWeight, prefer: str | None = None, conv: bool = False) -> str:
     """Kernel name for a layer; ``prefer`` forces one (tests, benchmarks) if it is exact here."""
-    names = CONV if conv else tuple(TABLE)
+    names = CONV if conv else LINEAR
     if prefer is not None:
         if prefer not in names or not TABLE[prefer](k, act, w):
             raise ValueError(f"kernel {prefer!r} cannot run this layer exactly")
@@ -81,7 +91,10 @@ def linear_acc(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w: IntWeight) 
         return fast.linear_onednn(q_x, z_x, w.onednn())
     if kernel == "f32exact":
         return fast.linear_f32exact(q_x, z_x, w.w)
-    if kernel == "int_mm":
+    if kernel == "f32split":
+        # |q_x - z_x| <= 255 for every activation scheme of 8 bits or fewer
+        return fast.linear_f32split(q_x, z_x, w.f32(), fast.f32split_chunk(255, w.absmax))
+    if kernel in ("int_mm", "int_mm_vnni"):
         return fast.linear_int_mm(q_x, z_x, w.w, w.rowsum)
     return reference.linear_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w.w)
 

@@ -28,6 +28,32 @@ def linear_f32exact(q_x: torch.Tensor, z_x: torch.Tensor, w_int: torch.Tensor) -
     return F.linear(x, w_int.to(torch.float32))
 
 
+def f32split_chunk(x_absmax: int, w_absmax: int) -> int:
+    """Longest K slice whose integer dot products float32 holds exactly."""
+    return max(1, (F32_EXACT - 1) // max(1, x_absmax * w_absmax))
+
+
+def linear_f32split(q_x: torch.Tensor, z_x: torch.Tensor, w_f32: torch.Tensor, chunk: int) -> torch.Tensor:
+    """f32exact over K slices short enough to be exact, the slices summed in float64 (exact up
+    to 2^53): the integer accumulator for any K, at float32 GEMM speed. Returns float64."""
+    x = q_x.to(torch.float32) - z_x.to(torch.float32)
+    k = x.shape[-1]
+    acc = F.linear(x[..., :chunk], w_f32[:, :chunk]).to(torch.float64)
+    for k0 in range(chunk, k, chunk):
+        acc += F.linear(x[..., k0:k0 + chunk], w_f32[:, k0:k0 + chunk])
+    return acc
+
+
+def has_vnni() -> bool:
+    """x86 VNNI (AVX-512 or AVX) makes int8 dot products native; without it torch._int_mm is slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def linear_int_mm(q_x: torch.Tensor, z_x: torch.Tensor, w_int8: torch.Tensor, w_rowsum: torch.Tensor) -> torch.Tensor:
     """q_x (..., K) int8 or uint8; w_int8 (O, K) int8; w_rowsum (O,) int32 = sum_k w."""
     lead = q_x.shape[:-1]
