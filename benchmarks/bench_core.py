@@ -53,6 +53,10 @@ PAIRS = [  # gguf format, the cuantiza scheme with the same bits per weight (Q4_
     ("Q5_0", cz.QScheme(5, True, cz.PerGroup(32), "float16")),
     ("Q4_0", cz.QScheme(4, True, cz.PerGroup(32), "float16")),
     ("Q4_1", cz.QScheme(4, False, cz.PerGroup(32), "float16")),
+    # full signed range with the scale carrying the extreme's sign (gguf's own convention)
+    ("Q8_0", cz.QScheme(8, True, cz.PerGroup(32), "float16", restricted=False)),
+    ("Q5_0", cz.QScheme(5, True, cz.PerGroup(32), "float16", restricted=False)),
+    ("Q4_0", cz.QScheme(4, True, cz.PerGroup(32), "float16", restricted=False)),
 ]
 
 

@@ -76,7 +76,7 @@ def _round_once(s64: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
 def _finalize_scale(s64: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     dt = scheme.torch_scale_dtype
     info = torch.finfo(dt)
-    if not bool((s64 <= info.max).all()):         # one check (and one sync): NaN/Inf fail it too
+    if not bool((s64.abs() <= info.max).all()):   # one check (and one sync): NaN/Inf fail it too
         if not bool(torch.isfinite(s64).all()):
             raise NonFiniteError("range bounds must be finite; exclude NaN/Inf before choosing qparams")
         raise ScaleOverflowError(
@@ -84,14 +84,25 @@ def _finalize_scale(s64: torch.Tensor, scheme: QScheme) -> torch.Tensor:
             f"store scales as float32 (scale_dtype='float32') or clip the range"
         )
     s64 = torch.where(s64 == 0, torch.ones_like(s64), s64)       # all-zero block: s = 1
+    if scheme.full_range:                                         # signed scale: clamp |s|
+        return _signed(s64, info.tiny, dt)
     s64 = s64.clamp(min=info.tiny)                                # tiny/denormal range
     return _round_once(s64, dt)
+
+
+def _signed(s64: torch.Tensor, tiny: float, dt: torch.dtype) -> torch.Tensor:
+    """Sign-preserving finalize for full-range scales: |s| clamped, rounded once, sign kept."""
+    mag = _round_once(s64.abs().clamp(min=tiny), dt)
+    return torch.where(s64 < 0, -mag, mag)
 
 
 def scale_from_range(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     """Scale (storage dtype) for ranges [lo, hi]; lo/hi any shape, computed in float64."""
     lo64, hi64 = lo.to(torch.float64), hi.to(torch.float64)       # NaN/Inf propagate into s
-    if scheme.symmetric:
+    if scheme.full_range:                    # the extreme maps to qmin = -2^(n-1); sign kept
+        extreme = torch.where(lo64.abs() >= hi64.abs(), lo64, hi64)
+        s = extreme / scheme.qmin + (lo64 - lo64) + (hi64 - hi64)   # + 0, or NaN if either is not finite
+    elif scheme.symmetric:
         amax = torch.maximum(lo64.abs(), hi64.abs())
         s = amax if scheme.binary else amax / scheme.qmax
     else:

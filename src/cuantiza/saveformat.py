@@ -57,7 +57,10 @@ def scheme_to_json(s: QScheme) -> dict:
         gran = {"kind": "per_channel", "axis": g.axis}
     else:
         gran = {"kind": "per_group", "size": g.size, "axis": g.axis}
-    return {"bits": s.bits, "symmetric": s.symmetric, "granularity": gran, "scale_dtype": s.scale_dtype}
+    d = {"bits": s.bits, "symmetric": s.symmetric, "granularity": gran, "scale_dtype": s.scale_dtype}
+    if not s.restricted:
+        d["restricted"] = False          # written only when set: older files stay as they were
+    return d
 
 
 def scheme_from_json(d: dict) -> QScheme:
@@ -66,7 +69,7 @@ def scheme_from_json(d: dict) -> QScheme:
     kinds = {"per_tensor": lambda: PerTensor(), "per_channel": lambda: PerChannel(g["axis"]),
              "per_group": lambda: PerGroup(g["size"], g["axis"])}
     return QScheme(bits=d["bits"], symmetric=d["symmetric"], granularity=kinds[g["kind"]](),
-                   scale_dtype=d["scale_dtype"])
+                   scale_dtype=d["scale_dtype"], restricted=d.get("restricted", True))
 
 
 def _stored_zero_point(qp: QParams) -> torch.Tensor | None:

@@ -69,6 +69,7 @@ class QScheme:
     symmetric: bool = True
     granularity: Granularity = PerTensor()
     scale_dtype: str = "float32"
+    restricted: bool = True   # symmetric only; False: full signed range, see ``full_range``
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
@@ -82,6 +83,18 @@ class QScheme:
             )
         if self.scale_dtype not in SCALE_DTYPES:
             raise ConfigError(f"scale_dtype must be one of {sorted(SCALE_DTYPES)}, got {self.scale_dtype!r}")
+        if not isinstance(self.restricted, bool):
+            raise ConfigError(f"restricted must be True or False, got {self.restricted!r}")
+        if not self.restricted and (not self.symmetric or self.bits < 2):
+            raise ConfigError("restricted=False applies to symmetric schemes of 2..8 bits only")
+
+    @property
+    def full_range(self) -> bool:
+        """Symmetric over the full signed range [-2^(n-1), 2^(n-1) - 1] (gguf's Q4_0 / Q5_0):
+        the block's value of largest magnitude maps to -2^(n-1) exactly and the scale carries
+        its sign (s = extreme / -2^(n-1), negative when the extreme is positive). One more level
+        than the restricted range: 16 instead of 15 at 4 bits."""
+        return self.symmetric and not self.restricted
 
     @property
     def binary(self) -> bool:
@@ -92,6 +105,8 @@ class QScheme:
     def qmin(self) -> int:
         if self.binary:
             return -1
+        if self.full_range:
+            return -(2 ** (self.bits - 1))
         return -(2 ** (self.bits - 1) - 1) if self.symmetric else 0
 
     @property
@@ -126,5 +141,5 @@ class QScheme:
             else f"per-channel(axis={g.axis})" if isinstance(g, PerChannel)
             else f"group{g.size}"
         )
-        kind = "binary" if self.binary else ("sym" if self.symmetric else "asym")
+        kind = "binary" if self.binary else ("symfull" if self.full_range else "sym" if self.symmetric else "asym")
         return f"int{self.bits}-{kind}-{gran}"

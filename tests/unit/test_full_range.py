@@ -1,0 +1,74 @@
+"""QScheme(restricted=False): symmetric over the full signed range, gguf-style signed scale."""
+
+import numpy as np
+import pytest
+import torch
+
+import cuantiza as cz
+
+
+def _ref(x: np.ndarray, bits: int, group: int):
+    """NumPy from the formula: per group, the extreme e maps to -2^(n-1): s = e / -2^(n-1)
+    (float64, rounded once to float32), q = clip(rint(x / s), -2^(n-1), 2^(n-1) - 1)."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    xg = x.reshape(-1, group).astype(np.float32)
+    lo, hi = xg.min(1).astype(np.float64), xg.max(1).astype(np.float64)
+    e = np.where(np.abs(lo) >= np.abs(hi), lo, hi)
+    s = (e / qmin).astype(np.float32)
+    s[s == 0] = 1
+    q = np.clip(np.rint(xg / s[:, None]), qmin, qmax)
+    return q.reshape(x.shape).astype(np.int8), s
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_full_range_matches_formula_bit_for_bit(bits):
+    x = torch.randn(16, 64) * torch.logspace(-3, 2, 16)[:, None]
+    x[3] = 0.0
+    scheme = cz.QScheme(bits=bits, granularity=cz.PerGroup(32), restricted=False)
+    q, qp = cz.quantize_tensor(x, scheme)
+    q_ref, s_ref = _ref(x.numpy(), bits, 32)
+    assert np.array_equal(q.numpy(), q_ref)
+    assert np.array_equal(qp.scale.reshape(-1).numpy(), s_ref)
+    assert int(q.min()) >= scheme.qmin and int(q.max()) <= scheme.qmax == 2 ** (bits - 1) - 1
+    err = (cz.dequantize(q, qp) - x).abs()
+    step = qp.scale.abs().repeat_interleave(32, dim=1)
+    # rounding costs <= s/2; only the opposite end can clip, by at most one step (as in gguf)
+    assert bool((err <= step * (1 + 1e-6)).all())
+    clipped = q == scheme.qmax
+    assert bool((err[~clipped] <= step[~clipped] / 2 * (1 + 1e-6)).all())
+
+
+def test_full_range_has_one_more_level_and_beats_restricted():
+    x = torch.randn(256, 256)
+    full = cz.QScheme(bits=4, granularity=cz.PerGroup(32), restricted=False)
+    assert (full.qmin, full.qmax, full.levels) == (-8, 7, 16)
+    sq = {}
+    for name, s in (("full", full), ("restricted", cz.QScheme(bits=4, granularity=cz.PerGroup(32)))):
+        xh = cz.QTensor.from_float(x, s).dequantize()
+        sq[name] = float(20 * torch.log10(x.norm() / (x - xh).norm()))
+    assert sq["full"] > sq["restricted"] + 0.3
+
+
+def test_full_range_config_errors_and_nan():
+    with pytest.raises(cz.ConfigError):
+        cz.QScheme(bits=4, symmetric=False, restricted=False)
+    with pytest.raises(cz.ConfigError):
+        cz.QScheme(bits=1, restricted=False)
+    x = torch.ones(4, 8)
+    x[1, 2] = float("nan")
+    with pytest.raises(cz.NonFiniteError):
+        cz.quantize_tensor(x, cz.QScheme(bits=4, granularity=cz.PerChannel(0), restricted=False))
+
+
+def test_full_range_weights_run_exactly_and_round_trip(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    w = cz.QScheme(bits=4, granularity=cz.PerChannel(0), restricted=False)
+    p = cz.calibrate(cz.prepare(m, cz.QuantConfig(weight=w)), [torch.randn(8, 64) for _ in range(3)])
+    qm = cz.convert(p)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert torch.equal(qm(x), cz.simulate(p)(x))
+    cz.save(qm, tmp_path / "q")
+    back = cz.load(tmp_path / "q", m)
+    assert back[0].weight_q.scheme.restricted is False
+    assert torch.equal(back(x), qm(x))
