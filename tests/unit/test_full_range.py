@@ -72,3 +72,20 @@ def test_full_range_weights_run_exactly_and_round_trip(tmp_path):
     back = cz.load(tmp_path / "q", m)
     assert back[0].weight_q.scheme.restricted is False
     assert torch.equal(back(x), qm(x))
+
+
+def test_full_range_exports_to_onnx_with_signed_scales(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
+    w = cz.QScheme(bits=4, granularity=cz.PerGroup(32), restricted=False)
+    qm = cz.quantize_weights(m, cz.QuantConfig(weight=w))
+    assert bool((qm[0].weight_q.qparams.scale < 0).any())          # the case under test
+    x = torch.randn(5, 64)
+    cz.export_onnx(qm, x, tmp_path / "m.onnx")
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")   # float activations
+    s = ort.InferenceSession(str(tmp_path / "m.onnx"), so, providers=["CPUExecutionProvider"])
+    y = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        assert np.allclose(y, qm(x).numpy(), atol=1e-5)
