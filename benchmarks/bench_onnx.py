@@ -96,21 +96,24 @@ def np_enc(enc: dict) -> dict:
 
 def ort_embed(sess, enc: dict) -> torch.Tensor:
     hidden = torch.from_numpy(sess.run(None, feed(sess, enc))[0])
-    mask = torch.from_numpy(enc["attention_mask"]).unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return minilm.mean_pool(hidden, torch.from_numpy(enc["attention_mask"]))
 
 
-def minilm_variants(tmp: Path, fp32, enc1: dict, cal: list) -> list:
-    src = export_float(Encoder(fp32), tuple(torch.from_numpy(enc1[k]) for k in TEXT_INPUTS), TEXT_INPUTS,
-                       tmp / "minilm.onnx", "last_hidden_state")
-    torch_q = cz.quantize_dynamic(fp32)
-    args = tuple(torch.from_numpy(enc1[k]) for k in TEXT_INPUTS)
-    specs = [
+def ort_specs(src: Path, cal: list) -> list:
+    """ONNX Runtime's own quantizers, the same four rows for every model."""
+    return [
         ("ORT quantize_dynamic QInt8 per-channel", ort_dynamic(src)),
         ("ORT quantize_static QDQ MinMax", ort_static(src, cal, "MinMax")),
         ("ORT quantize_static QDQ Percentile", ort_static(src, cal, "Percentile")),
         ("ORT quantize_static QDQ MinMax, QInt4 weights", ort_static(src, cal, "MinMax", "QInt4")),
+    ]
+
+
+def minilm_variants(tmp: Path, fp32, enc1: dict, cal: list) -> list:
+    args = tuple(torch.from_numpy(enc1[k]) for k in TEXT_INPUTS)
+    src = export_float(Encoder(fp32), args, TEXT_INPUTS, tmp / "minilm.onnx", "last_hidden_state")
+    torch_q = cz.quantize_dynamic(fp32)
+    specs = ort_specs(src, cal) + [
         ("cuantiza quantize_onnx dynamic", cz_onnx(src, cz.QuantConfig(), "dynamic")),
         ("cuantiza quantize_onnx dynamic, per-token", cz_onnx(src, cz.QuantConfig(dynamic="per_token"), "dynamic")),
         ("cuantiza quantize_onnx static MinMax", cz_onnx(src, cz.QuantConfig(), "static", cal)),
@@ -165,11 +168,7 @@ def digits_variants(tmp: Path, fp32, x_cal: torch.Tensor) -> list:
     src = export_float(fp32, (x_cal[:1],), ["input"], tmp / "digits.onnx", "output")
     cal = [{"input": b.numpy()} for b in x_cal.split(64)]
     torch_q = torch_static(fp32, x_cal)
-    specs = [
-        ("ORT quantize_dynamic QInt8 per-channel", ort_dynamic(src)),
-        ("ORT quantize_static QDQ MinMax", ort_static(src, cal, "MinMax")),
-        ("ORT quantize_static QDQ Percentile", ort_static(src, cal, "Percentile")),
-        ("ORT quantize_static QDQ MinMax, QInt4 weights", ort_static(src, cal, "MinMax", "QInt4")),
+    specs = ort_specs(src, cal) + [
         ("cuantiza quantize_onnx dynamic", cz_onnx(src, cz.QuantConfig(), "dynamic")),
         ("cuantiza quantize_onnx static MinMax", cz_onnx(src, cz.QuantConfig(), "static", cal)),
         ("cuantiza quantize_onnx static Percentile", cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal)),

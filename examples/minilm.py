@@ -57,8 +57,12 @@ def batch(tok, texts: list[str], max_length: int = 128, pad_to_max: bool = False
 @torch.no_grad()
 def embed(model, enc: dict) -> torch.Tensor:
     """Sentence embeddings as sentence-transformers makes them: mean pooling, L2 normalised."""
-    hidden = model(**enc).last_hidden_state                                   # (B, T, 384)
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) token states -> (B, D) mean over real tokens, L2 normalised."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
     return torch.nn.functional.normalize(pooled, dim=-1)
 
@@ -75,7 +79,7 @@ def main() -> None:
     qm = cz.quantize_dynamic(fp32, cz.QuantConfig(dynamic="per_token"))
     cos = cosine(embed(fp32, enc), embed(qm, enc))
     totals = cz.report(fp32, qm, enc).totals
-    print(f"dynamic int8 (per-channel weights, per-token activations, int8 embeddings):")
+    print("dynamic int8 (per-channel weights, per-token activations, int8 embeddings):")
     print(f"  bytes {totals['quant_bytes']:,} vs fp32 {totals['float_bytes']:,} "
           f"({totals['quant_bytes'] / totals['float_bytes']:.1%}), "
           f"embedding cosine mean {cos.mean():.4f} min {cos.min():.4f}")

@@ -180,7 +180,7 @@ def describe_quantization(st: QuantStep) -> str:
             lines.append(f"  scale     s = max(|min|, |max|) / {sc.qmax} = {st.scale!r}  (float32)")
         else:
             lines.append(f"  scale     s = (max(hi, 0) - min(lo, 0)) / {sc.qmax} = {st.scale!r}  (float32)")
-        lines.append(f"  zero pt   z = " + ("0" if sc.symmetric else f"clamp(round(-min(lo, 0) / s), 0, {sc.qmax}) = {st.zero_point}"))
+        lines.append("  zero pt   z = " + ("0" if sc.symmetric else f"clamp(round(-min(lo, 0) / s), 0, {sc.qmax}) = {st.zero_point}"))
         raw = round(st.ratio) + st.zero_point if math.isfinite(st.ratio) else st.ratio
         clamped = "" if raw == st.q else f"  (clamped from {raw})"
         lines.append(f"  quantized q = clamp(round(v / s) + z, {sc.qmin}, {sc.qmax}) = "

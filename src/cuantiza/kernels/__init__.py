@@ -7,8 +7,9 @@ the weight (int8 or wider, largest |w_int|). ``choose`` returns the first entry 
 whose condition makes it exact; the name is kept on the module and shown in reports.
 
 Measured on this project's 2-core AVX2 machine (benchmarks/RESULTS.md): oneDNN's u8 x s8 GEMM
-is the fast one; ``torch._int_mm`` falls back to a slow path without VNNI, so it ranks below
-the float32-exact path and is kept for layers nothing else can run exactly.
+is the fast one; ``torch._int_mm`` is 20-40x slower than float32 without VNNI, so it ranks first
+only on CPUs with VNNI (``int_mm_vnni``); elsewhere ``f32split`` (exact float32 K slices)
+runs every layer that the faster paths cannot. ``int_mm`` stays selectable with ``prefer``.
 """
 
 from __future__ import annotations
