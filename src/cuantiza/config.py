@@ -15,6 +15,11 @@
   group size: ``"error"`` (default, caught at plan time), ``"pad"`` (a shorter last group) or
   ``"per_channel"`` (fall back to per-channel scales for that layer; the plan lists it).
 * ``fold_bn``: fold BatchNorm into the preceding convolution before quantizing.
+* ``method``: how weights are rounded: ``"rtn"`` (round to nearest over the ``weight_range``
+  clipping), ``"hqq"`` (data-free optimisation of scale and zero point per group), ``"gptq"``
+  (Hessian-based error compensation) or ``"awq"`` (activation-aware scaling, then rounding);
+  the last two need calibration data (``cuantiza.llm``). ``method_options`` passes settings to
+  the method (e.g. ``{"damp": 0.01, "act_order": True}`` for GPTQ).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from .specs import MinMax, RangeSpec
 
 DYNAMIC_MODES = ("per_tensor", "per_token")
 REMAINDER_MODES = ("error", "pad", "per_channel")
+METHODS = ("rtn", "hqq", "gptq", "awq")
+CALIBRATED_METHODS = ("gptq", "awq")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class QuantConfig:
     group_remainder: str = "error"
     fold_bn: bool = True
     quantize_embeddings: bool = True
+    method: str = "rtn"
+    method_options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.weight, QScheme):
@@ -59,6 +68,8 @@ class QuantConfig:
             raise ConfigError(f"dynamic must be one of {DYNAMIC_MODES}, got {self.dynamic!r}")
         if self.group_remainder not in REMAINDER_MODES:
             raise ConfigError(f"group_remainder must be one of {REMAINDER_MODES}, got {self.group_remainder!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("include", "exclude"):
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
