@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from . import cli_quantize, demo_core, explain, sizes
+from . import cli_llm, cli_quantize, demo_core, explain, sizes
 from .errors import ConfigError, CuantizaError
 
 
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`")
 
     cli_quantize.add_parser(sub, quiet)
+    cli_llm.add_eval_parser(sub, quiet)
     return p
 
 
@@ -144,7 +145,7 @@ def cmd_report(args, quiet: bool) -> int:
     return 0
 
 
-COMMANDS = {"size": cmd_size, "explain": cmd_explain, "demo": cmd_demo, "report": cmd_report,
+COMMANDS = {"eval-ppl": cli_llm.cmd_eval_ppl, "size": cmd_size, "explain": cmd_explain, "demo": cmd_demo, "report": cmd_report,
             "quantize": cli_quantize.cmd_quantize}
 
 

@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .config import QuantConfig
+from .config import CALIBRATED_METHODS, QuantConfig
 from .errors import CalibrationError, PlanError
 from .modules import (DynamicQuantLinear, FakeQuantConv, FakeQuantEmbedding, FakeQuantLinear,
                       QuantConv, QuantEmbedding, QuantLinear)
@@ -48,17 +48,28 @@ class _WeightCache:
         self.done: dict = {}
 
     def get(self, param: torch.Tensor, lp: LayerPlan, notes: dict) -> QTensor:
-        key = (id(param), lp.weight, lp.config.weight_range)
+        key = (id(param), lp.weight, lp.config.weight_range, lp.config.method)
         if key in self.done:
             first, qt = self.done[key]
             notes[lp.name] = f"tied with {first}: quantized once"
             return qt
         if any(k[0] == id(param) for k in self.done):
             notes[lp.name] = "shares a weight quantized with another scheme: untied"
-        qt = QTensor.from_float(weight_2d(param.detach()), lp.weight, lp.config.weight_range,
-                                name=f"{lp.name}.weight")
+        qt = _quantize_weight(weight_2d(param.detach()), lp)
         self.done[key] = (lp.name, qt)
         return qt
+
+
+def _quantize_weight(w: torch.Tensor, lp: LayerPlan) -> QTensor:
+    """One weight by the layer's method: round to nearest (over ``weight_range``) or HQQ."""
+    cfg, name = lp.config, f"{lp.name}.weight"
+    if cfg.method == "rtn":
+        return QTensor.from_float(w, lp.weight, cfg.weight_range, name=name)
+    if cfg.method == "hqq":
+        from .algorithms import hqq
+        return hqq(w, lp.weight, name=name, **dict(cfg.method_options))
+    raise PlanError(f"{lp.name}: method {cfg.method!r} needs calibration data; use "
+                    "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
 
 
 def _bias(mod):
@@ -77,12 +88,12 @@ def _quant_module(mod: nn.Module, lp: LayerPlan, qt: QTensor, act, dynamic: str 
     return QuantLinear(qt, _bias(mod), act)
 
 
-def _convert_plain(model: nn.Module, config: QuantConfig, workflow: str) -> nn.Module:
+def _convert_plain(model: nn.Module, config: QuantConfig, workflow: str, weights: dict | None = None) -> nn.Module:
     m, p, folded = _prepared_copy(model, config, workflow)
     info, cache = QuantInfo(workflow, p, folded=folded), _WeightCache()
     for lp in bar(p.quantized(), desc=f"quantize ({workflow})", unit="layer"):
         mod = get_module(m, lp.name)
-        qt = cache.get(mod.weight, lp, info.notes)
+        qt = weights[lp.name] if weights and lp.name in weights else cache.get(mod.weight, lp, info.notes)
         dyn = config.dynamic if workflow == "dynamic" else None
         if dyn and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             info.notes.setdefault(lp.name, "dynamic: convolutions run weight-only")
@@ -92,12 +103,27 @@ def _convert_plain(model: nn.Module, config: QuantConfig, workflow: str) -> nn.M
 
 
 def quantize_weights(model: nn.Module, config: QuantConfig = QuantConfig()) -> nn.Module:
-    """Weight-only quantization at any bits 1..8; activations stay float."""
+    """Weight-only quantization at any bits 1..8; activations stay float. ``config.method``
+    "rtn" or "hqq" (GPTQ and AWQ need calibration data: ``cuantiza.llm.quantize_model``)."""
+    _data_free(config)
     return _convert_plain(model, config, "weight_only")
+
+
+def _data_free(config: QuantConfig) -> None:
+    if config.method in CALIBRATED_METHODS:
+        raise PlanError(f"method {config.method!r} needs calibration data; use "
+                        "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
+
+
+def convert_with_weights(model: nn.Module, config: QuantConfig, weights: dict) -> nn.Module:
+    """Weight-only conversion where some layers' QTensors were made already (GPTQ, by name);
+    the other planned layers are quantized by ``config.method``."""
+    return _convert_plain(model, config, "weight_only", weights)
 
 
 def quantize_dynamic(model: nn.Module, config: QuantConfig = QuantConfig()) -> nn.Module:
     """Weights quantized now; Linear activations quantized per batch at run time."""
+    _data_free(config)
     return _convert_plain(model, config, "dynamic")
 
 
