@@ -47,6 +47,27 @@ def _sibling(out: Path, tag: str) -> Path:
             return p
 
 
+def fresh_sibling(out: Path, tag: str = "tmp") -> Path:
+    """Create and return an empty hidden folder next to ``out``, for a caller that fills it
+    itself (large files streamed in) and then calls ``publish_staged``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(out, tag)
+    tmp.mkdir()
+    return tmp
+
+
+def publish_staged(tmp: Path, out: Path) -> None:
+    """Publish the filled folder ``tmp`` (its files already fsynced) as ``out``, atomically, as
+    ``publish_folder`` does; on any error ``tmp`` is removed and a previous ``out`` kept."""
+    try:
+        fsync_dir(tmp)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+
+
 def publish_folder(out: Path, files: dict) -> None:
     """Publish the folder ``out`` holding ``files`` (name -> bytes), atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,8 @@ parameters) is stored once. ``cuantiza.json`` holds the format name and version,
 version, the workflow, one entry per quantized module (``saveformat``), the state-key map, the
 folded BatchNorms, the notes, observer counts and plan of ``cuantiza_info``, and the SHA-256
 of the tensors file.
-Nothing is pickled, and ``load`` opens these two files only: a ``*.bin`` / ``*.pt`` beside them
-is never read.
+Nothing is pickled, and ``load`` opens these two files only (or the shards ``files`` lists, for
+``cuantiza.llm`` checkpoints): a ``*.bin`` / ``*.pt`` beside them is never read.
 
 Saving is atomic (FAULTS 28-29, ``atomic.publish_folder``): both files are written into a
 fresh hidden folder next to the output, fsynced, then moved into place with ``os.replace``; on
@@ -143,7 +143,7 @@ def load(dir, model: nn.Module) -> nn.Module:
                         f"got {type(model).__name__}")
     folder = Path(dir)
     doc = _read_manifest(folder / MANIFEST)
-    tensors = _read_tensors(folder / TENSORS, doc)
+    tensors = _read_all_tensors(folder, doc)
     m = copy_model(model)
     _refold(m, doc["folded"])
     for name, qmod in _rebuild_modules(doc, tensors, folder / MANIFEST):
@@ -206,15 +206,28 @@ def _check_fields(doc: dict, path: Path) -> None:
         raise _corrupt(path, "field 'folded' must list [conv, batchnorm] name pairs")
 
 
+def _read_all_tensors(folder: Path, doc: dict) -> dict:
+    """The tensors of every file in ``files``: ``model.safetensors`` or several shards."""
+    out = {}
+    for name in sorted(doc["files"]) or [TENSORS]:
+        if name != os.path.basename(name) or not name.endswith(".safetensors"):
+            raise _corrupt(folder / MANIFEST, f"lists {name!r}: files must be *.safetensors in its folder")
+        part = _read_tensors(folder / name, doc)
+        if set(part) & set(out):
+            raise _corrupt(folder / name, f"repeats tensors of another shard ({sorted(set(part) & set(out))[:3]})")
+        out.update(part)
+    return out
+
+
 def _read_tensors(path: Path, doc: dict) -> dict:
-    """All tensors of the save, read into memory, checked against the manifest's checksum."""
+    """All tensors of one file, read into memory, checked against the manifest's checksum."""
     blob = _read_bytes(path)
     try:
         tensors = load_safetensors_bytes(blob)   # safetensors' own format: no pickle
     except Exception as e:  # noqa: BLE001  (the Rust parser raises its own error types)
         raise _corrupt(path, "is truncated or not a safetensors file", e) from e
     try:
-        want = doc["files"][TENSORS]["sha256"]
+        want = doc["files"][path.name]["sha256"]
     except (KeyError, TypeError) as e:
         raise _corrupt(path.with_name(MANIFEST), "has no checksum for the tensors file", e) from e
     if hashlib.sha256(blob).hexdigest() != want:
