@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import QuantConfig
+from ..config import CALIBRATED_METHODS, QuantConfig
+from ..errors import ConfigError
 from ..modules import QuantLinear
 from ..ops import check_finite
 from ..plan import LayerPlan
@@ -111,11 +112,14 @@ def add_quantized(s, name: str, qt: QTensor, *, embedding: bool = False, bias: s
     return {"type": "QuantLinear", "weight": weight, "bias": bias, "kernel": "dequantize", "act": None}
 
 
-def _quantized_entry(job: Job, t: torch.Tensor | None, s, entries: dict) -> dict:
-    """Quantize (unless shared) and write one Linear / Embedding weight; its module entry."""
+def _quantized_entry(job: Job, t: torch.Tensor | None, s, entries: dict, qts: dict | None = None) -> dict:
+    """Quantize (unless shared, or made already: ``qts`` by module name, e.g. by GPTQ) and
+    write one Linear / Embedding weight; its module entry."""
     qt, weight = None, None
     if job.share is not None:
         weight = entries[job.share]["weight"]
+    elif qts and job.key in qts:
+        qt = qts[job.key]
     else:
         _check_finite(t, f"{job.key}.weight")
         qt = _quantize_weight(t, LayerPlan(job.key, job.layer, job.scheme, None, job.note, job.cfg))
@@ -123,14 +127,14 @@ def _quantized_entry(job: Job, t: torch.Tensor | None, s, entries: dict) -> dict
                          padding_idx=job.pad, weight=weight)
 
 
-def _do_job(job: Job, name: str, t, s, u: _Unit, entries: dict) -> None:
+def _do_job(job: Job, name: str, t, s, u: _Unit, entries: dict, qts: dict | None = None) -> None:
     if job.kind == "alias":
         u.state[job.key] = job.target
     elif job.kind in ("float", "bias"):
         s.add(job.key, t.to(torch.float32) if job.kind == "bias" else t)
         u.state[job.key] = job.key
     else:
-        entries[job.key] = u.modules[job.key] = _quantized_entry(job, t, s, entries)
+        entries[job.key] = u.modules[job.key] = _quantized_entry(job, t, s, entries, qts)
         u.quantized[f"{job.key}.weight"] = job.scheme.describe()
     if job.kind in ("float", "bias", "alias"):
         u.float[job.key] = job.note
@@ -195,11 +199,19 @@ class _NoBar:
         pass
 
 
-def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, overwrite: bool = False,
-                        progress: bool = True) -> Summary:
+def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, calibration=None,
+                        overwrite: bool = False, progress: bool = True, **calibration_options) -> Summary:
     """Quantize the weights of the Hugging Face style folder ``src`` into the cuantiza save
     ``dst`` (see the module docstring), streaming one tensor at a time; returns a ``Summary``.
-    Everything is checked before work starts; nothing partial is ever published at ``dst``."""
+    Everything is checked before work starts; nothing partial is ever published at ``dst``.
+    GPTQ and AWQ (``config.method``) need ``calibration`` token ids and run one decoder layer
+    at a time (``checkpoint_calibrated``; options ``seq_len``, ``n_samples``, ``batch_size``)."""
+    if config.method in CALIBRATED_METHODS:
+        if calibration is None:
+            raise ConfigError(f"method {config.method!r} needs calibration token ids (calibration=...)")
+        from .checkpoint_calibrated import quantize_checkpoint_calibrated
+        return quantize_checkpoint_calibrated(src, dst, config, calibration, overwrite=overwrite,
+                                              progress=progress, **calibration_options)
     t0 = time.perf_counter()
     ckpt = open_checkpoint(src)
     writer = ShardedWriter(dst, src=ckpt.dir, fingerprint=_fingerprint(ckpt, config), overwrite=overwrite)

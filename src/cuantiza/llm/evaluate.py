@@ -1,0 +1,110 @@
+"""Load a causal LM folder (float Hugging Face or cuantiza output) and measure its perplexity.
+
+A float folder is ``config.json`` + safetensors shards (read by transformers, which never
+unpickles safetensors). A cuantiza folder also has ``cuantiza.json``: a skeleton of the
+architecture is built from ``config.json`` and ``cuantiza.load`` fills it with the quantized
+layers, so the integer weights that are evaluated are the ones on disk. Computation is float32
+(the float layers kept in the file's dtype are upcast after loading).
+
+Text is tokenized with the folder's ``tokenizer.json`` when there is one (the ``tokenizers``
+package), else as UTF-8 bytes (vocabulary 256, as the committed Shakespeare model).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, CorruptFileError
+
+MANIFEST = "cuantiza.json"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("LLM folders need transformers: pip install transformers") from None
+    return transformers
+
+
+def _config(folder: Path):
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{folder} has no config.json: not a Hugging Face model folder")
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({e})") from e
+    return _transformers().AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
+def _stored_float_dtype(folder: Path) -> torch.dtype:
+    """The dtype the quantized folder keeps its float tensors (norms) in."""
+    from safetensors import safe_open
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for k in st.keys():
+                t = st.get_slice(k).get_dtype()
+                if t in ("F32", "F16", "BF16"):
+                    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[t]
+    return torch.float32
+
+
+def load_causal_lm(dir) -> nn.Module:
+    """The model in ``dir`` in eval mode, computing in float32."""
+    from .. import io
+    folder = Path(dir)
+    cfg = _config(folder)
+    tf = _transformers()
+    if not (folder / MANIFEST).is_file():
+        return tf.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                       dtype=torch.float32).eval()
+    skeleton = tf.AutoModelForCausalLM.from_config(cfg).to(_stored_float_dtype(folder))
+    m = io.load(folder, skeleton)
+    with torch.no_grad():
+        for mod in m.modules():
+            if hasattr(mod, "weight_q"):           # cuantiza layers: integers as stored
+                continue
+            for p in mod.parameters(recurse=False):
+                p.data = p.data.float()
+    return m.eval()
+
+
+def tokenize(dir, text: str) -> torch.Tensor:
+    """Token ids of ``text`` with the folder's tokenizer (bytes when it has none)."""
+    from .text import encode
+    tok = Path(dir) / "tokenizer.json"
+    if not tok.is_file():
+        return encode(text)
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise ConfigError(f"{tok} needs the tokenizers package: pip install tokenizers") from None
+    return torch.tensor(Tokenizer.from_file(str(tok)).encode(text).ids, dtype=torch.long)
+
+
+def weight_bytes(dir) -> int:
+    """Bytes of the folder's safetensors files (what the weights cost on disk)."""
+    return sum(f.stat().st_size for f in Path(dir).glob("*.safetensors"))
+
+
+@dataclass
+class PplResult:
+    model: str
+    bytes: int
+    tokens: int
+    perplexity: float
+
+
+def eval_ppl(dir, text: str, *, seq_len: int = 256, batch_size: int = 8, progress: bool = True) -> PplResult:
+    """Perplexity of the model in ``dir`` on ``text`` (non-overlapping windows of ``seq_len``)."""
+    from .text import perplexity
+    tokens = tokenize(dir, text)
+    model = load_causal_lm(dir)
+    ppl = perplexity(model, tokens, seq_len=seq_len, batch_size=batch_size, progress=progress)
+    return PplResult(str(dir), weight_bytes(dir), int(tokens.numel()), float(ppl))

@@ -1,0 +1,69 @@
+"""GPTQ / AWQ on checkpoint folders, one layer at a time: equal to the in-memory run, resumable."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import cuantiza as cz
+import cuantiza.llm.checkpoint_calibrated as cc
+from cuantiza.errors import ConfigError
+from cuantiza.llm.calibrated import quantize_model
+from cuantiza.llm.checkpoint import quantize_checkpoint
+
+transformers = pytest.importorskip("transformers")
+from tests.integration.test_checkpoint import _files, _hf_llama, _llama  # noqa: E402
+
+CALIB = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(5))
+IDS = torch.randint(0, 96, (2, 11), generator=torch.Generator().manual_seed(3))
+
+
+def cfg(method: str, bits: int = 4) -> cz.QuantConfig:
+    w = cz.QScheme(bits=bits, symmetric=False, granularity=cz.PerGroup(32), scale_dtype="float16")
+    return cz.QuantConfig(weight=w, method=method)
+
+
+def _run(src: Path, dst: Path, c: cz.QuantConfig):
+    return quantize_checkpoint(src, dst, c, calibration=CALIB, progress=False, seq_len=16, batch_size=4)
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_layer_by_layer_equals_in_memory(tmp_path, method, tie):
+    model = _llama(tie=tie)
+    src = _hf_llama(tmp_path / "src", model)
+    summary = _run(src, tmp_path / "q", cfg(method))
+    assert summary.units == 3                                       # 2 layers + the head
+    loaded = cz.load(tmp_path / "q", _llama(tie=tie, seed=9))
+    ref = quantize_model(model, cfg(method), CALIB, seq_len=16, batch_size=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, ref(IDS).logits)
+
+
+def test_interrupted_calibrated_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
+    src = _hf_llama(tmp_path / "src", _llama())
+    real, done = cc._run_layer_unit, []
+
+    def stop_at_second(i, *a, **k):
+        if i == 1:
+            raise KeyboardInterrupt
+        done.append(i)
+        return real(i, *a, **k)
+
+    monkeypatch.setattr(cc, "_run_layer_unit", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, tmp_path / "q", cfg("gptq"))
+    assert not (tmp_path / "q").exists()
+    monkeypatch.setattr(cc, "_run_layer_unit", lambda i, *a, **k: (done.append(i), real(i, *a, **k))[1])
+    s = _run(src, tmp_path / "q", cfg("gptq"))
+    assert s.units_resumed == 1 and done == [0, 1]                  # layer 0 not recomputed
+    monkeypatch.setattr(cc, "_run_layer_unit", real)
+    _run(src, tmp_path / "fresh", cfg("gptq"))
+    assert _files(tmp_path / "q") == _files(tmp_path / "fresh")
+
+
+def test_calibrated_method_without_calibration_is_refused(tmp_path):
+    src = _hf_llama(tmp_path / "src", _llama())
+    with pytest.raises(ConfigError, match="calibration"):
+        quantize_checkpoint(src, tmp_path / "q", cfg("gptq"), progress=False)
+    assert not (tmp_path / "q").exists()
