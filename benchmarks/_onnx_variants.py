@@ -1,5 +1,6 @@
-"""Helpers of bench_onnx.py: ORT sessions with one set of options, and each quantizer as a
-function ``(src, dst, calibration feeds) -> None`` timed by ``make``.
+"""Helpers of bench_onnx.py: ORT sessions with one set of options, each quantizer as a
+function ``(src, dst, calibration feeds) -> None`` timed by ``make``, round-robin timing, and
+the op counts of onnxruntime's optimized graph (which layers it fused into integer kernels).
 
 Every variant is a ``Variant``: a name, its file (or the error text when a quantizer or its
 output failed, which is then the result), and the seconds the quantizer took.
@@ -7,14 +8,19 @@ output failed, which is then the result), and the seconds the quantizer took.
 
 from __future__ import annotations
 
+import collections
 import logging
+import statistics
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
+import torch
 
 import cuantiza as cz
 
@@ -105,8 +111,8 @@ def ort_static(src: Path, feeds: list, method: str, weight: str = "QInt8"):
     return run
 
 
-def cz_onnx(src: Path, config, mode: str, feeds: list | None = None):
-    return lambda dst: cz.quantize_onnx(src, dst, config, feeds, mode=mode)
+def cz_onnx(src: Path, config, mode: str, feeds: list | None = None, **kw):
+    return lambda dst: cz.quantize_onnx(src, dst, config, feeds, mode=mode, **kw)
 
 
 FLOAT_ACTS = {"session.qdq_matmulnbits_accuracy_level": "1"}    # MatMulNBits keeps float32 activations
@@ -119,4 +125,101 @@ def with_float_acts(v: Variant) -> Variant:
     return Variant(v.name + ", session accuracy_level=1", v.path, v.seconds, sess=session(v.path, FLOAT_ACTS))
 
 
-W4 = cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(32)), group_remainder="per_channel")
+def w4(group: int, scale_dtype: str = "float32") -> cz.QuantConfig:
+    """4-bit symmetric weights in groups of ``group``; layers whose reduction is not a multiple
+    of it (the CNN's) per channel."""
+    return cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(group), scale_dtype=scale_dtype),
+                          group_remainder="per_channel")
+
+
+def export_float(model, args: tuple, names: list, path: Path, output: str) -> Path:
+    """The float model, torch's TorchScript exporter (opset 17), batch dimension dynamic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, str(path), input_names=names, output_names=[output],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={k: {0: "b"} for k in names + [output]})
+    return path
+
+
+def timed(fn, v: Variant, *args) -> dict:
+    t = time.perf_counter()
+    row = fn(v, *args)
+    log(f"  measured {v.name}: {time.perf_counter() - t:.1f} s")
+    return row
+
+
+def interleaved(rows: list, key: str, repeats: int, warmup: int = 1) -> list:
+    """Replace each row's ``key`` (a call) by its median seconds, timed round-robin (every row
+    once per round), so that load on the shared machine hits all rows alike."""
+    live = [r for r in rows if key in r]
+    times = {id(r): [] for r in live}
+    for i in range(warmup + repeats):
+        for r in live:
+            t = time.perf_counter()
+            r[key]()
+            if i >= warmup:
+                times[id(r)].append(time.perf_counter() - t)
+    for r in live:
+        r[key] = statistics.median(times[id(r)])
+    return rows
+
+
+INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulNBits")
+FLOAT_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+
+
+def fused_ops(path: Path) -> str:
+    """The layer ops of onnxruntime's optimized graph for ``path`` (the benchmark's session
+    options, written with ``optimized_model_filepath``), e.g. "3 QLinearConv, 2 QGemm"."""
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-opt-") as d:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = THREADS, 1, 3
+        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        counts = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    shown = [f"{counts[k]} {k}" for k in INTEGER_OPS if counts[k]]
+    shown += [f"{counts[k]} float {k}" for k in FLOAT_OPS if counts[k]]
+    shown += [f"{counts['DequantizeLinear']} DequantizeLinear"] if counts["DequantizeLinear"] else []
+    return ", ".join(shown) or "no layer op"
+
+
+def graph_ops(rows: list) -> list:
+    """Record, for every static QDQ row that ran, the layer ops of ORT's optimized graph."""
+    for r in rows:
+        if "static" in r["v"].name and r["v"].path is not None and "score" in r:
+            r["ops"] = fused_ops(r["v"].path)
+    return rows
+
+
+# ------------------------------------------------------------------------------ report
+def table(rows: list, score: str, with_min: bool) -> str:
+    base = rows[0]
+    head = f"| variant | bytes | vs fp32 | b1 ms | b32 ms | {score} |" + (" min cosine |" if with_min else "") \
+        + " quantize s |"
+    out = [head, "|---|" + "---:|" * (head.count("|") - 2)]
+    for r in rows:
+        v = r["v"]
+        if "score" not in r:
+            out.append(f"| {v.name} | failed: `{v.error}` |")
+            continue
+        cells = [v.name, f"{v.bytes:,}", f"{v.bytes / base['v'].bytes:.3f}", f"{r['t1'] * 1e3:.2f}",
+                 f"{r['t32'] * 1e3:.1f}", f"{r['score']:.4f}" if with_min else f"{r['score']:.2f}"]
+        cells += [f"{r['score_min']:.4f}"] if with_min else []
+        cells += [f"{v.seconds:.1f}" if v.seconds else "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def by_name(rows: list, name: str) -> dict | None:
+    """The row called ``name``, else the first whose name starts with it."""
+    return next((r for r in rows if r["v"].name == name), None) or \
+        next((r for r in rows if r["v"].name.startswith(name)), None)
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "MISSED"
+
+
+def ops_lines(name: str, rows: list) -> str:
+    return "\n".join(f"- {name}, {r['v'].name}: {r['ops']}" for r in rows if "ops" in r)

@@ -3,22 +3,21 @@
 
 ORT: ``quantize_dynamic`` (QInt8, per-channel) and ``quantize_static`` (QDQ, uint8 activations,
 per-channel int8 weights; MinMax and Percentile calibrators; also int4 weights). cuantiza:
-``quantize_onnx`` dynamic, static (MinMax, Percentile) and 4-bit weight-only (groups of 32),
-and ``export_onnx`` of a model quantized in PyTorch. For each: bytes on disk, ORT latency at
-batch 1 and 32 (2 threads, the same session options for all), embedding cosine vs fp32 (MiniLM,
-64 sentences) or test accuracy (digits), and the seconds the quantizer took. A quantizer or
-model that fails records its error as the result.
+``quantize_onnx`` dynamic, static (MinMax, Percentile; on the CNN also ``outputs="none"``, the
+input-only Q/DQ form) and 4-bit weight-only (groups of 128 and of 32; on MiniLM also group 32
+with float16 scales), and ``export_onnx`` of a model quantized in PyTorch. For each: bytes on
+disk, ORT latency at batch 1 and 32 (2 threads, the same session options for all), embedding
+cosine vs fp32 (MiniLM, 64 sentences) or test accuracy (digits), and the seconds the quantizer
+took; for the static models also the layer ops of ORT's optimized graph. A quantizer or model
+that fails records its error as the result.
 
 Run: ``python benchmarks/bench_onnx.py`` (about three minutes). Writes its section of RESULTS.md.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,9 @@ import minilm  # noqa: E402
 
 import cuantiza as cz  # noqa: E402
 from cuantiza import digits  # noqa: E402
-from _onnx_variants import (W4, Variant, cz_onnx, log, make, ort_dynamic,  # noqa: E402
-                            ort_static, session, with_float_acts)
+from _onnx_variants import (Variant, by_name, cz_onnx, export_float, graph_ops, interleaved,  # noqa: E402
+                            make, ok, ops_lines, ort_dynamic, ort_static, session, table, timed, w4,
+                            with_float_acts)
 from _results import machine, write_section  # noqa: E402
 
 TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]      # BertModel.forward's order
@@ -49,44 +49,12 @@ class Encoder(torch.nn.Module):
                          token_type_ids=token_type_ids).last_hidden_state
 
 
-def export_float(model, args: tuple, names: list, path: Path, output: str) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), input_names=names, output_names=[output],
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={k: {0: "b"} for k in names + [output]})
-    return path
-
-
 def feed(sess, arrays: dict) -> dict:
     """The session's inputs from ``arrays`` (by name, else in BertModel's positional order)."""
     names = [i.name for i in sess.get_inputs()]
     if set(names) <= set(arrays):
         return {n: arrays[n] for n in names}
     return dict(zip(names, (arrays[k] for k in TEXT_INPUTS)))
-
-
-def timed(fn, v: Variant, *args) -> dict:
-    t = time.perf_counter()
-    row = fn(v, *args)
-    log(f"  measured {v.name}: {time.perf_counter() - t:.1f} s")
-    return row
-
-
-def interleaved(rows: list, key: str, repeats: int, warmup: int = 1) -> list:
-    """Replace each row's ``key`` (a call) by its median seconds, timed round-robin (every row
-    once per round), so that load on the shared machine hits all rows alike."""
-    live = [r for r in rows if key in r]
-    times = {id(r): [] for r in live}
-    for i in range(warmup + repeats):
-        for r in live:
-            t = time.perf_counter()
-            r[key]()
-            if i >= warmup:
-                times[id(r)].append(time.perf_counter() - t)
-    for r in live:
-        r[key] = statistics.median(times[id(r)])
-    return rows
 
 
 # ------------------------------------------------------------------------------ MiniLM
@@ -118,14 +86,16 @@ def minilm_variants(tmp: Path, fp32, enc1: dict, cal: list) -> list:
         ("cuantiza quantize_onnx dynamic, per-token", cz_onnx(src, cz.QuantConfig(dynamic="per_token"), "dynamic")),
         ("cuantiza quantize_onnx static MinMax", cz_onnx(src, cz.QuantConfig(), "static", cal)),
         ("cuantiza quantize_onnx static Percentile", cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal)),
-        ("cuantiza quantize_onnx 4-bit weight-only (g32)", cz_onnx(src, W4, "weight_only")),
+        (W4_ROWS["g128"], cz_onnx(src, w4(128), "weight_only")),
+        (W4_ROWS["g32"], cz_onnx(src, w4(32), "weight_only")),
+        (W4_ROWS["g32 float16 scales"], cz_onnx(src, w4(32, "float16"), "weight_only")),
         ("cuantiza export_onnx (PyTorch dynamic int8)", lambda d: cz.export_onnx(Encoder(torch_q), args, d)),
     ]
     base = Variant("ORT fp32", src, sess=session(src))
     check = lambda s: s.run(None, feed(s, enc1))  # noqa: E731
     made = [make(n, fn, tmp / f"m{i:02d}.onnx", check) for i, (n, fn) in enumerate(specs)]
-    w4 = next(v for v in made if v.name.startswith("cuantiza quantize_onnx 4-bit"))
-    return [base] + made + [with_float_acts(w4)]
+    g32 = next(v for v in made if v.name == W4_ROWS["g32"])
+    return [base] + made + [with_float_acts(g32)]
 
 
 def measure_minilm(v: Variant, ref, enc_all: dict, b1: dict, b32: dict) -> dict:
@@ -154,7 +124,7 @@ def run_minilm(tmp: Path, repeats: int) -> list:
     ref = ort_embed(variants[0].sess, enc_all)
     rows = [measure_minilm(variants[0], None, enc_all, b1, b32)]
     rows += [timed(measure_minilm, v, ref, enc_all, b1, b32) for v in variants[1:]]
-    return interleaved(interleaved(rows, "t1", repeats), "t32", max(3, repeats // 2))
+    return graph_ops(interleaved(interleaved(rows, "t1", repeats), "t32", max(3, repeats // 2)))
 
 
 # ------------------------------------------------------------------------------ digits
@@ -172,7 +142,9 @@ def digits_variants(tmp: Path, fp32, x_cal: torch.Tensor) -> list:
         ("cuantiza quantize_onnx dynamic", cz_onnx(src, cz.QuantConfig(), "dynamic")),
         ("cuantiza quantize_onnx static MinMax", cz_onnx(src, cz.QuantConfig(), "static", cal)),
         ("cuantiza quantize_onnx static Percentile", cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal)),
-        ("cuantiza quantize_onnx 4-bit weight-only (g32)", cz_onnx(src, W4, "weight_only")),
+        (NONE_ROW, cz_onnx(src, cz.QuantConfig(), "static", cal, outputs="none")),
+        (W4_ROWS["g128"], cz_onnx(src, w4(128), "weight_only")),
+        (W4_ROWS["g32"], cz_onnx(src, w4(32), "weight_only")),
         ("cuantiza export_onnx (PyTorch static int8)", lambda d: cz.export_onnx(torch_q, x_cal[:1], d)),
     ]
     base = Variant("ORT fp32", src, sess=session(src))
@@ -200,39 +172,19 @@ def run_digits(tmp: Path, repeats: int) -> list:
     fp32 = digits.train(digits.DigitsCNN(), x_tr, y_tr, epochs=8, lr=3e-3, seed=0)
     variants = digits_variants(tmp, fp32, x_tr[:256])
     rows = [timed(measure_digits, v, x_te.numpy(), y_te.numpy()) for v in variants]
-    return interleaved(interleaved(rows, "t1", repeats * 10), "t32", repeats * 5)
+    return graph_ops(interleaved(interleaved(rows, "t1", repeats * 10), "t32", repeats * 5))
 
 
 # ------------------------------------------------------------------------------ report
-def table(rows: list, score: str, with_min: bool) -> str:
-    base = rows[0]
-    head = f"| variant | bytes | vs fp32 | b1 ms | b32 ms | {score} |" + (" min cosine |" if with_min else "") \
-        + " quantize s |"
-    out = [head, "|---|" + "---:|" * (head.count("|") - 2)]
-    for r in rows:
-        v = r["v"]
-        if "score" not in r:
-            out.append(f"| {v.name} | failed: `{v.error}` |")
-            continue
-        cells = [v.name, f"{v.bytes:,}", f"{v.bytes / base['v'].bytes:.3f}", f"{r['t1'] * 1e3:.2f}",
-                 f"{r['t32'] * 1e3:.1f}", f"{r['score']:.4f}" if with_min else f"{r['score']:.2f}"]
-        cells += [f"{r['score_min']:.4f}"] if with_min else []
-        cells += [f"{v.seconds:.1f}" if v.seconds else "-"]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-def by_name(rows: list, prefix: str) -> dict | None:
-    return next((r for r in rows if r["v"].name.startswith(prefix)), None)
+NONE_ROW = "cuantiza quantize_onnx static MinMax, outputs='none'"
+W4_ROWS = {"g128": "cuantiza quantize_onnx 4-bit weight-only (g128)",
+           "g32": "cuantiza quantize_onnx 4-bit weight-only (g32)",
+           "g32 float16 scales": "cuantiza quantize_onnx 4-bit weight-only (g32, float16 scales)"}
 
 
 PAIRS = [("dynamic int8", "ORT quantize_dynamic", "cuantiza quantize_onnx dynamic"),
          ("static MinMax", "ORT quantize_static QDQ MinMax", "cuantiza quantize_onnx static MinMax"),
          ("static Percentile", "ORT quantize_static QDQ Percentile", "cuantiza quantize_onnx static Percentile")]
-
-
-def _ok(flag: bool) -> str:
-    return "met" if flag else "MISSED"
 
 
 def accuracy_verdict(rows: list, fmt: str) -> str:
@@ -245,7 +197,7 @@ def accuracy_verdict(rows: list, fmt: str) -> str:
             parts.append(f"{label}: {fmt.format(o['score'])} vs ORT failed, met")
         else:
             parts.append(f"{label}: {fmt.format(o['score'])} vs {fmt.format(t['score'])}, "
-                         f"{_ok(o['score'] >= t['score'] - 1e-4)}")
+                         f"{ok(o['score'] >= t['score'] - 1e-4)}")
     return "; ".join(parts)
 
 
@@ -256,38 +208,66 @@ def speed_verdict(rows: list) -> str:
         if "t1" not in t or "t1" not in o:
             continue
         r1, r32 = o["t1"] / t["t1"], o["t32"] / t["t32"]
-        parts.append(f"{label}: b1 {r1:.2f}, b32 {r32:.2f} ({_ok(max(r1, r32) <= 1.0)})")
+        parts.append(f"{label}: b1 {r1:.2f}, b32 {r32:.2f} ({ok(max(r1, r32) <= 1.0)})")
     return "; ".join(parts) or "no pair ran on both sides"
 
 
 def size_verdict(rows: list) -> str:
-    w4 = by_name(rows, "cuantiza quantize_onnx 4-bit")
+    """4-bit bytes / the smallest 8-bit cuantiza export of the run (conservative: static files
+    also hold activation Q/DQ nodes), judged on g128; g32 (and with float16 scales) shown."""
+    eights = [r for r in rows if r["v"].name.startswith("cuantiza") and "4-bit" not in r["v"].name
+              and "score" in r]
+    target = by_name(rows, W4_ROWS["g128"])
+    if "score" not in target or not eights:
+        return f"cuantiza 4-bit g128 or every 8-bit export failed ({target['v'].error}): MISSED"
+    s8 = min(eights, key=lambda r: r["v"].bytes)["v"]
+    ratio = {k: by_name(rows, n)["v"].bytes / s8.bytes for k, n in W4_ROWS.items()
+             if by_name(rows, n) is not None and "score" in by_name(rows, n)}
+    text = (f"g128 {target['v'].bytes:,} B = {ratio['g128']:.1%} of the smallest 8-bit export "
+            f"({s8.name}, {s8.bytes:,} B): {ok(ratio['g128'] <= 0.60)}")
+    if "g32" in ratio:
+        text += (f"; g32 {ratio['g32']:.1%} (float32 group scales cost 32/g bits per weight: g32 stores 5 "
+                 "bits/weight, 62.5% of 8, on its grouped layers, g128 4.25"
+                 + (", so g32 cannot reach 60% with float32 scales)"
+                    if ratio["g32"] > 0.60 else "; here layers not a multiple of 32 keep per-channel scales)"))
+    if "g32 float16 scales" in ratio:
+        text += (f"; g32 with float16 scales (4.5 bits/weight, Cast to float32 and folded by ORT) "
+                 f"{ratio['g32 float16 scales']:.1%}")
+    return text
+
+
+def ort_size_verdict(rows: list) -> str:
+    w4row = by_name(rows, W4_ROWS["g128"])
     qdq = [r for r in rows if r["v"].name.startswith("ORT quantize_static") and r["v"].path]
-    if "score" not in w4:
-        return f"cuantiza 4-bit failed ({w4['v'].error}): MISSED"
+    if "score" not in w4row:
+        return f"cuantiza 4-bit failed ({w4row['v'].error}): MISSED"
     smallest = min(qdq, key=lambda r: r["v"].bytes, default=None)
     if smallest is None:
-        return f"cuantiza 4-bit {w4['v'].bytes:,} B, ORT's QDQ tool produced nothing: met"
-    s8 = by_name(rows, "cuantiza quantize_onnx static MinMax")["v"].bytes
-    return (f"cuantiza 4-bit {w4['v'].bytes:,} B ({w4['v'].bytes / s8:.0%} of its 8-bit static) vs ORT's "
-            f"smallest QDQ {smallest['v'].bytes:,} B ({smallest['v'].name}): "
-            f"{_ok(w4['v'].bytes < smallest['v'].bytes)}")
+        return f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B, ORT's QDQ tool produced nothing: met"
+    return (f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B vs ORT's smallest QDQ {smallest['v'].bytes:,} B "
+            f"({smallest['v'].name}): {ok(w4row['v'].bytes < smallest['v'].bytes)}")
 
 
 def verdicts(name: str, rows: list, fmt: str) -> str:
     return (f"- {name}, accuracy at the same width/format: {accuracy_verdict(rows, fmt)}\n"
             f"- {name}, ORT latency ratio cuantiza/ORT (target <= 1.0): {speed_verdict(rows)}\n"
-            f"- {name}, 4-bit smaller than any ORT QDQ output: {size_verdict(rows)}")
+            f"- {name}, 4-bit export <= 60% of the 8-bit export (judged on g128): {size_verdict(rows)}\n"
+            f"- {name}, 4-bit smaller than any ORT QDQ output: {ort_size_verdict(rows)}")
 
 
-NOTES = ("Notes: ORT's dynamic CNN row runs (ConvInteger u8 x s8 did not fail in onnxruntime 1.32). On the "
-         "digits CNN, ORT's optimized graph (checked with `optimized_model_filepath`) runs ORT's QDQ model as "
-         "3 QLinearConv + 2 QGemm, but cuantiza's static model as 2 QLinearConv + 1 QGemm with the depthwise Conv "
-         "and the last Gemm in float (DequantizeLinear -> FusedConv / Gemm): cuantiza quantizes layer inputs "
-         "only, so a layer whose output is not followed directly by a QuantizeLinear (ReLU/Flatten in between, "
-         "or a graph output) is not fused; with microsecond layers that is the static latency gap. The "
-         "`session accuracy_level=1` row shows the 4-bit model's cosine loss is the weights', not MatMulNBits' "
-         "int8 activations.\n")
+NOTES = ("Notes: ORT's dynamic CNN row runs (ConvInteger u8 x s8 did not fail in onnxruntime 1.32). Static "
+         "layer outputs: with Q/DQ on layer inputs only (`outputs='none'`), ORT left the CNN's depthwise Conv "
+         "(its Relu output reaches the next QuantizeLinear through a Flatten) and the last Gemm (a graph output, "
+         "float bias) in float, DequantizeLinear -> FusedConv / Gemm. cuantiza's default, `outputs='auto'`, adds "
+         "the Q/DQ ORT needs where no value changes (after that Relu, with the qparams the Gemm's input gets "
+         "anyway) and stores a Gemm bias read in float as INT32 at s_x s_w, so the Gemm fuses into a QGemm with a "
+         "float output: every quantized layer runs on an integer kernel, the graph output stays float32 (ORT's "
+         "quantizer quantizes it to 8 bits). `outputs='all'` quantizes every layer output as ORT does. MiniLM's "
+         "MatMuls need neither (DequantizeLinear -> MatMul fuses into MatMulIntegerToFloat). 4-bit sizes: "
+         "MatMulNBits keeps float32 scales in memory, but scales stored as float16 in the file (`scale_dtype`, a "
+         "Cast to float32 before DequantizeLinear, exact) are folded by ORT at load: the MatMuls still fuse into "
+         "MatMulNBits and the embedding DequantizeLinear reads float32 scales. The `session accuracy_level=1` row "
+         "shows the 4-bit model's cosine loss is the weights', not MatMulNBits' int8 activations.\n")
 
 
 def main(repeats: int = 10) -> str:
@@ -301,12 +281,15 @@ def main(repeats: int = 10) -> str:
             "options for every row except the one marked `session accuracy_level=1` (MatMulNBits keeps float32 "
             "activations instead of re-quantizing them to int8); latency = median `session.run`, timed round-robin over the "
             "variants; ORT static = QDQ, uint8 activations, "
-            "per-channel weights; cuantiza static = per-channel int8 weights, uint8 per-tensor activations.\n\n"
+            "per-channel weights; cuantiza static = per-channel int8 weights, uint8 per-tensor activations, "
+            "`outputs='auto'` unless marked.\n\n"
             "### all-MiniLM-L6-v2 (opset-17 export; 64 sentences padded to 128 tokens; cosine of mean-pooled "
             "embeddings vs ORT fp32; b1 = 1x128, b32 = 32x128 tokens)\n\n"
             + table(text, "mean cosine", True) + "\n\n"
             "### digits CNN (8 epochs; accuracy % on the 540-image test split; b1 / b32 images)\n\n"
-            + table(cnn, "accuracy %", False) + "\n\n### Targets\n\n"
+            + table(cnn, "accuracy %", False) + "\n\n"
+            "### Layer ops of ORT's optimized graphs (static rows; `optimized_model_filepath`, the same session "
+            "options)\n\n" + ops_lines("MiniLM", text) + "\n" + ops_lines("digits", cnn) + "\n\n### Targets\n\n"
             + verdicts("MiniLM", text, "{:.4f}") + "\n" + verdicts("digits", cnn, "{:.2f}%") + "\n\n"
             + NOTES)
 

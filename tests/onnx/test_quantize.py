@@ -4,6 +4,7 @@ import hashlib
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper, version_converter
@@ -174,3 +175,27 @@ def test_opset_lift_and_8bit_fallback(tmp_path):
     a = float_session(str(tmp_path / "q21.onnx")).run(None, {"input": x})[0]
     b = float_session(str(tmp_path / "q13.onnx")).run(None, {"input": x})[0]
     assert np.array_equal(a, b)                                       # same values, wider type
+
+
+def test_float16_scales_free_at_run_time(tmp_path):
+    """Scales stored as float16 (``scale_dtype``; Cast to float32 before DequantizeLinear, exact)
+    halve the scale bytes on disk; onnxruntime folds the Cast, so the MatMuls still fuse into
+    MatMulNBits and the embedding's DequantizeLinear reads float32 scales: nothing is cast per run."""
+    torch.manual_seed(0)
+    m = TextNet().eval()
+    src = float_onnx(m, tokens(2, 0), tmp_path / "text.onnx")
+    w = {dt: cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16), scale_dtype=dt))
+         for dt in ("float32", "float16")}
+    s32 = cz.quantize_onnx(src, tmp_path / "s32.onnx", w["float32"], mode="weight_only")
+    s16 = cz.quantize_onnx(src, tmp_path / "s16.onnx", w["float16"], mode="weight_only")
+    model = onnx.load(str(tmp_path / "s16.onnx"))
+    scales = [t for t in model.graph.initializer if t.name.endswith(".weight_scale")]
+    assert len(scales) == 3 and {t.data_type for t in scales} == {TensorProto.FLOAT16}
+    assert s16.weight_bytes < s32.weight_bytes
+    qm = cz.quantize_weights(m, w["float16"])
+    _check_numerics(compare(tmp_path / "s16.onnx", s16, qm, tokens(16, 5), _module_of))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "s16.onnx"), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert ops.count("MatMulNBits") == 2 and "Cast" not in ops and "MatMul" not in ops

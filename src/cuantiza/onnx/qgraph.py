@@ -35,6 +35,7 @@ class WeightEdit:
     nbytes: int
     note: str = ""
     nodes: list = field(default_factory=list)
+    scale: np.ndarray | None = None   # float32 scales per tensor () or per output channel; None per group
 
 
 def _rows(t: TensorProto, u: WeightUse) -> torch.Tensor:
@@ -56,10 +57,11 @@ def _quantize_one(b: GraphBuilder, t: TensorProto, u: WeightUse, opset: int, int
         out = b.node("Reshape", [out, b.init(shape)], u.init)
     if t.data_type != TensorProto.FLOAT:
         out = b.node("Cast", [out], u.init, to=t.data_type)
-    return WeightEdit(out, storage, nbytes, storage.note, b.take())
+    scale = None if lay.block_size is not None else lay.scale.to(torch.float32).numpy()
+    return WeightEdit(out, storage, nbytes, storage.note, b.take(), scale)
 
 
-def _readers(graph: GraphProto) -> dict:
+def readers(graph: GraphProto) -> dict:
     """tensor name -> number of node inputs reading it (subgraphs included)."""
     counts: dict = {}
 
@@ -85,14 +87,15 @@ def weight_edits(b: GraphBuilder, graph: GraphProto, uses: list, opset: int, int
         key = (u.init, u.scheme, u.rows_transposed, u.config.weight_range, int_acts(u))
         if key in done:
             first, e = done[key]
-            edits[u.index] = WeightEdit(e.output, e.storage, 0, f"shares {u.init!r} with {first}: quantized once")
+            edits[u.index] = WeightEdit(e.output, e.storage, 0, f"shares {u.init!r} with {first}: quantized once",
+                                        scale=e.scale)
         else:
             e = _quantize_one(b, inits[u.init], u, opset, key[-1])
             done[key] = (u.name, e)
             edits[u.index] = e
         planned[u.init] = planned.get(u.init, 0) + 1
-    readers = _readers(graph)
-    unused = {name for name, n in planned.items() if readers.get(name, 0) == n}
+    counts = readers(graph)
+    unused = {name for name, n in planned.items() if counts.get(name, 0) == n}
     for u in uses:
         if u.init not in unused and edits[u.index].nbytes:
             e = edits[u.index]
@@ -119,17 +122,24 @@ def cast_around(b: GraphBuilder, x: str, elem: int, prefix: str, build) -> tuple
     return codes, b.node("Cast", [dq], prefix, to=elem)
 
 
-def rebuild(graph: GraphProto, head: list, before: dict, inputs: dict, unused: set, b: GraphBuilder) -> None:
-    """Rewrite ``graph`` in place: ``head`` nodes first, ``before[i]`` nodes ahead of node i,
-    node inputs renamed per ``inputs[(i, slot)]``, unused float initializers dropped and the
-    builder's initializers added."""
+def rebuild(graph: GraphProto, head: list, before: dict, inputs: dict, unused: set, b: GraphBuilder,
+            after: dict | None = None, outputs: dict | None = None) -> None:
+    """Rewrite ``graph`` in place: ``head`` nodes first, ``before[i]`` / ``after[i]`` nodes
+    around node i, node inputs renamed per ``inputs[(i, slot)]`` and outputs per
+    ``outputs[(i, slot)]``, unused float initializers dropped and the builder's initializers
+    added."""
+    after, outputs = after or {}, outputs or {}
     nodes = list(head)
     for i, node in enumerate(graph.node):
         nodes.extend(before.get(i, []))
         for slot in range(len(node.input)):
             if (i, slot) in inputs:
                 node.input[slot] = inputs[(i, slot)]
+        for slot in range(len(node.output)):
+            if (i, slot) in outputs:
+                node.output[slot] = outputs[(i, slot)]
         nodes.append(node)
+        nodes.extend(after.get(i, []))
     del graph.node[:]
     graph.node.extend(nodes)
     keep = [t for t in graph.initializer if t.name not in unused]

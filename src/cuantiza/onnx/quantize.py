@@ -9,6 +9,11 @@ scheme, else weight-only):
   or per token as ``config.dynamic``); Conv stays weight-only, as in ``cz.quantize_dynamic``.
 * ``"static"``: also MatMul / Gemm / Conv inputs behind QuantizeLinear -> DequantizeLinear
   with qparams from the calibration data, observed by ``config.observer`` (``calibrate``).
+  ``outputs`` (``qgraph_outputs``) adds what onnxruntime needs to run every such layer on an
+  integer kernel (QLinearConv, QGemm, ...): ``"auto"`` (default) only where no value changes
+  (an output that its readers quantize anyway after a Flatten or Reshape; a Gemm bias as INT32
+  at s_x s_w), ``"all"`` as onnxruntime's quantizer (every layer output 8-bit), ``"none"``
+  inputs only (cuantiza's torch static model op for op).
 
 Order of work (FAULTS 12-13, 23-29): output path, file safety and integrity, refusal of
 quantized graphs, the plan (group sizes, excludes), calibration data presence: all before any
@@ -35,6 +40,7 @@ from .publish import check_output, save_model
 from .qdq import check_dynamic_form
 from .qgraph import rebuild, weight_edits
 from .qgraph_acts import activation_edits
+from .qgraph_outputs import OUTPUT_MODES
 from .storage import BLOCK_OPSET, MIN_OPSET, needed_opset
 from .summary import LayerRecord, OnnxSummary, notes_for, write_metadata
 
@@ -42,13 +48,18 @@ MODES = ("weight_only", "dynamic", "static")
 MAX_OPSET = 25
 
 
-def _mode(mode: str | None, config: QuantConfig, calibration) -> str:
+def _mode(mode: str | None, config: QuantConfig, calibration, outputs: str = "auto") -> str:
+    if outputs not in OUTPUT_MODES:
+        raise ConfigError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}")
     if mode is None:
         mode = "static" if calibration is not None else "dynamic" if config.activation else "weight_only"
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "weight_only" and config.activation is None:
         raise ConfigError(f"mode {mode!r} needs config.activation; use mode='weight_only'")
+    if outputs == "all" and mode != "static":
+        raise ConfigError(f"outputs='all' quantizes layer outputs with calibrated ranges: it needs mode='static', "
+                          f"got {mode!r}")
     if mode == "static" and (calibration is None or (hasattr(calibration, "__len__") and len(calibration) == 0)):
         raise CalibrationError("static quantization needs calibration data: an iterable of feed dicts "
                                "or an .npz path (or use mode='dynamic')")
@@ -132,15 +143,16 @@ def _elem_types(model: ModelProto) -> dict:
 def quantize_onnx(src, dst, config: QuantConfig = QuantConfig(), calibration=None, *,
                   mode: str | None = None, op_types=OP_TYPES, opset: int | None = None,
                   batch_size: int = 32, example_feed: dict | None = None,
-                  dynamic_form: str = "auto", overwrite: bool = False) -> OnnxSummary:
+                  dynamic_form: str = "auto", outputs: str = "auto", overwrite: bool = False) -> OnnxSummary:
     """Quantize the float ONNX model ``src`` into ``dst``; returns an ``OnnxSummary``.
 
     ``calibration``: iterable of feed dicts or an ``.npz`` path (static). ``op_types``: the ops
     to quantize (a subset of MatMul, Gemm, Conv, Gather); node names are matched by the
     config's include / exclude / overrides. ``example_feed``: inputs for the final
     onnxruntime check (default: the first calibration batch, else a synthetic feed).
-    ``dynamic_form``: ``"auto"``, ``"exact"`` or ``"ort"``, as for ``export_onnx``."""
-    mode = _mode(mode, config, calibration)
+    ``dynamic_form``: ``"auto"``, ``"exact"`` or ``"ort"``, as for ``export_onnx``.
+    ``outputs``: static mode's layer outputs, ``"auto"``, ``"all"`` or ``"none"`` (see above)."""
+    mode = _mode(mode, config, calibration, outputs)
     check_dynamic_form(dynamic_form)
     if not set(op_types) <= set(OP_TYPES):
         raise ConfigError(f"op_types must be among {OP_TYPES}, got {tuple(op_types)}")
@@ -157,12 +169,12 @@ def quantize_onnx(src, dst, config: QuantConfig = QuantConfig(), calibration=Non
     b = GraphBuilder(graph_names(model.graph))
     edits, unused = weight_edits(b, model.graph, uses, target, lambda u: _integer_acts(u, mode))
     acts, first_feed = activation_edits(b, model, uses, mode, inputs, calibration, batch_size,
-                                        _elem_types(model), target, dynamic_form)
+                                        _elem_types(model), target, dynamic_form, outputs, edits)
     head = [n for e in edits.values() for n in e.nodes]
     renames = {(u.index, u.slot): edits[u.index].output for u in uses}
     renames.update(acts.renames)
     records = _records(model, uses, edits, acts)
-    rebuild(model.graph, head, acts.before, renames, unused, b)
+    rebuild(model.graph, head, acts.before, renames, unused | acts.unused, b, acts.after, acts.out_renames)
     summary = OnnxSummary(dst, mode, target, tuple(records), tuple(skipped),
                           notes=notes_for(records))
     write_metadata(model, summary)
@@ -179,6 +191,7 @@ def _records(model: ModelProto, uses: list, edits: dict, acts) -> list:
         note = "; ".join(x for x in (u.note, e.note, acts.notes.get(u.index, "")) if x)
         node = model.graph.node[u.index]
         x = u.act or node.input[1]                                  # Gather: its indices
+        y = acts.out_renames.get((u.index, 0), node.output[0])      # its float output
         out.append(LayerRecord(u.name, u.op, u.scheme.describe(), e.storage.type_name, desc, e.nbytes,
-                               note, x, codes, node.output[0]))
+                               note, x, codes, y))
     return out

@@ -81,8 +81,9 @@ class OnnxSummary:
 
 
 def notes_for(records) -> tuple:
-    """The distinct layer notes, plus the runtime note when a MatMul reads quantized weights."""
-    notes = sorted({r.note for r in records if r.note})
+    """The distinct facts of the layer notes (a layer's note joins several with "; "), plus the
+    runtime note when a MatMul reads quantized weights."""
+    notes = sorted({part for r in records if r.note for part in r.note.split("; ")})
     if any(r.op == "MatMul" for r in records):
         notes.append(ORT_MATMUL_NOTE)
     return tuple(notes)
