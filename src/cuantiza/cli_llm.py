@@ -63,3 +63,70 @@ def cmd_eval_ppl(args, quiet: bool) -> int:
     else:
         print("\n".join(_table(results)))
     return 0
+
+
+# ------------------------------------------------------------ cuantiza quantize MODEL_DIR
+
+
+def add_folder_args(q: argparse.ArgumentParser) -> None:
+    """The ``quantize`` options that apply to model folders only."""
+    g = q.add_argument_group("model folders (Hugging Face LLaMA-style: config.json + safetensors shards)")
+    g.add_argument("--method", choices=("rtn", "hqq", "gptq", "awq"), default="rtn",
+                   help="rtn: round to nearest; hqq: data-free scale/zero optimisation; gptq, awq: "
+                        "calibrated on --calibration text, one layer at a time (default rtn)")
+    g.add_argument("--symmetric", action="store_true",
+                   help="no zero point: full signed range, the scale carries the sign (gguf Q4_0 style); "
+                        "default for folders is asymmetric (a zero point per group)")
+    g.add_argument("--mse", action="store_true", help="search each group's clipping range (least error) instead of min/max")
+    g.add_argument("--scale-dtype", choices=("float16", "bfloat16", "float32"), default="float16",
+                   help="scale storage for folders (default float16)")
+    g.add_argument("--keep-embeddings", action="store_true", help="leave the token embedding (and a tied head) in float")
+    g.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    g.add_argument("--samples", type=int, default=128, help="calibration windows at most (default 128)")
+    g.add_argument("--eval-text", metavar="FILE", help="then print the perplexity of MODEL and OUT on this text")
+
+
+def folder_config(args):
+    from .config import QuantConfig
+    from .scheme import PerChannel, PerGroup, QScheme
+    from .specs import MSE, MinMax
+    if args.static or args.weight_only:
+        raise ConfigError("model folders are quantized weight-only; drop --static / --weight-only")
+    if args.asymmetric and args.symmetric:
+        raise ConfigError("choose one of --symmetric and --asymmetric")
+    gran = PerChannel(0) if args.per_channel else PerGroup(args.group_size or 128)
+    sym = bool(args.symmetric)
+    w = QScheme(bits=args.bits, symmetric=sym, granularity=gran, scale_dtype=args.scale_dtype,
+                **({"restricted": False} if sym else {}))
+    return QuantConfig(weight=w, weight_range=MSE() if args.mse else MinMax(), method=args.method,
+                       exclude=tuple(args.exclude), quantize_embeddings=not args.keep_embeddings)
+
+
+def _calibration(args, config):
+    from .llm.evaluate import tokenize
+    if config.method not in ("gptq", "awq"):
+        if args.calibration is not None:
+            raise ConfigError(f"--calibration is used by --method gptq/awq, not {config.method}")
+        return None
+    if args.calibration is None:
+        raise ConfigError(f"--method {config.method} needs --calibration FILE (UTF-8 text, not the evaluation text)")
+    return tokenize(args.model, _read_text(args.calibration, None))
+
+
+def cmd_quantize_folder(args, quiet: bool) -> int:
+    from . import progress
+    from .llm.checkpoint import quantize_checkpoint
+    from .llm.evaluate import eval_ppl
+    config = folder_config(args)
+    calibration = _calibration(args, config)
+    text = None if args.eval_text is None else _read_text(args.eval_text, None)
+    if quiet:
+        progress.set_quiet(True)
+    kw = {"seq_len": args.seq_len, "n_samples": args.samples} if calibration is not None else {}
+    summary = quantize_checkpoint(args.model, args.output, config, calibration=calibration,
+                                  overwrite=args.overwrite, progress=not quiet, **kw)
+    print(summary)
+    if text is not None:
+        results = [eval_ppl(d, text, seq_len=args.seq_len, progress=not quiet) for d in (args.model, args.output)]
+        print("\n".join(_table(results)))
+    return 0

@@ -1,4 +1,6 @@
-"""``cuantiza quantize MODEL.onnx -o OUT.onnx``: the command behind ``cuantiza.quantize_onnx``.
+"""``cuantiza quantize MODEL.onnx -o OUT.onnx``: the command behind ``cuantiza.quantize_onnx``;
+``cuantiza quantize MODEL_DIR -o OUT_DIR``: a Hugging Face LLaMA-style folder, weight-only,
+streamed (``cuantiza.llm.quantize_checkpoint``; see ``cli_llm``).
 
 Flags map onto a ``QuantConfig``: ``--bits`` (weights, 1..8), ``--per-channel`` or
 ``--group-size N`` (default one scale per tensor), ``--asymmetric`` (weights with a zero
@@ -22,21 +24,24 @@ from .scheme import PerChannel, PerGroup, PerTensor, QScheme
 def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     q = sub.add_parser("quantize", parents=[quiet], help="quantize a float ONNX model (dynamic, static or weight-only)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("model", metavar="MODEL", help="the float ONNX model to read (never modified)")
+    q.add_argument("model", metavar="MODEL", help="the float ONNX model, or a Hugging Face model folder (never modified)")
     q.add_argument("-o", "--output", required=True, metavar="OUT", help="where the quantized model goes")
     q.add_argument("--bits", type=int, default=8, help="weight bit width 1..8 (default 8)")
     mode = q.add_mutually_exclusive_group()
     mode.add_argument("--static", action="store_true", help="static activations, calibrated on --calibration")
     mode.add_argument("--weight-only", action="store_true", help="quantize weights only; activations stay float")
-    q.add_argument("--calibration", metavar="NPZ", help=".npz of arrays named after the model's inputs (with --static)")
+    q.add_argument("--calibration", metavar="FILE", help="ONNX: .npz of arrays named after the model's inputs "
+                   "(with --static); model folder: UTF-8 text for --method gptq/awq")
     gran = q.add_mutually_exclusive_group()
     gran.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     gran.add_argument("--group-size", type=int, metavar="N",
-                      help="one weight scale per N weights along the reduction axis")
-    q.add_argument("--asymmetric", action="store_true", help="weights with a zero point (default symmetric)")
+                      help="one weight scale per N weights along the reduction axis (folders: default 128)")
+    q.add_argument("--asymmetric", action="store_true", help="weights with a zero point (default: symmetric for ONNX, asymmetric for folders)")
     q.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="GLOB",
-                   help="ONNX node names to keep in float (repeatable)")
+                   help="ONNX node names, or module names in a folder (lm_head), to keep in float")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    from .cli_llm import add_folder_args
+    add_folder_args(q)
 
 
 def config_from(args) -> QuantConfig:
@@ -101,7 +106,13 @@ def summary_lines(summary, bytes_in: int, quiet: bool) -> list[str]:
 
 def cmd_quantize(args, quiet: bool) -> int:
     from . import progress
+    if Path(args.model).is_dir():
+        from .cli_llm import cmd_quantize_folder
+        return cmd_quantize_folder(args, quiet)
     from .onnx import quantize_onnx
+    if args.method != "rtn" or args.symmetric or args.mse or args.eval_text or args.keep_embeddings:
+        raise ConfigError("--method, --symmetric, --mse, --keep-embeddings and --eval-text apply to model "
+                          "folders; ONNX files take --bits, --per-channel / --group-size, --asymmetric")
 
     mode = mode_from(args)
     config = config_from(args)

@@ -27,7 +27,7 @@ from ..plan import LayerPlan
 from ..progress import bar
 from .blocks import Decoder, decoder_parts, first_layer_inputs, layer_groups, run_layer
 from .calibrated import _awq_group, _gptq_group, _head_awq, _head_gptq, calibration_batches
-from .checkpoint import SIDE_FILES, Summary, _do_job, _fingerprint, _manifest, _NoBar, _Unit
+from .checkpoint import SIDE_FILES, Summary, _do_job, _fingerprint, _manifest, _NoBar, _summarize, _Unit
 from .shards import Checkpoint, open_checkpoint
 from .tensorplan import plan_checkpoint
 from .writer import ShardedWriter
@@ -170,7 +170,6 @@ def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *
             pbar.update(1)
         side = {n: ckpt.dir / n for n in SIDE_FILES if (ckpt.dir / n).is_file()}
         doc = _manifest(ckpt, metas, config)
-        w.finish(doc, files=side)
+        out = w.finish(doc, files=side)
     pbar.close()
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return _summarize(summary, metas, out, t0)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, CorruptFileError
+from ..progress import is_quiet
 
 MANIFEST = "cuantiza.json"
 
@@ -61,6 +62,8 @@ def load_causal_lm(dir) -> nn.Module:
     folder = Path(dir)
     cfg = _config(folder)
     tf = _transformers()
+    if is_quiet():
+        tf.utils.logging.disable_progress_bar()
     if not (folder / MANIFEST).is_file():
         return tf.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
                                                        dtype=torch.float32).eval()
