@@ -107,3 +107,20 @@ def test_hqq_through_quantize_weights_beats_rtn_weight_error():
     w = model.model.layers[0].mlp.down_proj.weight
     err = lambda q: (q.model.layers[0].mlp.down_proj.weight_q.dequantize() - w).pow(2).sum()  # noqa: E731
     assert err(h) < err(r)
+
+
+def test_smoothquant_keeps_the_function_and_helps_w8a8_with_outlier_channels():
+    from cuantiza.llm.smooth import smooth_model
+    model = tiny_llama()
+    with torch.no_grad():                       # a few activation channels 30x larger, as in LLMs
+        for layer in model.model.layers:
+            layer.input_layernorm.weight[:3] *= 30
+            layer.post_attention_layernorm.weight[:2] *= 30
+    sm = smooth_model(model, CALIB, alpha=0.5, seq_len=32, batch_size=4)
+    with torch.no_grad():
+        ref = model(IDS).logits
+        assert torch.allclose(sm(IDS).logits, ref, rtol=1e-4, atol=1e-4)
+        w8a8 = cz.QuantConfig(activation=cz.QScheme(bits=8, symmetric=False), exclude=("model.embed_tokens",))
+        plain = (cz.quantize_dynamic(model, w8a8)(IDS).logits - ref).pow(2).mean()
+        smooth = (cz.quantize_dynamic(sm, w8a8)(IDS).logits - ref).pow(2).mean()
+    assert smooth < 0.7 * plain

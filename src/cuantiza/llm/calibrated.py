@@ -119,9 +119,9 @@ def _awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) 
     xs: list = []
     feed(layer, {names[0]: mods[0]}, hidden, kwargs, lambda _n, x: xs.append(x.float()))
     x = _rows(torch.cat(xs), AWQ_ROWS)
-    scheme = next(lp.weight for lp in lps if lp is not None)
-    s = awq_scales(x, [m.weight.detach().float() for m in mods], scheme, name=f"{prefix}.{names[0]}",
-                   **options)
+    lp = next(lp for lp in lps if lp is not None)
+    s = awq_scales(x, [m.weight.detach().float() for m in mods], lp.weight, name=f"{prefix}.{names[0]}",
+                   range=lp.config.weight_range, **options)
     _fold(prev, mods, s)
     return None
 
@@ -133,7 +133,8 @@ def _head_awq(dec: Decoder, hidden, plans: dict, options: dict) -> None:
         return
     with torch.no_grad():
         x = _rows(torch.cat([dec.norm(h).reshape(-1, h.shape[-1]) for h in hidden]).float(), AWQ_ROWS)
-    s = awq_scales(x, [dec.lm_head.weight.detach().float()], lp.weight, name="lm_head", **options)
+    s = awq_scales(x, [dec.lm_head.weight.detach().float()], lp.weight, name="lm_head",
+                   range=lp.config.weight_range, **options)
     _fold(dec.norm, [dec.lm_head], s)
 
 
