@@ -103,7 +103,7 @@ def test_binary_is_rtn_and_degenerate_blocks_are_finite():
 
 
 def test_medium_weight_runs_in_several_chunks_and_is_deterministic():
-    w = llama_like(512, 1024, seed=1)                     # 8 chunks of 2^16 elements
+    w = llama_like(512, 1024, seed=1)                     # 17 row chunks
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(128))
     a, b = hqq(w, scheme), hqq(w, scheme)
     assert torch.equal(a.data, b.data) and torch.equal(a.qparams.scale, b.qparams.scale)

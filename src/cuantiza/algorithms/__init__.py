@@ -9,7 +9,9 @@ for the calibrated ones, statistics of its inputs); no model walking, no modules
 * ``smooth_scales`` / ``ActAbsMax`` -- SmoothQuant's W8A8 activation smoothing (Xiao et al. 2022).
 
 ``quantize_weight`` picks a weight method by name. All return ordinary ``QTensor`` values of the
-given scheme (integer zero points, scales in ``scheme.scale_dtype``).
+given scheme (integer zero points, scales in ``scheme.scale_dtype``). Note that the package
+attributes ``rtn``, ``hqq`` and ``gptq`` are the functions; the submodules of the same names
+are ``sys.modules["cuantiza.algorithms.hqq"]`` etc.
 
 >>> import torch, cuantiza as cz
 >>> w = torch.randn(16, 64)

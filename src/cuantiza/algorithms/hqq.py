@@ -41,9 +41,10 @@ from ..scheme import QScheme
 from ..specs import MinMax, RangeSpec
 from .rtn import round_half_even_
 
-# Rows per chunk: all iterations run on one chunk, in cache; under torch's 32768-element grain,
-# so every op runs inline on the calling thread (thread hand-offs cost more than they save).
-CHUNK_ELEMS = 1 << 14
+# Elements per row chunk: all iterations run on one chunk, in cache; under torch's 32768-element
+# grain, so every op runs inline on its thread (an OpenMP hand-off per small op stalls for a
+# scheduler tick whenever the CPUs are busy); chunks go to a thread pool instead.
+CHUNK_ELEMS = (1 << 15) - 1
 
 
 def _rsum(t: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
