@@ -5,8 +5,9 @@ here on Shakespeare; fp16 checkpoint evaluated in float32) is quantized weight-o
 linear layer, the head and the embedding, at 8, 5, 4, 3 and 2 bits with groups of 128 and 32
 (asymmetric, fp16 scales and uint8 zero points: bits + 24/group bits per weight) by each
 method: round to nearest with min/max ranges (``rtn``) and with the MSE clipping search
-(``rtn+mse``), HQQ (data-free), GPTQ and AWQ (calibrated on ``calibration.txt``, never on the
-held-out text). The llama.cpp anchor is the ``gguf`` package's reference quantizers (Q8_0,
+(``rtn+mse``), HQQ (data-free, started from the MSE rounding), GPTQ with min/max or MSE group
+ranges, and AWQ (scales, then RTN with MSE); GPTQ and AWQ are calibrated on
+``calibration.txt``, never on the held-out text. Also dynamic W8A8, with and without SmoothQuant. The llama.cpp anchor is the ``gguf`` package's reference quantizers (Q8_0,
 Q5_1, Q5_0, Q4_1, Q4_0: quantize, then dequantize into the same tensors). Perplexity is per
 byte on ``heldout.txt`` (non-overlapping 256-byte windows).
 
@@ -37,12 +38,12 @@ from _results import machine, write_section  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "shakespeare-llama"
 GGUF = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
-METHODS = ("rtn", "rtn+mse", "hqq", "gptq", "awq")
+METHODS = ("rtn", "rtn+mse", "hqq", "gptq", "gptq+mse", "awq")
 
 
 def config(bits: int, group: int, method: str) -> cz.QuantConfig:
     scheme = cz.QScheme(bits=bits, symmetric=False, granularity=cz.PerGroup(group), scale_dtype="float16")
-    rng = cz.MSE() if method in ("rtn+mse", "awq") else cz.MinMax()
+    rng = cz.MSE() if method in ("rtn+mse", "hqq", "gptq+mse", "awq") else cz.MinMax()
     return cz.QuantConfig(weight=scheme, weight_range=rng, method=method.split("+")[0])
 
 
@@ -96,6 +97,7 @@ def run(quick: bool) -> dict:
     for fmt in GGUF:
         m, bpw = gguf_model(model, fmt)
         rows.append({"method": f"gguf {fmt}", "bits": None, "group": 32, "bpw": bpw, "ppl": ppl(m, held), "s_per_m": None})
+    rows += w8a8_rows(model, calib, held)
     bits_list = (8, 4, 3) if quick else (8, 5, 4, 3, 2)
     for bits in bits_list:
         for group in (128, 32):
@@ -109,6 +111,22 @@ def run(quick: bool) -> dict:
                              "s_per_m": secs / (numel / 1e6)})
                 print(f"{method:8s} {bits}b g{group:<4d} {bpw:.3f} bpw  ppl {rows[-1]['ppl']:.4f}", flush=True)
     return {"base": base, "rows": rows, "n_params": n_params, "tokens": int(held.numel()), "quick": quick}
+
+
+def w8a8_rows(model: nn.Module, calib: torch.Tensor, held: torch.Tensor) -> list:
+    """Dynamic W8A8 (int8 per-channel weights, int8 per-tensor activations at run time, the
+    embedding weight-only), without and with SmoothQuant (alpha 0.5)."""
+    from cuantiza.llm.smooth import smooth_model
+    cfg = cz.QuantConfig(activation=cz.QScheme(bits=8, symmetric=False))
+    rows = []
+    for name, make in (("w8a8 dynamic", lambda: model), ("w8a8 + smoothquant", lambda: smooth_model(model, calib))):
+        t = time.perf_counter()
+        qm = cz.quantize_dynamic(make(), cfg)
+        secs = time.perf_counter() - t
+        bpw, numel = bits_per_weight(qm)
+        rows.append({"method": name, "bits": 8, "group": "ch", "bpw": bpw, "ppl": ppl(qm, held),
+                     "s_per_m": secs / (numel / 1e6)})
+    return rows
 
 
 def _delta(p: float, base: float) -> str:
@@ -135,6 +153,9 @@ def targets(res: dict) -> list[str]:
     d = lambda r: r["ppl"] / base - 1  # noqa: E731
     best8 = min(d(_find(res, m, 8, 128)) for m in METHODS)
     out.append(f"- 8-bit g128 best dPPL {100 * best8:+.3f} % (target < 0.5 %): {'met' if best8 < 0.005 else 'MISSED'}")
+    w8 = {r["method"]: d(r) for r in res["rows"] if r["method"].startswith("w8a8")}
+    out.append(f"- W8A8 dynamic dPPL {100 * w8['w8a8 dynamic']:+.2f} %, with SmoothQuant "
+               f"{100 * w8['w8a8 + smoothquant']:+.2f} %")
     rtn4 = d(_find(res, "rtn", 4, 128))
     for m in ("gptq", "awq"):
         r = d(_find(res, m, 4, 128))
@@ -142,7 +163,7 @@ def targets(res: dict) -> list[str]:
                    f"{'met' if r <= rtn4 / 2 else 'missed'}")
     g3, r3 = d(_find(res, "gptq", 3, 128)), d(_find(res, "rtn", 3, 128))
     out.append(f"- 3-bit g128 gptq dPPL {100 * g3:+.2f} % vs rtn {100 * r3:+.2f} %: {'met' if g3 < 0.75 * r3 else 'MISSED'}")
-    ours = [r for r in res["rows"] if not r["method"].startswith("gguf")]
+    ours = [r for r in res["rows"] if r["method"] in METHODS]
     for g in (r for r in res["rows"] if r["method"].startswith("gguf")):
         cands = [r for r in ours if r["bpw"] <= g["bpw"] + 1e-9]
         best = min(cands, key=lambda r: r["ppl"])

@@ -61,13 +61,14 @@ class _WeightCache:
 
 
 def _quantize_weight(w: torch.Tensor, lp: LayerPlan) -> QTensor:
-    """One weight by the layer's method: round to nearest (over ``weight_range``) or HQQ."""
+    """One weight by the layer's method: round to nearest over ``weight_range``, or HQQ
+    started from that range's rounding (never worse than it)."""
     cfg, name = lp.config, f"{lp.name}.weight"
     if cfg.method == "rtn":
         return QTensor.from_float(w, lp.weight, cfg.weight_range, name=name)
     if cfg.method == "hqq":
         from .algorithms import hqq
-        return hqq(w, lp.weight, name=name, **dict(cfg.method_options))
+        return hqq(w, lp.weight, range=cfg.weight_range, name=name, **dict(cfg.method_options))
     raise PlanError(f"{lp.name}: method {cfg.method!r} needs calibration data; use "
                     "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
 
