@@ -4,3 +4,8 @@
 tensor by tensor (weight-only methods) into a resumable, atomically published cuantiza save
 (``shards`` reads, ``writer`` writes).
 """
+
+# byte-level text and perplexity (``text``): no transformers import here
+from .text import VOCAB_SIZE, decode, encode, load_text, perplexity, require_transformers
+
+__all__ = ["VOCAB_SIZE", "encode", "decode", "load_text", "perplexity", "require_transformers"]
