@@ -67,3 +67,38 @@ def test_calibrated_method_without_calibration_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="calibration"):
         quantize_checkpoint(src, tmp_path / "q", cfg("gptq"), progress=False)
     assert not (tmp_path / "q").exists()
+
+
+def test_one_decoder_layer_in_memory_at_a_time(tmp_path, monkeypatch):
+    """Calibrated methods go block by block: whenever a layer is loaded, every other layer is
+    still (or again) on the meta device, holding no memory."""
+    model = _llama()
+    model.config.num_hidden_layers = 2
+    src = _hf_llama(tmp_path / "src", model)
+    real, seen = cc._materialize, []
+
+    def watch(mod, prefix, ckpt):
+        real(mod, prefix, ckpt)
+        if prefix.startswith("model.layers."):
+            layers = mod_layers[0]
+            seen.append(sum(not next(layer.parameters()).is_meta for layer in layers))
+
+    real_skeleton, mod_layers = cc._skeleton, []
+
+    def skeleton(ckpt):
+        dec = real_skeleton(ckpt)
+        mod_layers.append(dec.layers)
+        return dec
+
+    monkeypatch.setattr(cc, "_materialize", watch)
+    monkeypatch.setattr(cc, "_skeleton", skeleton)
+    _run(src, tmp_path / "q", cfg("gptq"))
+    assert seen == [1, 1]
+    assert all(next(layer.parameters()).is_meta for layer in mod_layers[0])
+
+
+def test_meta_device_model_is_refused_before_calibration():                        # FAULTS 22
+    with torch.device("meta"):
+        model = _llama()
+    with pytest.raises(cz.UnsupportedDtypeError, match="meta"):
+        quantize_model(model, cfg("gptq"), CALIB, seq_len=16, batch_size=4)
