@@ -223,3 +223,18 @@ def ok(flag: bool) -> str:
 
 def ops_lines(name: str, rows: list) -> str:
     return "\n".join(f"- {name}, {r['v'].name}: {r['ops']}" for r in rows if "ops" in r)
+
+
+W4_G128 = "cuantiza quantize_onnx 4-bit weight-only (g128)"
+
+
+def ort_size_verdict(rows: list) -> str:
+    w4row = by_name(rows, W4_G128)
+    qdq = [r for r in rows if r["v"].name.startswith("ORT quantize_static") and r["v"].path]
+    if "score" not in w4row:
+        return f"cuantiza 4-bit failed ({w4row['v'].error}): MISSED"
+    smallest = min(qdq, key=lambda r: r["v"].bytes, default=None)
+    if smallest is None:
+        return f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B, ORT's QDQ tool produced nothing: met"
+    return (f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B vs ORT's smallest QDQ {smallest['v'].bytes:,} B "
+            f"({smallest['v'].name}): {ok(w4row['v'].bytes < smallest['v'].bytes)}")
