@@ -76,12 +76,10 @@ def publish_folder(out: Path, files: dict) -> None:
     try:
         for name in sorted(files):
             write_synced(tmp / name, files[name])
-        fsync_dir(tmp)
-        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(out.parent)
+    publish_staged(tmp, out)
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

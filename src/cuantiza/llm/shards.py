@@ -15,6 +15,7 @@ buffer: no mmap of the shard, so the memory held is about that tensor.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import sys
@@ -53,10 +54,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 class SafetensorsFile:
