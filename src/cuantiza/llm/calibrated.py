@@ -95,15 +95,16 @@ def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _fold(prev: nn.Module, mods: list[nn.Linear], s: torch.Tensor) -> None:
-    """Scale the group's input channels by s, and the op in front by 1/s."""
-    if isinstance(prev, nn.Linear):
-        prev.weight.data = (prev.weight.double() / s[:, None].double()).to(prev.weight.dtype)
-        if prev.bias is not None:
-            prev.bias.data = (prev.bias.double() / s.double()).to(prev.bias.dtype)
-    else:
-        prev.weight.data = (prev.weight.double() / s.double()).to(prev.weight.dtype)
-    for m in mods:
-        m.weight.data = (m.weight.double() * s[None, :].double()).to(m.weight.dtype)
+    """Scale the group's input channels by s, and the op in front by 1/s (in place)."""
+    from ..algorithms.awq import apply_scales
+    bias = prev.bias if isinstance(prev, nn.Linear) else None
+    f = apply_scales(prev.weight.data, [m.weight.data for m in mods], s,
+                     None if bias is None else bias.data)
+    prev.weight.data = f.prev
+    if bias is not None:
+        prev.bias.data = f.prev_bias
+    for m, w in zip(mods, f.weights):
+        m.weight.data = w
 
 
 def _awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) -> str | None:
