@@ -1,11 +1,28 @@
-"""Large language models: quantize Hugging Face style checkpoints larger than memory.
+"""Large language models: LLaMA-style decoders, their checkpoints and their perplexity.
 
-``checkpoint.quantize_checkpoint(src, dst, config)`` streams a sharded safetensors checkpoint
-tensor by tensor (weight-only methods) into a resumable, atomically published cuantiza save
-(``shards`` reads, ``writer`` writes).
+* ``quantize_model(model, config, calibration_tokens)``: GPTQ or AWQ over a decoder in memory,
+  one layer at a time (``calibrated``); ``smooth_model`` folds SmoothQuant scales for W8A8.
+* ``quantize_checkpoint(src, dst, config, calibration=None)``: a Hugging Face folder of any
+  size into a sharded cuantiza save, streamed tensor by tensor (rtn, hqq) or layer by layer
+  (gptq, awq), resumable and atomically published (``shards`` reads, ``writer`` writes).
+* ``eval_ppl(dir, text)`` / ``load_causal_lm(dir)`` (``evaluate``); byte-level text and
+  ``perplexity`` (``text``).
+
+transformers is optional: importing this package imports neither it nor the heavier
+submodules, which load on first use.
 """
 
-# byte-level text and perplexity (``text``): no transformers import here
 from .text import VOCAB_SIZE, decode, encode, load_text, perplexity, require_transformers
 
-__all__ = ["VOCAB_SIZE", "encode", "decode", "load_text", "perplexity", "require_transformers"]
+_LAZY = {"quantize_model": "calibrated", "smooth_model": "smooth", "quantize_checkpoint": "checkpoint",
+         "eval_ppl": "evaluate", "load_causal_lm": "evaluate"}
+
+__all__ = ["VOCAB_SIZE", "encode", "decode", "load_text", "perplexity", "require_transformers", *_LAZY]
+
+
+def __getattr__(name: str):
+    """The heavier entry points, imported on first use."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
