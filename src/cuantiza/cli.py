@@ -1,4 +1,4 @@
-"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report`` and ``quantize``, each with ``--help``.
+"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report``, ``quantize`` and ``eval-ppl``, each with ``--help``.
 
     cuantiza size --params 70e9 [--bits 32,16,8,5,4,3,2,1] [--group-size 128] [--json]
     cuantiza explain VALUE [--bits 8] [--asymmetric] [--range MIN MAX]
@@ -6,6 +6,9 @@
     cuantiza report DIR
     cuantiza quantize MODEL.onnx -o OUT.onnx [--bits 8] [--static --calibration data.npz | --weight-only]
              [--per-channel | --group-size N] [--asymmetric] [--exclude GLOB ...] [--overwrite]
+    cuantiza quantize MODEL_DIR -o OUT_DIR [--bits 4] [--group-size 128] [--method rtn|hqq|gptq|awq]
+             [--calibration text.txt] [--symmetric] [--mse] [--eval-text text.txt]
+    cuantiza eval-ppl MODEL_DIR [MODEL_DIR ...] --text FILE [--seq-len 256] [--json]
 
 ``--quiet`` (before or after the command) prints results only, without notes. Errors from
 cuantiza (``cuantiza.errors``) print one line, ``cuantiza: error: ...``, and exit with status 2,
