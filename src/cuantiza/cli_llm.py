@@ -26,13 +26,10 @@ def add_eval_parser(sub, quiet: argparse.ArgumentParser) -> None:
 
 
 def _read_text(path: str, max_chars: int | None) -> str:
-    p = Path(path)
-    if not p.is_file():
+    from .llm.text import load_text
+    if not Path(path).is_file():
         raise ConfigError(f"{path}: no such text file")
-    try:
-        t = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text ({e})") from e
+    t = load_text(path)
     return t if max_chars is None else t[:max_chars]
 
 

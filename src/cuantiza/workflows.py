@@ -61,16 +61,15 @@ class _WeightCache:
 
 
 def _quantize_weight(w: torch.Tensor, lp: LayerPlan) -> QTensor:
-    """One weight by the layer's method: round to nearest over ``weight_range``, or HQQ
-    started from that range's rounding (never worse than it)."""
-    cfg, name = lp.config, f"{lp.name}.weight"
-    if cfg.method == "rtn":
-        return QTensor.from_float(w, lp.weight, cfg.weight_range, name=name)
-    if cfg.method == "hqq":
-        from .algorithms import hqq
-        return hqq(w, lp.weight, range=cfg.weight_range, name=name, **dict(cfg.method_options))
-    raise PlanError(f"{lp.name}: method {cfg.method!r} needs calibration data; use "
-                    "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
+    """One weight by the layer's data-free method (``algorithms.quantize_weight``): round to
+    nearest over ``weight_range``, or HQQ started from that range's rounding."""
+    cfg = lp.config
+    if cfg.method in CALIBRATED_METHODS:
+        raise PlanError(f"{lp.name}: method {cfg.method!r} needs calibration data; use "
+                        "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
+    from .algorithms import quantize_weight
+    return quantize_weight(w, lp.weight, cfg.method, cfg.weight_range, f"{lp.name}.weight",
+                           **dict(cfg.method_options))
 
 
 def _bias(mod):

@@ -84,17 +84,6 @@ class _Unit:
         return dict(self.__dict__)
 
 
-def _check_finite(t: torch.Tensor, name: str) -> None:
-    """NonFiniteError naming ``name`` (FAULTS 1, 2). NaN propagates through min/max and ±Inf
-    shows there, so one ``aminmax`` pass decides, without ``isfinite``'s tensor-sized
-    temporaries; the full count (for the message) only runs when something is wrong."""
-    if t.numel() == 0:
-        return
-    lo, hi = torch.aminmax(t)
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
-        check_finite(t, name)
-
-
 def add_quantized(s, name: str, qt: QTensor, *, embedding: bool = False, bias: str | None = None,
                   padding_idx: int | None = None, weight: dict | None = None) -> dict:
     """Write the tensors of module ``name``'s quantized weight ``qt`` into the open unit ``s``
@@ -121,7 +110,7 @@ def _quantized_entry(job: Job, t: torch.Tensor | None, s, entries: dict, qts: di
     elif qts and job.key in qts:
         qt = qts[job.key]
     else:
-        _check_finite(t, f"{job.key}.weight")
+        check_finite(t, f"{job.key}.weight")                  # FAULTS 1, 2
         qt = _quantize_weight(t, LayerPlan(job.key, job.layer, job.scheme, None, job.note, job.cfg))
     return add_quantized(s, job.key, qt, embedding=job.kind == "embedding", bias=job.bias,
                          padding_idx=job.pad, weight=weight)
@@ -191,14 +180,6 @@ def _manifest(ckpt: Checkpoint, metas: list, config: QuantConfig) -> dict:
                        "architectures": ckpt.config.get("architectures")}}
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
 def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, calibration=None,
                         overwrite: bool = False, progress: bool = True, **calibration_options) -> Summary:
     """Quantize the weights of the Hugging Face style folder ``src`` into the cuantiza save
@@ -218,7 +199,7 @@ def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, calibr
     jobs = plan_checkpoint(ckpt, config)
     units = {f"shard-{i + 1:05d}": names for i, names in enumerate(ckpt.shards().values())}
     summary = Summary(str(src), str(writer.dst), units=len(units))
-    pbar = bar(total=len(jobs), desc="quantize checkpoint", unit="tensor") if progress else _NoBar()
+    pbar = bar(total=len(jobs), desc="quantize checkpoint", unit="tensor", disable=not progress)
     metas, entries = [], {}
     try:
         with writer as w:

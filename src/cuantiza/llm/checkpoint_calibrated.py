@@ -27,7 +27,7 @@ from ..plan import LayerPlan
 from ..progress import bar
 from .blocks import Decoder, decoder_parts, first_layer_inputs, layer_groups, run_layer
 from .calibrated import _awq_group, _gptq_group, _head_awq, _head_gptq, calibration_batches
-from .checkpoint import SIDE_FILES, Summary, _do_job, _fingerprint, _manifest, _NoBar, _summarize, _Unit
+from .checkpoint import SIDE_FILES, Summary, _do_job, _fingerprint, _manifest, _summarize, _Unit
 from .shards import Checkpoint, open_checkpoint
 from .tensorplan import plan_checkpoint
 from .writer import ShardedWriter
@@ -35,10 +35,11 @@ from .writer import ShardedWriter
 
 def _skeleton(ckpt: Checkpoint) -> Decoder:
     """The model on ``meta`` with a real rotary embedding (its buffers are computed, not saved)."""
-    from .evaluate import _config, _transformers
+    from .evaluate import _config
+    from .text import require_transformers
     cfg = _config(ckpt.dir)
     with torch.device("meta"):
-        model = _transformers().AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model = require_transformers().AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     rot = getattr(model.model, "rotary_emb", None)
     if rot is not None:
         model.model.rotary_emb = type(rot)(config=model.config)
@@ -149,7 +150,7 @@ def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *
     summary = Summary(str(src), str(writer.dst), units=len(units))
     metas, entries = [], {}
     hidden, kwargs = first_layer_inputs(dec, batches)        # the embedding only: cheap
-    pbar = bar(total=len(units), desc=f"{config.method} checkpoint", unit="unit") if progress else _NoBar()
+    pbar = bar(total=len(units), desc=f"{config.method} checkpoint", unit="unit", disable=not progress)
     with writer as w:
         for k, unit in enumerate(units):
             if w.done(unit):

@@ -19,40 +19,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, CorruptFileError
+from ..errors import ConfigError
 from ..progress import is_quiet
+from .shards import CONFIG, SafetensorsFile, read_config
+from .text import require_transformers
 
 MANIFEST = "cuantiza.json"
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise ConfigError("LLM folders need transformers: pip install transformers") from None
-    return transformers
-
-
 def _config(folder: Path):
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptFileError(f"{path} is not valid JSON ({e})") from e
-    return _transformers().AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    """The folder's transformers config, after ``shards.read_config`` checked the file."""
+    read_config(folder / CONFIG)
+    return require_transformers().AutoConfig.from_pretrained(str(folder), local_files_only=True)
 
 
 def _stored_float_dtype(folder: Path) -> torch.dtype:
-    """The dtype the quantized folder keeps its float tensors (norms) in."""
-    from safetensors import safe_open
+    """The dtype the quantized folder keeps its float state (norms) in: scales may be float16
+    in a float32 model, so only tensors of the manifest's ``state`` count."""
+    state = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("state", {}).values())
     for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                t = st.get_slice(k).get_dtype()
-                if t in ("F32", "F16", "BF16"):
-                    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[t]
+        for name, info in SafetensorsFile(f).infos.items():      # headers only, our reader
+            if name in state and info.dtype.is_floating_point:
+                return info.dtype
     return torch.float32
 
 
@@ -61,7 +49,7 @@ def load_causal_lm(dir) -> nn.Module:
     from .. import io
     folder = Path(dir)
     cfg = _config(folder)
-    tf = _transformers()
+    tf = require_transformers()
     if is_quiet():
         tf.utils.logging.disable_progress_bar()
     if not (folder / MANIFEST).is_file():

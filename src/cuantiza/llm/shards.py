@@ -203,7 +203,7 @@ def open_checkpoint(dir) -> Checkpoint:
     if not d.is_dir():
         raise CorruptFileError(f"{d} is not a folder; pass a Hugging Face style model folder "
                                f"({CONFIG} + *.safetensors)")
-    config = _read_config(d / CONFIG)
+    config = read_config(d / CONFIG)
     if (d / INDEX).is_file():
         files = _indexed_shards(d)
     elif (d / SINGLE).is_file():
@@ -213,7 +213,7 @@ def open_checkpoint(dir) -> Checkpoint:
     return Checkpoint(d, config, files)
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
