@@ -122,3 +122,4 @@ def conv2d_acc(kernel: str, q_x, z_x, w: IntWeight, stride, padding, dilation, g
 
 
 dequant_acc = reference.dequant_acc
+ONEDNN_SYM_OFFSET = fast.ONEDNN_SYM_OFFSET

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .reference import _im2col
 
 F32_EXACT = 2**24
+ONEDNN_SYM_OFFSET = 64     # symmetric codes |q| <= 63 enter oneDNN's u8 GEMM as q + 64 in [1, 127]
 
 
 def f32exact_ok(k: int, x_absmax: int, w_absmax: int) -> bool:
@@ -110,11 +111,19 @@ class OneDNNWeight:
         self.packed = torch.ops.onednn.qlinear_prepack(w_int8.contiguous(), None)
         self.ones = torch.ones(o, dtype=torch.float32)
         self.zeros = torch.zeros(o, dtype=torch.int64)
+        self._s_w: tuple = (None, None)              # (the s_w given, its per-channel copy)
+
+    def _scales(self, s_w: torch.Tensor | None) -> torch.Tensor:
+        if s_w is None:
+            return self.ones
+        if self._s_w[0] is not s_w:                  # a layer passes the same tensor every call
+            self._s_w = (s_w, s_w.reshape(-1).expand(self.ones.shape).contiguous())
+        return self._s_w[1]
 
     def acc(self, q_u8: torch.Tensor, zero_point: int, s_w: torch.Tensor | None = None) -> torch.Tensor:
         """float32(sum_k (q - zero_point) w), times s_w per output channel if given (one
         rounding, as float32(acc) * s_w), for q uint8 (M, K) with values <= 127."""
-        scales = self.ones if s_w is None else s_w.reshape(-1).expand(self.ones.shape).contiguous()
+        scales = self._scales(s_w)
         return torch.ops.onednn.qlinear_pointwise(q_u8, 1.0, zero_point, self.packed, scales, self.zeros,
                                                   None, 1.0, 0, torch.float32, "none", [], "")
 
@@ -125,7 +134,7 @@ def linear_onednn(q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight,
     lead = q_x.shape[:-1]
     q2 = q_x.reshape(-1, q_x.shape[-1])
     if q2.dtype == torch.int8:              # symmetric codes |q| <= 63: shift into [1, 127]
-        acc = pack.acc((q2 + 64).view(torch.uint8), 64, s_w)
+        acc = pack.acc((q2 + ONEDNN_SYM_OFFSET).view(torch.uint8), ONEDNN_SYM_OFFSET, s_w)
     else:
         acc = pack.acc(q2, int(z_x), s_w)
     return acc.reshape(*lead, -1)

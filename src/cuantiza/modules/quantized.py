@@ -17,7 +17,7 @@ from ..ops import quantize, quantize_rows
 from ..qparams import QParams
 from ..qtensor import QTensor
 from ..scheme import PerChannel, PerGroup, QScheme
-from .common import act_info, channel_scales, dynamic_qparams, int_weight
+from .common import act_info, channel_scales, dynamic_qparams, fused_rows_ok, int_weight, quantize_sym_rows
 
 
 class _QuantWeight(nn.Module):
@@ -70,15 +70,35 @@ class DynamicQuantLinear(_QuantWeight):
         self._choose(self.act_scheme, kernel, scalar_zp=not per_token)
         self.s_w = channel_scales(weight.qparams)
 
+    def _choose(self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False):
+        super()._choose(act_scheme, prefer, scalar_zp, conv)
+        # per-token symmetric codes straight into oneDNN's u8 GEMM: the hot path of dynamic
+        # transformers, a handful of ops per layer instead of the general path's dozens
+        self.fused = not scalar_zp and self.kernel == "onednn" and fused_rows_ok(act_scheme)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)                    # (M, K)
+        if self.fused:
+            y = self._forward_fused(x2)
+            if y is not None:
+                return y.reshape(*lead, -1)
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
         q_x = quantize_rows(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
         s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
         y = kernels.linear(self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias)
         return y.reshape(*lead, -1)
+
+    def _forward_fused(self, x2: torch.Tensor) -> torch.Tensor | None:
+        """The general forward's result for a oneDNN per-token layer, or None where the general
+        path must raise (non-finite input). Same codes, same exit: (acc * s_w) * s_x + bias."""
+        fused = quantize_sym_rows(x2, self.act_scheme, offset=kernels.ONEDNN_SYM_OFFSET)
+        if fused is None:
+            return None
+        q_u8, s_x = fused
+        y = self.w_int.onednn().acc(q_u8, kernels.ONEDNN_SYM_OFFSET, self.s_w).mul_(s_x)
+        return y.add_(self.bias) if self.bias is not None else y
 
 
 class QuantConv(_QuantWeight):

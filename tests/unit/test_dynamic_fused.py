@@ -1,0 +1,74 @@
+"""The fused per-token path of DynamicQuantLinear (``quantize_sym_rows`` + oneDNN) against the
+general path (``dynamic_qparams`` + ``quantize_rows`` + any kernel): the same codes, scales and
+outputs bit for bit, and the same typed errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import cuantiza as cz
+from cuantiza.kernels import fast
+from cuantiza.modules.common import dynamic_qparams, fused_rows_ok, quantize_sym_rows
+from cuantiza.ops import quantize_rows
+
+
+def _rows(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(37, 96, generator=g) * torch.logspace(-40, 30, 37)[:, None]
+    x[0] = 0.0                                            # all-zero row: s = 1
+    x[1] = -0.0
+    x[2, :] = 1e-44                                       # denormal range: s clamps to tiny
+    x[3, :5] = torch.tensor([3.5, -3.5, 2.5, 0.5, 63.0])  # exact ties of s = 1
+    return x
+
+
+@pytest.mark.parametrize("bits", [2, 4, 7, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_codes_and_scales_equal_the_general_path(bits, seed):
+    scheme = cz.QScheme(bits=bits, symmetric=True)
+    x = _rows(seed)
+    qp = dynamic_qparams(x, scheme, per_token=True)
+    want = quantize_rows(x, qp)
+    q, s = quantize_sym_rows(x, scheme)
+    assert torch.equal(s.reshape(-1), qp.scale.to(torch.float32).reshape(-1))
+    assert q.dtype == want.dtype and torch.equal(q, want)
+    q_off, _ = quantize_sym_rows(x, scheme, offset=64)
+    if bits <= 7:
+        assert q_off.dtype == torch.uint8 and torch.equal(q_off.to(torch.int16), want.to(torch.int16) + 64)
+
+
+def test_fused_only_takes_the_schemes_it_computes_exactly():
+    assert fused_rows_ok(cz.QScheme(bits=7, symmetric=True))
+    assert not fused_rows_ok(cz.QScheme(bits=8, symmetric=False))
+    assert not fused_rows_ok(cz.QScheme(bits=1, symmetric=True))
+    assert not fused_rows_ok(cz.QScheme(bits=7, symmetric=True, scale_dtype="float16"))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_rows_leave_the_fused_path_for_the_typed_error(bad):
+    x = _rows(0)
+    x[5, 7] = bad
+    assert quantize_sym_rows(x, cz.QScheme(bits=7, symmetric=True)) is None
+    m = nn.Sequential(nn.Linear(96, 16))
+    qm = cz.quantize_dynamic(m, cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token"))
+    with pytest.raises(cz.errors.NonFiniteError):
+        qm(x)
+
+
+@pytest.mark.skipif(not fast.onednn_available(), reason="oneDNN int8 ops not in this torch build")
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_layer_equals_the_reference_kernel(bias):
+    torch.manual_seed(1)
+    m = nn.Sequential(nn.Linear(384, 200, bias=bias))
+    cfg = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
+    layer = cz.quantize_dynamic(m, cfg)[0]
+    assert layer.kernel == "onednn" and layer.fused
+    x = torch.randn(3, 11, 384) * 4
+    x[0, 0] = 0.0
+    with torch.no_grad():
+        fused = layer(x)
+        layer._choose(layer.act_scheme, "reference", scalar_zp=False)
+        assert not layer.fused
+        assert torch.equal(fused, layer(x))
