@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -72,7 +73,6 @@ def fused_rows_ok(scheme: QScheme) -> bool:
         scheme.torch_scale_dtype == torch.float32
 
 
-_F32_MAX = torch.finfo(torch.float32).max
 _F32_TINY = torch.finfo(torch.float32).tiny
 
 
@@ -80,15 +80,20 @@ def quantize_sym_rows(x2d: torch.Tensor, scheme: QScheme, offset: int = 0):
     """``quantize_rows(x2d, dynamic_qparams(x2d, scheme, per_token=True))`` in a few fused ops,
     for ``fused_rows_ok`` schemes, plus ``offset`` (the codes q + offset as uint8 when offset > 0,
     which is how oneDNN's u8 GEMM takes them). Returns (codes, scale (M, 1) float32), or None
-    when a row is not finite or overflows float32 scales: the general path then raises the
-    typed error. The same float64 scale computation as ``choose_qparams``; tests hold the two
-    together bit for bit (tests/unit/test_dynamic_fused.py)."""
+    when a row is not finite: the general path then raises the typed error.
+
+    The same codes as the general path, and the same scales (float64 amax / qmax, clamped to
+    float32's tiny, rounded once) except for all-zero rows: their scale is tiny instead of 1,
+    which changes nothing downstream (their codes are 0 and their GEMM rows 0 * s = 0). No
+    clamp is needed: |x| <= amax and s >= amax / qmax (to within float32 rounding) keep
+    round(x / s) inside [-qmax, qmax]. Tests hold the two paths together bit for bit
+    (tests/unit/test_dynamic_fused.py)."""
     amax = x2d.abs().amax(dim=1, keepdim=True) if x2d.shape[1] else x2d.new_zeros(x2d.shape[0], 1)
-    if not bool((amax <= _F32_MAX).all()):                       # NaN fails the comparison too
+    s64 = amax.to(torch.float64)
+    if not math.isfinite(float(s64.sum())):                    # any NaN/Inf row
         return None
-    s64 = amax.to(torch.float64).div_(scheme.qmax)
-    s = s64.masked_fill_(s64 == 0, 1.0).clamp_(min=_F32_TINY).to(torch.float32)
-    t = torch.div(x2d, s).round_().clamp_(scheme.qmin, scheme.qmax)
+    s = s64.div_(scheme.qmax).clamp_(min=_F32_TINY).to(torch.float32)
+    t = torch.div(x2d, s).round_()
     if offset:
         return t.add_(offset).to(torch.uint8), s
     return t.to(scheme.q_dtype), s
