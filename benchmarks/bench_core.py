@@ -2,7 +2,9 @@
 
 * throughput (GB/s of float32 input, median of several runs, torch on 2 threads) of cuantiza's
   round-to-nearest quantization: ``quantize_tensor`` alone and ``QTensor.from_float`` (packing
-  included), against the ``gguf`` package's NumPy reference quantizers;
+  included), with the native kernels where they are built (``cuantiza._native``) and again on
+  the pure torch path (``CUANTIZA_NATIVE=0``), against the ``gguf`` package's NumPy reference
+  quantizers;
 * SQNR = 20 log10(||x|| / ||x - x_hat||) against gguf's Q8_0 / Q5_0 / Q4_0 / Q4_1 at equal (or
   the nearest) bits per weight, with MinMax and MSE ranges, on normal and heavy-tailed weights.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 import cuantiza as cz
+from cuantiza import _native
 from cuantiza.report_stats import tensor_sqnr_db
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -113,8 +116,25 @@ def round_robin(cases: list[tuple], rounds: int) -> tuple[list[list[float]], dic
     return [sorted(t) for t in times], noise
 
 
+def torch_path(fn):
+    """``fn`` run with the native kernels disabled (CUANTIZA_NATIVE=0), the setting restored."""
+    def run():
+        old = os.environ.get("CUANTIZA_NATIVE")
+        os.environ["CUANTIZA_NATIVE"] = "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["CUANTIZA_NATIVE"]
+            else:
+                os.environ["CUANTIZA_NATIVE"] = old
+    return run
+
+
 def speed_rows(x: torch.Tensor, repeats: int) -> list[dict]:
-    """Median and best seconds per case; GB/s of float32 input at the median."""
+    """Median and best seconds per case; GB/s of float32 input at the median. The "cuantiza"
+    rows run the default path (native kernels when built); "torch path" rows, only shown when
+    the kernels are built, the same calls without them."""
     import gguf
     from gguf.quants import quantize as gq
 
@@ -122,6 +142,11 @@ def speed_rows(x: torch.Tensor, repeats: int) -> list[dict]:
     for label, scheme in SPEED:
         cases.append((f"cuantiza quantize_tensor, {label}", lambda s=scheme: cz.quantize_tensor(x, s), repeats))
         cases.append((f"cuantiza QTensor.from_float, {label}", lambda s=scheme: cz.QTensor.from_float(x, s), repeats))
+    for label, scheme in SPEED if _native.available() else []:
+        cases.append((f"torch path (CUANTIZA_NATIVE=0): quantize_tensor, {label}",
+                      torch_path(lambda s=scheme: cz.quantize_tensor(x, s)), repeats))
+        cases.append((f"torch path (CUANTIZA_NATIVE=0): QTensor.from_float, {label}",
+                      torch_path(lambda s=scheme: cz.QTensor.from_float(x, s)), repeats))
     xn = x.numpy()
     for name in ("Q8_0", "Q4_0"):
         qt = getattr(gguf.GGMLQuantizationType, name)
@@ -208,6 +233,15 @@ def _noise(row: dict) -> str:
     return f"{row['repeated']} repeats, {row['disturbed']} runs kept though still disturbed"
 
 
+def _native_line() -> str:
+    if not _native.available():
+        why = "disabled by CUANTIZA_NATIVE=0" if _native.built() else "not built (no C compiler at install)"
+        return f"Native kernels (`cuantiza._native`): {why}; every row is the pure torch path."
+    return ("Native kernels (`cuantiza._native`, `rtn.c`: one min/max pass, one fused divide-round-clamp "
+            "pass, 1/2/4/8-bit packing, huge pages advised for large results) built: the `cuantiza` rows "
+            "use them, the `torch path` rows repeat the same calls without them.")
+
+
 def _load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -232,6 +266,7 @@ def main(argv=None) -> int:
         f"Machine: {machine()}. OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')} (irrelevant to torch). "
         f"Load average before / after: {load_before} / {_load()} (other processes distort 2-thread timings).",
         "### Throughput (normal weights; GB/s = 180.4 MB of float32 input / median time)",
+        _native_line(),
         speed_table(speed, warm),
         f"Runs during which other processes used the CPU were repeated ({_noise(speed[0])}"
         + (f"; with the malloc setting {_noise(warm[0])}" if warm else "") + ").",

@@ -18,8 +18,11 @@ straight-through estimator: 1 where round(x / s) + z lies inside [qmin, qmax], e
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from . import _native
 from .errors import NonFiniteError, UnsupportedDtypeError
 from .layout import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
 from .qparams import QParams, choose_qparams
@@ -72,10 +75,13 @@ def _quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: Q
     Cache-sized chunks through one reused float buffer (a fresh multi-MB temporary per chunk
     can cost page faults: glibc may hand such blocks back to the OS on free), in-place ops after
     the division; symmetric schemes skip "+ z" (z = 0, and round(t) + 0 gives the same integer).
-    Binary: q = +1 where x >= 0, else -1."""
+    Binary: q = +1 where x >= 0, else -1. Large contiguous float32 rows go to the native
+    kernel (``_native``: one fused pass, the same integers)."""
     if scheme.binary:
         return (xb >= 0).to(torch.int8).mul_(2).sub_(1)
     xb = xb.detach()                                     # integers carry no gradient; out= needs it
+    if _native.usable(xb):
+        return _native.quantize_rows(xb, s, z, scheme.qmin, scheme.qmax, scheme.symmetric, scheme.q_dtype)
     result = torch.empty(xb.shape, dtype=scheme.q_dtype)
     x, out = xb, result
     if xb.shape[0] == 1:                                 # per tensor: chunk along the row
@@ -158,6 +164,12 @@ def _binary_scale(xb: torch.Tensor, b: Blocking) -> torch.Tensor:
     return sums / counts
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or +-Inf in t, from amin and amax (NaN propagates through both): two reductions
+    without the tensor-sized temporary of ``isfinite``."""
+    return t.numel() == 0 or (math.isfinite(float(t.amin())) and math.isfinite(float(t.amax())))
+
+
 def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str) -> QParams:
     xb, b = to_blocks(xf, scheme.granularity)
     if scheme.binary:
@@ -172,7 +184,7 @@ def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, 
         # MinMax's min/max propagate them, so the check after it costs nothing
         check_finite(xf, name)
     lo, hi = range.rows_range(xb, scheme)
-    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+    if not (_all_finite(lo) and _all_finite(hi)):
         check_finite(xf, name)
     return choose_qparams(rows_to_scale(lo, b), rows_to_scale(hi, b), scheme)
 

@@ -12,7 +12,8 @@ in every 16-, then 32-, then 64-bit slot the upper field is shifted down onto th
 the fields end up adjacent (value k in bits [bk, bk+b)), which is exactly the packed stream.
 ``unpack`` runs the same steps backwards. Every step is a few whole-tensor integer ops; when b
 divides 8 (1, 2, 4 bits) the steps stop as soon as each slot holds one full byte. The slow
-bit-by-bit reference lives in ``tests/reference.py``.
+bit-by-bit reference lives in ``tests/reference.py``. Large int8/uint8 codes at 1, 2, 4 or 8
+bits go to the native kernel instead (``_native.pack_codes``: one pass, the same bytes).
 
 >>> pack(torch.tensor([1, 2, 3], dtype=torch.uint8), 4).tolist()
 [33, 3]
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _native
 from .errors import ConfigError, ShapeError, UnsupportedDtypeError
 
 _INT = {16: torch.int16, 32: torch.int32, 64: torch.int64}
@@ -58,14 +60,14 @@ def _steps(bits: int) -> list[tuple[int, int]]:
     return out
 
 
-def _check_codes(flat: torch.Tensor, bits: int, offset: int) -> None:
+def _check_dtype(flat: torch.Tensor) -> None:
     if flat.is_floating_point() or flat.is_complex() or flat.dtype == torch.bool:
         raise UnsupportedDtypeError(f"codes must be an integer tensor, got {flat.dtype}")
-    if flat.numel() == 0:
-        return
-    too_big = int(flat.max()) + offset >= 1 << bits
-    negative = (flat.dtype != torch.uint8 or offset < 0) and int(flat.min()) + offset < 0
-    if too_big or negative:
+
+
+def _check_range(lo: int, hi: int, bits: int, offset: int) -> None:
+    """ShapeError unless the codes' least and greatest value + offset lie in [0, 2^bits)."""
+    if lo + offset < 0 or hi + offset >= 1 << bits:
         raise ShapeError(f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits"
                          + (f" (after adding offset {offset})" if offset else ""))
 
@@ -90,7 +92,14 @@ def pack(codes: torch.Tensor, bits: int, offset: int = 0) -> torch.Tensor:
     q - qmin of signed integers q without building them."""
     _check_bits(bits)
     flat = codes.reshape(-1)
-    _check_codes(flat, bits, offset)
+    _check_dtype(flat)
+    if _native.packable(flat, bits, offset):                     # one pass in C, same bytes
+        out, lo, hi = _native.pack_codes(flat, bits, offset)    # lo, hi: of codes + offset
+        _check_range(lo - offset, hi - offset, bits, offset)
+        return out
+    if flat.numel():                                             # uint8 + offset >= 0 is >= 0
+        lo = int(flat.min()) if flat.dtype != torch.uint8 or offset < 0 else 0
+        _check_range(lo, int(flat.max()), bits, offset)
     n = flat.numel()
     out = torch.empty(packed_nbytes(n, bits), dtype=torch.uint8)
     work = _Work(n)

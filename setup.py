@@ -1,0 +1,26 @@
+"""Build step for the optional native kernels; all metadata lives in pyproject.toml.
+
+``src/cuantiza/_native/rtn.c`` is plain C (no Python headers) loaded with ctypes. It is an
+*optional* extension: without a C compiler the install still succeeds and cuantiza uses its
+torch path (``cuantiza._native.available()`` is then False; ``tests/unit/test_native.py``
+fails if a compiler exists but the library is missing).
+
+Flags: -O3 to vectorize; -fno-math-errno so nearbyintf needs no errno and can become one SIMD
+instruction; -ffp-contract=off so no multiply-add is ever fused. Never -ffast-math: the kernels
+need IEEE division x / s, NaN checks and round-half-to-even. No -march=native either: the C code
+clones its kernels for AVX2 / SSE4.1 / baseline x86-64 and picks one at load time, so a wheel
+built on one machine runs on another.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "cuantiza._native._rtn",
+            sources=["src/cuantiza/_native/rtn.c"],
+            extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"],
+            optional=True,
+        )
+    ]
+)
