@@ -9,14 +9,17 @@ import torch
 from torch import nn
 
 import cuantiza as cz
+from cuantiza import _native
 from cuantiza.kernels import fast
+from cuantiza.modules import common
 from cuantiza.modules.common import dynamic_qparams, fused_rows_ok, quantize_sym_rows
 from cuantiza.ops import quantize_rows
 
 
 def _rows(seed: int) -> torch.Tensor:
+    """37 x 160 (enough elements for the native kernels) at scales from 1e-40 to 1e30."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(37, 96, generator=g) * torch.logspace(-40, 30, 37)[:, None]
+    x = torch.randn(37, 160, generator=g) * torch.logspace(-40, 30, 37)[:, None]
     x[0] = 0.0                                            # all-zero row: s = 1
     x[1] = -0.0
     x[2, :] = 1e-44                                       # denormal range: s clamps to tiny
@@ -24,9 +27,21 @@ def _rows(seed: int) -> torch.Tensor:
     return x
 
 
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    """Both implementations: the native kernels where built, and the torch ops."""
+    if request.param == "native" and not _native.available():
+        pytest.skip("native kernels not built")
+    if request.param == "torch":
+        monkeypatch.setenv("CUANTIZA_NATIVE", "0")
+    else:
+        monkeypatch.setattr(common, "FUSED_NATIVE_ELEMS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("bits", [2, 4, 7, 8])
 @pytest.mark.parametrize("seed", range(4))
-def test_fused_codes_and_scales_equal_the_general_path(bits, seed):
+def test_fused_codes_and_scales_equal_the_general_path(bits, seed, path):
     scheme = cz.QScheme(bits=bits, symmetric=True)
     x = _rows(seed)
     qp = dynamic_qparams(x, scheme, per_token=True)
@@ -49,11 +64,11 @@ def test_fused_only_takes_the_schemes_it_computes_exactly():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_rows_leave_the_fused_path_for_the_typed_error(bad):
+def test_non_finite_rows_leave_the_fused_path_for_the_typed_error(bad, path):
     x = _rows(0)
     x[5, 7] = bad
     assert quantize_sym_rows(x, cz.QScheme(bits=7, symmetric=True)) is None
-    m = nn.Sequential(nn.Linear(96, 16))
+    m = nn.Sequential(nn.Linear(160, 16))
     qm = cz.quantize_dynamic(m, cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token"))
     with pytest.raises(cz.errors.NonFiniteError):
         qm(x)
@@ -61,7 +76,7 @@ def test_non_finite_rows_leave_the_fused_path_for_the_typed_error(bad):
 
 @pytest.mark.skipif(not fast.onednn_available(), reason="oneDNN int8 ops not in this torch build")
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_layer_equals_the_reference_kernel(bias):
+def test_fused_layer_equals_the_reference_kernel(bias, path):
     torch.manual_seed(1)
     m = nn.Sequential(nn.Linear(384, 200, bias=bias))
     cfg = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
@@ -74,3 +89,16 @@ def test_fused_layer_equals_the_reference_kernel(bias):
         layer._choose(layer.act_scheme, "reference", scalar_zp=False)
         assert not layer.fused
         assert torch.equal(fused, layer(x))
+
+
+@pytest.mark.parametrize("qmax", [1, 7, 63, 127])
+def test_float32_division_equals_float64_then_rounding(qmax):
+    """The fused path's scale (one float32 division) against choose_qparams' (float64, then
+    rounded to float32) over a million random finite float32 bit patterns, denormals included."""
+    g = torch.Generator().manual_seed(qmax)
+    bits = torch.randint(0, 0x7F800000, (1 << 20,), generator=g, dtype=torch.int32)
+    a = bits.view(torch.float32)
+    tiny = torch.finfo(torch.float32).tiny
+    fast32 = (a / qmax).clamp_(min=tiny)
+    via64 = (a.to(torch.float64) / qmax).clamp_(min=tiny).to(torch.float32)
+    assert torch.equal(fast32, via64)
