@@ -11,7 +11,6 @@ from torch import nn
 import cuantiza as cz
 from cuantiza import _native
 from cuantiza.kernels import fast
-from cuantiza.modules import common
 from cuantiza.modules.common import dynamic_qparams, fused_rows_ok, quantize_sym_rows
 from cuantiza.ops import quantize_rows
 
@@ -27,15 +26,19 @@ def _rows(seed: int) -> torch.Tensor:
     return x
 
 
-@pytest.fixture(params=["native", "torch"])
+@pytest.fixture(params=["native", "native-threads", "torch"])
 def path(request, monkeypatch):
-    """Both implementations: the native kernels where built, and the torch ops."""
-    if request.param == "native" and not _native.available():
+    """Every implementation: the native kernel in one direct call and split over 3 threads
+    (where built), and the torch ops."""
+    if request.param.startswith("native") and not _native.available():
         pytest.skip("native kernels not built")
     if request.param == "torch":
         monkeypatch.setenv("CUANTIZA_NATIVE", "0")
-    else:
-        monkeypatch.setattr(common, "FUSED_NATIVE_ELEMS", 1)
+        return request.param
+    monkeypatch.setattr(_native, "MIN_ELEMS", 1)
+    if request.param == "native-threads":
+        monkeypatch.setattr(_native, "MIN_PART_ELEMS", 16)
+        monkeypatch.setattr(_native, "_threads", lambda: 3)
     return request.param
 
 
@@ -102,3 +105,15 @@ def test_float32_division_equals_float64_then_rounding(qmax):
     fast32 = (a / qmax).clamp_(min=tiny)
     via64 = (a.to(torch.float64) / qmax).clamp_(min=tiny).to(torch.float32)
     assert torch.equal(fast32, via64)
+
+
+@pytest.mark.skipif(not _native.available(), reason="native kernels not built")
+def test_layers_use_the_native_kernel_where_built(monkeypatch):
+    calls = []
+    real = _native.quantize_absmax_rows
+    monkeypatch.setattr(_native, "quantize_absmax_rows", lambda *a: calls.append(1) or real(*a))
+    cfg = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
+    layer = cz.quantize_dynamic(nn.Sequential(nn.Linear(384, 64)), cfg)[0]
+    with torch.no_grad():
+        layer(torch.randn(128, 384))
+    assert calls == [1]

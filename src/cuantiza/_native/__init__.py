@@ -61,6 +61,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "cz_quantize_rows": ([ptr, i64, i64, ptr, ptr, f32, f32, ptr], None),
         "cz_pack_codes": ([ptr, i64, i32, i32, i32, ptr, ptr], i32),
         "cz_advise_huge": ([ptr, i64], None),
+        "cz_quantize_absmax_rows": ([ptr, i64, i64, f32, f32, f32, ptr, ptr], i32),
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
@@ -241,3 +242,27 @@ def pack_codes(flat: torch.Tensor, bits: int, offset: int) -> tuple[torch.Tensor
     return out, int(lims[:, 0].min()), int(lims[:, 1].max())
 
 
+def quantize_absmax_rows(x2d: torch.Tensor, qmax: int, offset: int, dtype: torch.dtype):
+    """Per-token symmetric activations in one call (``cz_quantize_absmax_rows``): scales
+    s = max(max|x| / qmax, float32 tiny) per row, shape (n, 1), and codes round(x / s) + offset
+    in ``dtype`` (uint8, or int8 with offset 0). None if a row is not finite. The torch path
+    is ``modules.common.quantize_sym_rows``; tests/unit/test_dynamic_fused.py holds them together."""
+    n, length = x2d.shape
+    s = torch.empty(n, 1, dtype=torch.float32)
+    out = _empty(x2d.shape, dtype)
+    x0, s0, q0 = x2d.data_ptr(), s.data_ptr(), out.data_ptr()
+    if n * length < MIN_PART_ELEMS:                  # one thread: call directly (a batch's
+        bad = _LIB.cz_quantize_absmax_rows(x0, n, length, float(qmax), _TINY, float(offset), s0, q0)
+        return None if bad else (out, s)             # activations are often this small)
+    flags = []
+
+    def call(start: int, rows: int, row_len: int, row: int):
+        return lambda: flags.append(_LIB.cz_quantize_absmax_rows(
+            x0 + 4 * start, rows, row_len, float(qmax), _TINY, float(offset), s0 + 4 * row, q0 + start))
+
+    parts, threads = _parts(n, length)
+    _run([call(*p) for p in parts], threads)
+    return None if any(flags) else (out, s)
+
+
+_TINY = float(torch.finfo(torch.float32).tiny)

@@ -233,3 +233,32 @@ void cz_advise_huge(void *p, int64_t nbytes)
     (void)nbytes;
 #endif
 }
+
+/* Dynamic per-token activations of the integer layers (cuantiza.modules.common.quantize_sym_rows),
+ * one call per batch: for each row r of x (n_rows, row_len),
+ *   a = max_j |x[r, j]|,  s[r] = max(a / qmax, tiny)  (one float32 division),
+ *   out[r, j] = nearbyint(x[r, j] / s[r]) + offset    (|nearbyint(x / s)| <= qmax: no clamp).
+ * Returns 1, with s and out unspecified, if a row holds a NaN or an infinity (the caller then
+ * takes its general path, which raises the typed error); else 0. offset + [-qmax, qmax] must
+ * lie in [0, 255]. The row is read twice while it is in cache. */
+CZ_CLONES
+int32_t cz_quantize_absmax_rows(const float *x, int64_t n_rows, int64_t row_len, float qmax,
+                                float tiny, float offset, float *s, uint8_t *out)
+{
+    for (int64_t r = 0; r < n_rows; r++) {
+        const float *xr = x + r * row_len;
+        uint8_t *qr = out + r * row_len;
+        float lo = 0.0f, hi = 0.0f;
+        if (row_len > 0)
+            minmax_row(xr, row_len, &lo, &hi);
+        const float a = -lo > hi ? -lo : hi;
+        if (!(a <= 3.40282347e38f))                              /* NaN (lo, hi NaN) or Inf */
+            return 1;
+        float sr = a / qmax;
+        sr = sr < tiny ? tiny : sr;
+        s[r] = sr;
+        for (int64_t j = 0; j < row_len; j++)
+            qr[j] = (uint8_t)(int32_t)(nearbyintf(xr[j] / sr) + offset);
+    }
+    return 0;
+}

@@ -75,10 +75,6 @@ def fused_rows_ok(scheme: QScheme) -> bool:
 
 
 _F32_TINY = torch.finfo(torch.float32).tiny
-# Below this many elements the torch ops are faster than two native calls and their set-up
-# (measured: 128 x 384, torch 138 us vs native 190; 128 x 1536, 348 vs 249; 4096 x 1536, 14.7
-# ms vs 4.4: the torch ops' fresh multi-MB temporaries page-fault)
-FUSED_NATIVE_ELEMS = 1 << 16
 
 
 def quantize_sym_rows(x2d: torch.Tensor, scheme: QScheme, offset: int = 0):
@@ -93,22 +89,15 @@ def quantize_sym_rows(x2d: torch.Tensor, scheme: QScheme, offset: int = 0):
     values below float32's tiny clamp to it either way. All-zero rows get tiny instead of 1,
     which changes nothing downstream (their codes are 0 and their GEMM rows 0 * s = 0). No
     clamp is needed: |x| <= amax and s >= amax / qmax (to within float32 rounding) keep
-    round(x / s) inside [-qmax, qmax]. Large inputs take the native kernels (``_native``: one
-    min/max pass, one divide-round pass, no float temporaries). Tests hold all paths together
-    bit for bit (tests/unit/test_dynamic_fused.py)."""
-    native = x2d.numel() >= FUSED_NATIVE_ELEMS and _native.usable(x2d) and x2d.shape[1] > 0
-    if native:                                                  # one pass each, no temporaries
-        lo, hi = _native.minmax_rows(x2d)
-        amax = torch.maximum(lo.neg(), hi)[:, None]             # = max |x| (NaN propagates)
-    else:
-        amax = x2d.abs().amax(dim=1, keepdim=True) if x2d.shape[1] else x2d.new_zeros(x2d.shape[0], 1)
+    round(x / s) inside [-qmax, qmax]. Where the native kernels are built, one C call does it all
+    (``_native.quantize_absmax_rows``: each row read twice while in cache, no temporaries, no
+    per-op dispatch). Tests hold all paths together bit for bit (tests/unit/test_dynamic_fused.py)."""
+    if x2d.shape[1] and _native.usable(x2d):                   # one C call: both passes per row
+        return _native.quantize_absmax_rows(x2d, scheme.qmax, offset, torch.uint8 if offset else scheme.q_dtype)
+    amax = x2d.abs().amax(dim=1, keepdim=True) if x2d.shape[1] else x2d.new_zeros(x2d.shape[0], 1)
     if not math.isfinite(float(amax.sum())):    # a NaN/Inf row (or a float32 overflow of the
         return None                             # sum: the general path then handles that batch)
     s = (amax / scheme.qmax).clamp_(min=_F32_TINY)
-    if native:
-        z = torch.full((x2d.shape[0],), float(offset))
-        dtype = torch.uint8 if offset else scheme.q_dtype
-        return _native.quantize_rows(x2d, s, z, offset + scheme.qmin, offset + scheme.qmax, not offset, dtype), s
     t = torch.div(x2d, s).round_()
     if offset:
         return t.add_(offset).to(torch.uint8), s
