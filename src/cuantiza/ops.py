@@ -23,7 +23,7 @@ import math
 import torch
 
 from . import _native
-from .errors import NonFiniteError, UnsupportedDtypeError
+from .errors import ConfigError, NonFiniteError, UnsupportedDtypeError
 from .layout import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
 from .qparams import QParams, choose_qparams
 from .ranges import ROW_CHUNK_ELEMS, row_chunks
@@ -97,6 +97,17 @@ def _quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: Q
             t.add_(z if z.ndim == 0 else z[c])
         out[c] = t.clamp_(scheme.qmin, scheme.qmax)
     return result
+
+
+def _quantize_codes(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+    """The stored codes q - qmin of an 8-bit scheme, uint8, in the quantize pass itself:
+    clamp(round(x / s) + z, qmin, qmax) - qmin = clamp(round(x / s) + (z - qmin), 0, qmax - qmin),
+    every step exact for these small integers in float32 (native kernel); on the torch path q is
+    shifted in place, modulo 256 (exact: the codes lie in [0, 255])."""
+    xb = xb.detach()
+    if _native.usable(xb):
+        return _native.quantize_rows(xb, s, z - scheme.qmin, 0, scheme.qmax - scheme.qmin, False, torch.uint8)
+    return _quantize_rows(xb, s, z, scheme).view(torch.uint8).add_(-scheme.qmin % 256)
 
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -189,16 +200,35 @@ def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, 
     return choose_qparams(rows_to_scale(lo, b), rows_to_scale(hi, b), scheme)
 
 
+def _quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str,
+                     rows_fn) -> tuple[torch.Tensor, QParams]:
+    # Two passes over x: min/max, then quantize. Both per L3-sized chunk of rows (the second
+    # read from cache) measured slower on the 2-core VM (int8 per-channel 44 vs 39 ms): the
+    # quantize kernel runs at ~10 GB/s of input from cache or memory alike (compute-bound),
+    # reuse showed only for chunks up to ~4 MiB, and choose_qparams costs 0.1-0.3 ms a chunk.
+    xf = as_float(x, name)
+    qp = quantize_tensor_params(xf, scheme, range, name)
+    xb, b = to_blocks(xf, scheme.granularity)
+    s, z = _rows_params(qp, b)
+    return from_blocks(rows_fn(xb, s, z, scheme), b), qp
+
+
 def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
                     name: str = "tensor") -> tuple[torch.Tensor, QParams]:
     """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
     q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified.
     Binary (1-bit symmetric) schemes ignore ``range``: s = mean|x| per block."""
-    xf = as_float(x, name)
-    qp = quantize_tensor_params(xf, scheme, range, name)
-    xb, b = to_blocks(xf, scheme.granularity)
-    s, z = _rows_params(qp, b)
-    return from_blocks(_quantize_rows(xb, s, z, scheme), b), qp
+    return _quantize_tensor(x, scheme, range, name, _quantize_rows)
+
+
+def quantize_tensor_codes(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
+                          name: str = "tensor") -> tuple[torch.Tensor, QParams]:
+    """``quantize_tensor`` for an 8-bit scheme, with the codes q - qmin (uint8, x's shape) that
+    ``QTensor`` stores instead of q: the bytes of ``pack(q, 8, -qmin)`` without that extra pass."""
+    if scheme.bits != 8:
+        raise ConfigError(f"quantize_tensor_codes needs an 8-bit scheme (one byte per code), got {scheme.bits} bits")
+    return _quantize_tensor(x, scheme, range, name, _quantize_codes)
+
 
 class _IntSTE(torch.autograd.Function):
     """x -> (q - z) as float64 integers; gradient 1/s inside the clamp range, 0 outside."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import ShapeError
-from .ops import dequantize, quantize_tensor
+from .ops import dequantize, quantize_tensor, quantize_tensor_codes
 from .packing import pack, packed_nbytes, unpack
 from .qparams import QParams, check_qparams_shape
 from .scheme import PerGroup, QScheme  # noqa: F401  (PerGroup: doctest)
@@ -59,6 +59,9 @@ class QTensor:
     @classmethod
     def from_float(cls, x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
                    name: str = "tensor") -> "QTensor":
+        if scheme.bits == 8:              # the codes from the quantize pass: no packing pass
+            codes, qp = quantize_tensor_codes(x, scheme, range=range, name=name)
+            return cls(codes.reshape(-1), qp, tuple(codes.shape))
         q, qp = quantize_tensor(x, scheme, range=range, name=name)
         return cls.from_int(q, qp)
 

@@ -295,3 +295,64 @@ def test_pack_out_of_range_same_error(bad, n, native, monkeypatch):
         with pytest.raises(ShapeError) as torch_err:
             _torch_path(lambda: cz.pack(q, 4, 7), monkeypatch)
         assert str(native_err.value) == str(torch_err.value)
+
+
+@pytest.mark.parametrize("gran, shape", GRANULARITIES, ids=GRAN_IDS)
+@pytest.mark.parametrize("symmetric, restricted", [(True, True), (True, False), (False, True)],
+                         ids=["sym", "symfull", "asym"])
+def test_eight_bit_codes_from_the_quantize_pass(symmetric, restricted, gran, shape, native, monkeypatch):
+    """QTensor.from_float at 8 bits takes the codes q - qmin from the quantize pass
+    (ops.quantize_tensor_codes): the bytes of pack(q, 8, -qmin), on both paths; strided blocks
+    (channel1) and ragged groups included."""
+    x = _data(shape, seed=8)
+    x.view(-1)[-1] = -30.0                                       # codes 0 and 2^8 - 1 both occur
+    scheme = cz.QScheme(8, symmetric, gran, "bfloat16", restricted=restricted)
+    for native_path in (True, False):
+        packs = native["pack"]
+        if native_path:
+            t = cz.QTensor.from_float(x, scheme)
+        else:
+            t = _torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch)
+        assert native["pack"] == packs                           # no packing pass
+        q, qp = cz.quantize_tensor(x, scheme)
+        assert torch.equal(t.data, cz.pack(q, 8, offset=-scheme.qmin)) and t.shape == tuple(x.shape)
+        assert torch.equal(t.qparams.scale, qp.scale) and torch.equal(t.qparams.zero_point, qp.zero_point)
+        assert torch.equal(t.int_repr(), q)
+    strided = not to_blocks(x, gran)[0].is_contiguous()          # (channel1: the torch path)
+    assert strided or native["quantize"] > 0
+
+
+def test_eight_bit_codes_default_thresholds(monkeypatch):
+    """Without patched thresholds: a large weight's 8-bit codes come from the kernel (no pack
+    call), the same bytes as packing q."""
+    monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
+    x = torch.randn(300, 1000)
+    called = []
+    monkeypatch.setattr(_native, "pack_codes", lambda *a: called.append(1))
+    for scheme in (cz.QScheme(8, True, cz.PerChannel(0)), cz.QScheme(8, False, cz.PerGroup(128), "float16")):
+        t = cz.QTensor.from_float(x, scheme)
+        with monkeypatch.context() as m:
+            m.setenv("CUANTIZA_NATIVE", "0")
+            expected = cz.pack(cz.quantize_tensor(x, scheme)[0], 8, offset=-scheme.qmin)
+        assert torch.equal(t.data, expected)
+    assert not called
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_eight_bit_codes_non_finite_same_error(bad, native, monkeypatch):
+    """NaN/Inf: from_float raises quantize_tensor's error (same type and message), native or not."""
+    x = torch.randn(9, 48)
+    x[7, 40] = bad
+    scheme = cz.QScheme(8, True, cz.PerChannel(0))
+    with pytest.raises(NonFiniteError) as codes_err:
+        cz.QTensor.from_float(x, scheme, name="w")
+    with pytest.raises(NonFiniteError) as torch_err:
+        _torch_path(lambda: cz.QTensor.from_float(x, scheme, name="w"), monkeypatch)
+    with pytest.raises(NonFiniteError) as q_err:
+        cz.quantize_tensor(x, scheme, name="w")
+    assert str(codes_err.value) == str(torch_err.value) == str(q_err.value)
+
+
+def test_codes_need_eight_bits():
+    with pytest.raises(cz.ConfigError, match="8-bit"):
+        ops.quantize_tensor_codes(torch.randn(4, 8), cz.QScheme(4))
