@@ -18,6 +18,7 @@ from cuantiza import _native, ops, ranges
 from cuantiza.errors import NonFiniteError, ShapeError
 from cuantiza.layout import to_blocks
 from tests import reference as ref
+from tests.unit.test_ops import _data as ops_data
 
 needs_native = pytest.mark.skipif(not _native.built(), reason="native kernels not built (no C compiler)")
 
@@ -64,15 +65,10 @@ def _torch_path(fn, monkeypatch):
 
 
 def _data(shape, seed: int) -> torch.Tensor:
-    """Gaussian with ties (exact small half-integers), zeros of both signs, denormals, a planted
-    extreme and an all-zero last slab (as test_ops._data)."""
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 3).astype(np.float32)
-    x[-1] = 0.0
-    flat = x.reshape(-1)
-    flat[0], flat[1], flat[2] = 7.0, 0.0, -0.0
-    flat[3:9] = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5]
-    flat[9:12] = [1e-40, -3e-39, 1e-45]                          # denormals
+    """test_ops._data (Gaussian, ties of small half-integers, zeros of both signs, a planted
+    extreme, an all-zero last slab) plus denormals."""
+    x = ops_data(shape, seed)
+    x.reshape(-1)[9:12] = [1e-40, -3e-39, 1e-45]                 # denormals
     return torch.from_numpy(x)
 
 
