@@ -204,8 +204,11 @@ def _quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: s
                      rows_fn) -> tuple[torch.Tensor, QParams]:
     # Two passes over x: min/max, then quantize. Both per L3-sized chunk of rows (the second
     # read from cache) measured slower on the 2-core VM (int8 per-channel 44 vs 39 ms): the
-    # quantize kernel runs at ~10 GB/s of input from cache or memory alike (compute-bound),
-    # reuse showed only for chunks up to ~4 MiB, and choose_qparams costs 0.1-0.3 ms a chunk.
+    # quantize pass runs at ~10 GB/s of input from cache or memory alike, reuse showed only for
+    # chunks up to ~4 MiB, and choose_qparams costs 0.1-0.3 ms a chunk. Its cost is not the
+    # division either (multiplying by 1/s with a tie check: 29 vs 28 ms, 2 threads; one
+    # thread 35) but the fresh output's first-touch page faults (filling a new 45 MB tensor
+    # took 20 ms on that VM).
     xf = as_float(x, name)
     qp = quantize_tensor_params(xf, scheme, range, name)
     xb, b = to_blocks(xf, scheme.granularity)
