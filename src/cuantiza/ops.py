@@ -44,16 +44,20 @@ def as_float(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     return x.detach().to(torch.float32)
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or +-Inf in t, from amin and amax (NaN propagates through both): two reductions
+    without the tensor-sized temporary of ``isfinite``."""
+    return t.numel() == 0 or (math.isfinite(float(t.amin())) and math.isfinite(float(t.amax())))
+
+
 def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
     """NonFiniteError naming the tensor and counting NaN and ±Inf values. NaN propagates
-    through min/max and ±Inf shows there, so one ``aminmax`` pass decides, without
-    ``isfinite``'s tensor-sized temporaries; the counts only run when something is wrong."""
+    through min/max and ±Inf shows there, so ``_all_finite`` decides, without ``isfinite``'s
+    tensor-sized temporaries; the counts only run when something is wrong."""
     if x.numel() == 0 or not (x.is_floating_point() or x.is_complex()):
         return
-    if not x.is_complex():
-        lo, hi = torch.aminmax(x)
-        if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-            return
+    if not x.is_complex() and _all_finite(x):
+        return
     if bool(torch.isfinite(x).all()):
         return
     n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
@@ -173,12 +177,6 @@ def _binary_scale(xb: torch.Tensor, b: Blocking) -> torch.Tensor:
         groups = b.scale_shape[b.scale_perm.index(len(b.scale_perm) - 1)]
         counts.view(-1, groups)[:, -1] -= b.pad
     return sums / counts
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    """No NaN or +-Inf in t, from amin and amax (NaN propagates through both): two reductions
-    without the tensor-sized temporary of ``isfinite``."""
-    return t.numel() == 0 or (math.isfinite(float(t.amin())) and math.isfinite(float(t.amax())))
 
 
 def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str) -> QParams:

@@ -50,6 +50,7 @@ HUGE_RESULT_BYTES = 1 << 23
 # some ms after a parallel op: right after the group-128 qparams, a fixed half per thread made
 # the quantize pass take 28-30 ms instead of 20; in pieces, 24-27.)
 PIECE_ELEMS = 1 << 20
+_TINY = float(torch.finfo(torch.float32).tiny)                  # floor of every float32 scale
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -264,5 +265,3 @@ def quantize_absmax_rows(x2d: torch.Tensor, qmax: int, offset: int, dtype: torch
     _run([call(*p) for p in parts], threads)
     return None if any(flags) else (out, s)
 
-
-_TINY = float(torch.finfo(torch.float32).tiny)
