@@ -1,9 +1,9 @@
 """Build step for the optional native kernels; all metadata lives in pyproject.toml.
 
-``src/cuantiza/_native/rtn.c`` is plain C (no Python headers) loaded with ctypes. It is an
-*optional* extension: without a C compiler the install still succeeds and cuantiza uses its
-torch path (``cuantiza._native.available()`` is then False; ``tests/unit/test_native.py``
-fails if a compiler exists but the library is missing).
+``src/cuantiza/_native/rtn.c`` and ``rtn_fused.c`` are plain C (no Python headers), built into
+one library loaded with ctypes. It is an *optional* extension: without a C compiler the install
+still succeeds and cuantiza uses its torch path (``cuantiza._native.available()`` is then
+False; ``tests/unit/test_native.py`` fails if a compiler exists but the library is missing).
 
 Flags: -O3 to vectorize; -fno-math-errno so nearbyintf needs no errno and can become one SIMD
 instruction; -ffp-contract=off so no multiply-add is ever fused. Never -ffast-math: the kernels
@@ -18,7 +18,7 @@ setup(
     ext_modules=[
         Extension(
             "cuantiza._native._rtn",
-            sources=["src/cuantiza/_native/rtn.c"],
+            sources=["src/cuantiza/_native/rtn.c", "src/cuantiza/_native/rtn_fused.c"],
             extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"],
             optional=True,
         )

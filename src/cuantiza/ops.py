@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from . import _native
+from . import _native, fused
 from .errors import ConfigError, NonFiniteError, UnsupportedDtypeError
 from .layout import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
 from .qparams import QParams, choose_qparams
@@ -199,15 +199,19 @@ def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, 
 
 
 def _quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str,
-                     rows_fn) -> tuple[torch.Tensor, QParams]:
+                     rows_fn, kind: str) -> tuple[torch.Tensor, QParams]:
     # Two passes over x: min/max, then quantize. Both per L3-sized chunk of rows (the second
     # read from cache) measured slower on the 2-core VM (int8 per-channel 44 vs 39 ms): the
     # quantize pass runs at ~10 GB/s of input from cache or memory alike, reuse showed only for
     # chunks up to ~4 MiB, and choose_qparams costs 0.1-0.3 ms a chunk. Its cost is not the
     # division either (multiplying by 1/s with a tie check: 29 vs 28 ms, 2 threads; one
     # thread 35) but the fresh output's first-touch page faults (filling a new 45 MB tensor
-    # took 20 ms on that VM).
+    # took 20 ms on that VM). With a MinMax range the native fused pass (``fused``) does all
+    # in one pass where it applies: min/max, qparams and q of each row while it is in cache.
     xf = as_float(x, name)
+    got = fused.quantize(xf, scheme, range, kind)
+    if got is not None:
+        return got
     qp = quantize_tensor_params(xf, scheme, range, name)
     xb, b = to_blocks(xf, scheme.granularity)
     s, z = _rows_params(qp, b)
@@ -219,7 +223,7 @@ def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(
     """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
     q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified.
     Binary (1-bit symmetric) schemes ignore ``range``: s = mean|x| per block."""
-    return _quantize_tensor(x, scheme, range, name, _quantize_rows)
+    return _quantize_tensor(x, scheme, range, name, _quantize_rows, "q")
 
 
 def quantize_tensor_codes(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
@@ -228,7 +232,7 @@ def quantize_tensor_codes(x: torch.Tensor, scheme: QScheme, range: RangeSpec = M
     ``QTensor`` stores instead of q: the bytes of ``pack(q, 8, -qmin)`` without that extra pass."""
     if scheme.bits != 8:
         raise ConfigError(f"quantize_tensor_codes needs an 8-bit scheme (one byte per code), got {scheme.bits} bits")
-    return _quantize_tensor(x, scheme, range, name, _quantize_codes)
+    return _quantize_tensor(x, scheme, range, name, _quantize_codes, "codes")
 
 
 class _IntSTE(torch.autograd.Function):

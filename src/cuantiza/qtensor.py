@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import fused
 from .errors import ShapeError
-from .ops import dequantize, quantize_tensor, quantize_tensor_codes
+from .ops import as_float, dequantize, quantize_tensor, quantize_tensor_codes
 from .packing import pack, packed_nbytes, unpack
 from .qparams import QParams, check_qparams_shape
 from .scheme import PerGroup, QScheme  # noqa: F401  (PerGroup: doctest)
@@ -59,10 +60,14 @@ class QTensor:
     @classmethod
     def from_float(cls, x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
                    name: str = "tensor") -> "QTensor":
+        xf = as_float(x, name)
         if scheme.bits == 8:              # the codes from the quantize pass: no packing pass
-            codes, qp = quantize_tensor_codes(x, scheme, range=range, name=name)
+            codes, qp = quantize_tensor_codes(xf, scheme, range=range, name=name)
             return cls(codes.reshape(-1), qp, tuple(codes.shape))
-        q, qp = quantize_tensor(x, scheme, range=range, name=name)
+        got = fused.quantize(xf, scheme, range, "packed")       # codes packed in the one pass
+        if got is not None:
+            return cls(got[0], got[1], tuple(xf.shape))
+        q, qp = quantize_tensor(xf, scheme, range=range, name=name)
         return cls.from_int(q, qp)
 
     def int_repr(self) -> torch.Tensor:

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cuantiza as cz
-from cuantiza import _native, ops, ranges
+from cuantiza import _native, fused, ops, ranges
+from cuantiza._native import fused as native_fused
 from cuantiza.errors import NonFiniteError, ShapeError
 from cuantiza.layout import to_blocks
 from tests import reference as ref
@@ -37,7 +38,8 @@ GRAN_IDS = ["tensor", "channel0", "channel1", "group32", "group32-ragged", "grou
 @pytest.fixture
 def native(monkeypatch):
     """Native path for tensors of any size, split into pieces of ~40 elements over 3 threads
-    (at least 16 elements each); returns a dict counting the kernel calls through ``_native``."""
+    (at least 16 elements each); returns a dict counting the kernel calls through ``_native``
+    (and the fused MinMax pass, ``_native.fused``, which takes over where it applies)."""
     if not _native.built():
         pytest.skip("native kernels not built (no C compiler)")
     monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
@@ -45,15 +47,16 @@ def native(monkeypatch):
     monkeypatch.setattr(_native, "MIN_PART_ELEMS", 16)
     monkeypatch.setattr(_native, "PIECE_ELEMS", 40)
     monkeypatch.setattr(_native, "_threads", lambda: 3)
-    calls = {"minmax": 0, "quantize": 0, "pack": 0}
-    for name, key in (("minmax_rows", "minmax"), ("quantize_rows", "quantize"), ("pack_codes", "pack")):
-        real = getattr(_native, name)
+    calls = {"minmax": 0, "quantize": 0, "pack": 0, "fused": 0}
+    for module, name, key in ((_native, "minmax_rows", "minmax"), (_native, "quantize_rows", "quantize"),
+                              (_native, "pack_codes", "pack"), (native_fused, "quantize_minmax_rows", "fused")):
+        real = getattr(module, name)
 
         def counted(*a, _real=real, _key=key, **k):
             calls[_key] += 1
             return _real(*a, **k)
 
-        monkeypatch.setattr(_native, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 
@@ -101,7 +104,9 @@ def test_quantize_tensor_native_equals_torch_and_reference(bits, symmetric, gran
         np.testing.assert_array_equal(got[1].scale.float().numpy(), rs)
     binary = bits == 1 and symmetric                             # binary stays on the torch path
     strided = not to_blocks(x, gran)[0].is_contiguous()          # (channel1: a transposed view)
-    assert native["quantize"] == 0 if binary or strided else native["minmax"] > 0 and native["quantize"] > 0
+    one_pass = fused.plan(x, scheme, cz.MinMax(), "q") is not None   # MinMax at 1 (asym), 2, 4, 8 bits
+    two_pass = not (binary or strided or one_pass)
+    assert (native["fused"] > 0, native["minmax"] > 0, native["quantize"] > 0) == (one_pass, two_pass, two_pass)
 
 
 @pytest.mark.parametrize("restricted", [True, False])
@@ -133,7 +138,8 @@ def test_true_division_not_reciprocal(native, monkeypatch):
     rq, _, _ = ref.quantize_tensor(x.numpy(), 4, True, ref.gran_tuple(cz.PerChannel(0)))
     np.testing.assert_array_equal(q.numpy().astype(np.int64), rq)
     _same((q, qp), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
-    assert native["quantize"] == 1
+    assert torch.equal(cz.quantize(x, qp), q)                    # given qparams: quantize_rows
+    assert native["fused"] == 1 and native["quantize"] == 1      # each divides
 
 
 def test_signed_zeros_and_denormals(native, monkeypatch):
@@ -315,7 +321,7 @@ def test_eight_bit_codes_from_the_quantize_pass(symmetric, restricted, gran, sha
         assert torch.equal(t.qparams.scale, qp.scale) and torch.equal(t.qparams.zero_point, qp.zero_point)
         assert torch.equal(t.int_repr(), q)
     strided = not to_blocks(x, gran)[0].is_contiguous()          # (channel1: the torch path)
-    assert strided or native["quantize"] > 0
+    assert strided or native["quantize"] > 0 or native["fused"] > 0
 
 
 def test_eight_bit_codes_default_thresholds(monkeypatch):

@@ -11,6 +11,9 @@ nothing else; each has a torch path that ``tests/unit/test_native.py`` holds it 
 * ``pack_codes(flat, bits, offset)``: one-byte codes packed at 1, 2, 4 or 8 bits, with the least
   and greatest code for the range check (torch path: ``packing.pack``).
 
+``fused.py`` wraps ``rtn_fused.c``, which does all three (and choose_qparams) for MinMax ranges
+in one pass; ``cuantiza.fused`` decides when it applies (``tests/unit/test_native_fused.py``).
+
 The qparams, the finiteness checks and their errors stay in Python, so both paths give the same
 integers and raise the same errors. The C code has no Python headers: setuptools compiles it as
 an optional extension (``setup.py``) next to this file; if that failed (no C compiler) or
@@ -55,14 +58,15 @@ _TINY = float(torch.finfo(torch.float32).tiny)                  # floor of every
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Argument and return types of the C functions; AttributeError if one is missing (a stale
-    library built from an older rtn.c)."""
-    i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_float
+    library built from older C sources)."""
+    i64, i32, ptr, f32, f64 = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_float, ctypes.c_double
     signatures = {
         "cz_minmax_rows": ([ptr, i64, i64, ptr, ptr], None),
         "cz_quantize_rows": ([ptr, i64, i64, ptr, ptr, f32, f32, ptr], None),
         "cz_pack_codes": ([ptr, i64, i32, i32, i32, ptr, ptr], i32),
         "cz_advise_huge": ([ptr, i64], None),
         "cz_quantize_absmax_rows": ([ptr, i64, i64, f32, f32, f32, ptr, ptr], i32),
+        "cz_quantize_minmax_rows": ([ptr, i64, i64, i32, i32, i32, i32, f64, f64, i32, ptr, ptr, ptr], i32),
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
