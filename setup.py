@@ -21,6 +21,17 @@ setup(
             sources=["src/cuantiza/_native/rtn.c", "src/cuantiza/_native/rtn_fused.c"],
             extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"],
             optional=True,
-        )
+        ),
+        # The per-token int8 linear layer (gemm.c; it calls rtn.c's per-token quantizer). Its own
+        # library, so that a failure here leaves the kernels above working. -fopenmp at compile
+        # time only: the GOMP_* symbols stay undefined and bind, when the library is loaded
+        # (always after ``import torch``), to the OpenMP runtime torch has loaded, so the layer
+        # runs on torch's own worker threads instead of a second pool competing for the cores.
+        Extension(
+            "cuantiza._native._gemm",
+            sources=["src/cuantiza/_native/gemm.c", "src/cuantiza/_native/rtn.c"],
+            extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-fopenmp"],
+            optional=True,
+        ),
     ]
 )

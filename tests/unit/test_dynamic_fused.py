@@ -109,11 +109,16 @@ def test_float32_division_equals_float64_then_rounding(qmax):
 
 @pytest.mark.skipif(not _native.available(), reason="native kernels not built")
 def test_layers_use_the_native_kernel_where_built(monkeypatch):
+    """Per-token codes from one C call: inside the native layer where its GEMM applies (K a
+    multiple of 4), else in ``quantize_absmax_rows`` before oneDNN."""
     calls = []
     real = _native.quantize_absmax_rows
     monkeypatch.setattr(_native, "quantize_absmax_rows", lambda *a: calls.append(1) or real(*a))
     cfg = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
-    layer = cz.quantize_dynamic(nn.Sequential(nn.Linear(384, 64)), cfg)[0]
+    native = cz.quantize_dynamic(nn.Sequential(nn.Linear(384, 64)), cfg)[0]
+    odd_k = cz.quantize_dynamic(nn.Sequential(nn.Linear(383, 64)), cfg)[0]
     with torch.no_grad():
-        layer(torch.randn(128, 384))
-    assert calls == [1]
+        native(torch.randn(128, 384))
+        assert calls == [] and "native" in native.w_int.packs
+        odd_k(torch.randn(128, 383))
+    assert calls == [1] and "native" not in odd_k.w_int.packs

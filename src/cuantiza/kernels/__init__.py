@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .._native import linear as native_linear
 from . import fast, reference
 
 
@@ -44,6 +45,16 @@ class IntWeight:
         if "onednn" not in self.packs:
             self.packs["onednn"] = fast.OneDNNWeight(self.w.reshape(self.w.shape[0], -1))
         return self.packs["onednn"]
+
+    def native_linear(self, act_qmax: int) -> native_linear.NativeLinear | None:
+        """The weight packed for the native per-token layer (quantize, GEMM and exit in one C
+        call, ``_native.linear``), or None where that does not apply (not built, or not exact)."""
+        w2 = self.w.reshape(self.w.shape[0], -1)
+        if not native_linear.supports(w2, act_qmax):
+            return None
+        if "native" not in self.packs:
+            self.packs["native"] = native_linear.NativeLinear(w2)
+        return self.packs["native"]
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,12 @@ class DynamicQuantLinear(_QuantWeight):
 
     def _forward_fused(self, x2: torch.Tensor) -> torch.Tensor | None:
         """The general forward's result for a oneDNN per-token layer, or None where the general
-        path must raise (non-finite input). Same codes, same exit: (acc * s_w) * s_x + bias."""
+        path must raise (non-finite input). Same codes, same exit: (acc * s_w) * s_x + bias.
+        Where the native kernels are built, one C call does all three steps (``_native.linear``);
+        otherwise torch ops around oneDNN's GEMM."""
+        native = self.w_int.native_linear(self.act_scheme.qmax)
+        if native is not None:
+            return native.forward(x2, self.act_scheme.qmax, self.s_w, self.bias)
         fused = quantize_sym_rows(x2, self.act_scheme, offset=kernels.ONEDNN_SYM_OFFSET)
         if fused is None:
             return None

@@ -1,0 +1,242 @@
+/* The dynamic per-token int8 linear layer in one call: cuantiza's fast path of
+ * DynamicQuantLinear for symmetric activations of at most 7 bits and int8 weights.
+ *
+ *   s[m]    = max(max_k |x[m, k]| / qmax, tiny)                      (cz_quantize_absmax_rows)
+ *   u[m, k] = nearbyint(x[m, k] / s[m]) + 64                          (in [1, 127])
+ *   acc     = sum_k (u[m, k] - 64) w[n, k] = sum_k u w - 64 colsum[n] (int32, exact)
+ *   y[m, n] = ((float32(acc) * s_w[n]) * s[m]) + b[n]                 (three float32 roundings)
+ *
+ * which is, operation for operation, the general path (quantize_rows, the oneDNN GEMM whose
+ * output stage gives float32(acc) * s_w, then y.mul_(s_x).add_(bias)); tests hold the two
+ * together bit for bit. u <= 127 keeps AVX2's vpmaddubsw exact: it adds two u8 x s8 products into
+ * a saturating int16, and 2 * 127 * 127 < 32767 (an 8-bit u could reach 2 * 255 * 127).
+ *
+ * Weights are packed once (cz_gemm_pack) in blocks of NR = 16 output columns: for each group of
+ * four k, the 16 columns' four int8 weights, 64 bytes, so one 32-byte load holds 8 columns x 4 k
+ * and a broadcast of u[m, k..k+3] multiplies it with two instructions (vpmaddubsw, then vpmaddwd
+ * with ones to int32). A tile is MR = 4 rows x 16 columns, 8 accumulators.
+ *
+ * Threads: one OpenMP region on torch's own OpenMP runtime (the symbols resolve to the libgomp
+ * torch loaded; see setup.py), so no second thread pool competes for the cores. Rows are
+ * quantized in parallel, then each thread takes a range of column blocks for all rows, in
+ * chunks of MC rows so the codes stay in L2.
+ */
+#include <stdint.h>
+#include <string.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CZ_X86 1
+#endif
+
+#define NR 16                    /* output columns per packed block and per tile */
+#define MR 4                     /* rows per tile */
+#define MC 128                   /* rows per chunk: 128 x K codes stay in L2 */
+#define OFFSET 64                /* symmetric codes q + 64 in [1, 127] */
+
+int32_t cz_quantize_absmax_rows(const float *x, int64_t n_rows, int64_t row_len, float qmax,
+                                float tiny, float offset, float *s, uint8_t *out);
+
+/* w (n, k) int8 row-major, k a multiple of 4 -> bp: ceil(n / 16) blocks of (k / 4) x 64 bytes,
+ * columns past n zero; colsum[c] = sum_k w[c, k] for c < ceil(n / 16) * 16 (0 past n). */
+void cz_gemm_pack(const int8_t *w, int64_t n, int64_t k, int8_t *bp, int32_t *colsum)
+{
+    const int64_t blocks = (n + NR - 1) / NR, quads = k / 4;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int64_t c = 0; c < NR; c++) {
+            const int64_t col = b * NR + c;
+            int32_t sum = 0;
+            for (int64_t q = 0; q < quads; q++)
+                for (int i = 0; i < 4; i++) {
+                    const int8_t v = col < n ? w[col * k + q * 4 + i] : 0;
+                    bp[((b * quads + q) * NR + c) * 4 + i] = v;
+                    sum += v;
+                }
+            colsum[col] = sum;
+        }
+}
+
+/* What a tile works on: the exit's per-column data (already offset to the tile's first column),
+ * the rows' scales, and where the rows of y go. */
+typedef struct {
+    const int32_t *colsum;
+    const float *s_w, *bias;     /* bias NULL: none */
+    const float *s_x;            /* the tile's first row */
+    int cols;                    /* columns of y in this block: NR, or fewer in the last */
+    float *y;                    /* y[0, 0] of the tile */
+    int64_t ldy;                 /* row stride of y */
+} tile_out;
+
+/* The exit of one row: acc (NR int32) -> y[0, cols), in the order of the general path. */
+static void exit_row(const int32_t *acc, const tile_out *o, int r)
+{
+    for (int c = 0; c < o->cols; c++) {
+        float t = (float)(acc[c] - OFFSET * o->colsum[c]) * o->s_w[c];
+        t = t * o->s_x[r];
+        o->y[r * o->ldy + c] = o->bias ? t + o->bias[c] : t;
+    }
+}
+
+/* Portable tile: rows [0, mr) of a (row stride k) against one packed block, and the exit. */
+static void tile_ref(const uint8_t *a, int64_t k, int mr, const int8_t *b, const tile_out *o)
+{
+    for (int r = 0; r < mr; r++) {
+        int32_t acc[NR] = {0};
+        for (int64_t q = 0; q < k / 4; q++)
+            for (int c = 0; c < NR; c++)
+                for (int i = 0; i < 4; i++)
+                    acc[c] += (int32_t)a[r * k + q * 4 + i] * b[(q * NR + c) * 4 + i];
+        exit_row(acc, o, r);
+    }
+}
+
+#if defined(CZ_X86)
+#define AVX2 __attribute__((target("avx2")))
+
+AVX2 static inline __m256i dot4(__m256i acc, __m256i a, __m256i b, __m256i ones)
+{
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+}
+
+AVX2 static inline __m256i bcast4(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* 8 columns of one row: ((float(acc - 64 colsum) * s_w) * s_x) + bias, each step one
+ * float32 rounding (no FMA: this target has none, and -ffp-contract=off). */
+AVX2 static inline __m256 exit8(__m256i acc, const tile_out *o, int r, int c0)
+{
+    const __m256i off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(o->colsum + c0)), 6);
+    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, off)), _mm256_loadu_ps(o->s_w + c0));
+    t = _mm256_mul_ps(t, _mm256_set1_ps(o->s_x[r]));
+    return o->bias ? _mm256_add_ps(t, _mm256_loadu_ps(o->bias + c0)) : t;
+}
+
+AVX2 static inline void store_row(__m256i lo, __m256i hi, const tile_out *o, int r)
+{
+    float *y = o->y + r * o->ldy;
+    const __m256 v0 = exit8(lo, o, r, 0), v1 = exit8(hi, o, r, 8);
+    if (o->cols == NR) {
+        _mm256_storeu_ps(y, v0);
+        _mm256_storeu_ps(y + 8, v1);
+        return;
+    }
+    float tmp[NR];
+    _mm256_storeu_ps(tmp, v0);
+    _mm256_storeu_ps(tmp + 8, v1);
+    memcpy(y, tmp, sizeof(float) * (size_t)o->cols);
+}
+
+/* AVX2 tile: 4 rows x 16 columns in 8 accumulators (fewer rows: the missing ones repeat
+ * row 0 and are not stored). */
+AVX2 static void tile_avx2(const uint8_t *a, int64_t k, int mr, const int8_t *b, const tile_out *o)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t *a0 = a, *a1 = mr > 1 ? a + k : a, *a2 = mr > 2 ? a + 2 * k : a, *a3 = mr > 3 ? a + 3 * k : a;
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+    __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    for (int64_t q = 0; q < k / 4; q++) {
+        const __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + q * 64));
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + q * 64 + 32));
+        __m256i v = bcast4(a0 + 4 * q);
+        c00 = dot4(c00, v, b0, ones);
+        c01 = dot4(c01, v, b1, ones);
+        v = bcast4(a1 + 4 * q);
+        c10 = dot4(c10, v, b0, ones);
+        c11 = dot4(c11, v, b1, ones);
+        v = bcast4(a2 + 4 * q);
+        c20 = dot4(c20, v, b0, ones);
+        c21 = dot4(c21, v, b1, ones);
+        v = bcast4(a3 + 4 * q);
+        c30 = dot4(c30, v, b0, ones);
+        c31 = dot4(c31, v, b1, ones);
+    }
+    store_row(c00, c01, o, 0);
+    if (mr > 1)
+        store_row(c10, c11, o, 1);
+    if (mr > 2)
+        store_row(c20, c21, o, 2);
+    if (mr > 3)
+        store_row(c30, c31, o, 3);
+}
+#endif
+
+typedef void (*tile_fn)(const uint8_t *, int64_t, int, const int8_t *, const tile_out *);
+
+static tile_fn pick_tile(void)
+{
+#if defined(CZ_X86)
+    if (__builtin_cpu_supports("avx2"))
+        return tile_avx2;
+#endif
+    return tile_ref;
+}
+
+/* Rows [0, m) x column blocks [b0, b1) of the GEMM and its exit, MC rows at a time. */
+static void gemm_part(const uint8_t *u, int64_t m, int64_t k, int64_t n, const int8_t *bp,
+                      int64_t b0, int64_t b1, const int32_t *colsum, const float *s_w,
+                      const float *bias, const float *s_x, float *y, tile_fn tile)
+{
+    for (int64_t mc = 0; mc < m; mc += MC) {
+        const int64_t mc_end = mc + MC < m ? mc + MC : m;
+        for (int64_t b = b0; b < b1; b++) {
+            const int64_t col = b * NR;
+            tile_out o = {colsum + col, s_w + col, bias ? bias + col : NULL, s_x, 0, y + col, n};
+            o.cols = n - col < NR ? (int)(n - col) : NR;
+            for (int64_t r = mc; r < mc_end; r += MR) {
+                o.s_x = s_x + r;
+                o.y = y + r * n + col;
+                tile(u + r * k, k, mc_end - r < MR ? (int)(mc_end - r) : MR, bp + b * k * NR, &o);
+            }
+        }
+    }
+}
+
+/* x (m, k) float32 -> y (m, n) float32 through the packed weights (k a multiple of 4).
+ * u (m, k) and s_x (m) are scratch the caller provides (and may read: the layer's codes and
+ * scales). Returns 1, with y unspecified, if a row of x is not finite; else 0. */
+int32_t cz_dyn_linear(const float *x, int64_t m, int64_t k, int64_t n, const int8_t *bp,
+                      const int32_t *colsum, const float *s_w, const float *bias, float qmax,
+                      float tiny, int32_t threads, uint8_t *u, float *s_x, float *y)
+{
+    const tile_fn tile = pick_tile();
+    const int64_t blocks = (n + NR - 1) / NR;
+    int32_t bad = 0;
+    if (threads < 1)
+        threads = 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+        int t = 0, nt = 1;
+#if defined(_OPENMP)
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
+        if (r1 > r0 && cz_quantize_absmax_rows(x + r0 * k, r1 - r0, k, qmax, tiny, (float)OFFSET,
+                                               s_x + r0, u + r0 * k)) {
+#if defined(_OPENMP)
+#pragma omp atomic write
+#endif
+            bad = 1;
+        }
+#if defined(_OPENMP)
+#pragma omp barrier
+#endif
+        int32_t stop;
+#if defined(_OPENMP)
+#pragma omp atomic read
+#endif
+        stop = bad;
+        if (!stop)
+            gemm_part(u, m, k, n, bp, blocks * t / nt, blocks * (t + 1) / nt, colsum, s_w, bias, s_x,
+                      y, tile);
+    }
+    return bad;
+}
