@@ -1,9 +1,11 @@
 """Build step for the optional native kernels; all metadata lives in pyproject.toml.
 
-``src/cuantiza/_native/rtn.c`` and ``rtn_fused.c`` are plain C (no Python headers), built into
-one library loaded with ctypes. It is an *optional* extension: without a C compiler the install
-still succeeds and cuantiza uses its torch path (``cuantiza._native.available()`` is then
-False; ``tests/unit/test_native.py`` fails if a compiler exists but the library is missing).
+``src/cuantiza/_native/*.c`` is plain C (no Python headers) in two libraries loaded with
+ctypes: ``_rtn`` (rtn.c and rtn_fused.c, the round-to-nearest passes) and ``_gemm`` (gemm.c, the
+per-token int8 linear layer). Both are *optional* extensions: without a C compiler the install
+still succeeds and cuantiza uses its torch paths (``cuantiza._native.available()`` is then
+False); ``tests/unit/test_native.py`` and ``test_native_linear.py`` fail if a compiler exists
+but a library is missing. The clones below are rtn.c's; gemm.c picks AVX2 or portable C itself.
 
 Flags: -O3 to vectorize; -fno-math-errno so nearbyintf needs no errno and can become one SIMD
 instruction; -ffp-contract=off so no multiply-add is ever fused. Never -ffast-math: the kernels

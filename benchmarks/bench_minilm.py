@@ -25,7 +25,7 @@ import minilm  # noqa: E402
 import cuantiza as cz  # noqa: E402
 from _results import machine, write_section  # noqa: E402
 
-# symmetric 7-bit per-token activations: exact on oneDNN's u8 x s8 GEMM without VNNI (no int16
+# symmetric 7-bit per-token activations: exact on AVX2's u8 x s8 multiply-add without VNNI (no int16
 # saturation), the same reason torch.ao uses reduce_range (7-bit activations) on x86
 FAST_DYNAMIC = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
 
@@ -138,7 +138,7 @@ def main(repeats: int = 20) -> list:
                 ("ONNX Runtime fp32", ort_fp32, ort_fp32.bytes),
                 ("ONNX Runtime dynamic QInt8, per-channel", ort_int8, ort_int8.bytes),
                 ("cuantiza dynamic, uint8 per-token act. (exact kernels)", ours_a8, ours_bytes),
-                ("cuantiza dynamic, int7 per-token act. (oneDNN)", ours, ours_bytes)]
+                ("cuantiza dynamic, int7 per-token act. (native GEMM)", ours, ours_bytes)]
     rows = [accuracy(n, m, size, enc_all, None if i == 0 else ref) for i, (n, m, size) in enumerate(variants)]
     interleaved_latency(rows, "t1", b1, repeats)
     interleaved_latency(rows, "t32", b32, max(3, repeats // 4))

@@ -61,7 +61,7 @@ def test_equals_the_general_path(m, k, n, threads):
             got = layer(x)
     finally:
         torch.set_num_threads(before)
-    assert "native" in layer.w_int.packs
+    assert layer.w_int.packs[("native", 63)] is not None
     assert torch.equal(got, _general(layer, x))
 
 
@@ -149,3 +149,22 @@ def test_accumulators_past_float32_precision():
     assert int(acc_row0.abs().max()) > 2**24
     with torch.no_grad():
         assert torch.equal(layer(x), _general(layer, x))
+
+
+@needs_layer
+@pytest.mark.parametrize("n", [1024, 1001])
+def test_large_outputs_split_by_rows(n):
+    """1100 rows on 2 threads: each thread takes rows; 1100 x 1024 float32 is past NT_BYTES, so
+    y is written with streaming stores (and with ordinary ones where rows are not 32-byte
+    multiples: n = 1001)."""
+    layer = _layer(64, n, seed=n)
+    x = torch.randn(1100, 64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            got = layer(x)
+    finally:
+        torch.set_num_threads(before)
+    assert got.numel() * 4 >= 4 << 20
+    assert torch.equal(got, _general(layer, x))

@@ -53,11 +53,16 @@ def built() -> bool:
     return _LIB is not None
 
 
+def enabled() -> bool:
+    """Built, and not turned off by ``CUANTIZA_NATIVE=0``."""
+    return _LIB is not None and available()
+
+
 def supports(w_int8: torch.Tensor, act_qmax: int) -> bool:
     """Whether the native layer computes this weight (N, K) and activation width exactly:
     built and enabled, int8 weights, K a positive multiple of 4 below MAX_K, qmax <= 63."""
     n, k = w_int8.shape
-    return (_LIB is not None and available() and w_int8.dtype == torch.int8 and n > 0 and 0 < k <= MAX_K
+    return (enabled() and w_int8.dtype == torch.int8 and n > 0 and 0 < k <= MAX_K
             and k % 4 == 0 and 0 < act_qmax <= OFFSET - 1)
 
 

@@ -10,6 +10,9 @@ Measured on this project's 2-core AVX2 machine (benchmarks/RESULTS.md): oneDNN's
 is the fast one; ``torch._int_mm`` is 20-40x slower than float32 without VNNI, so it ranks first
 only on CPUs with VNNI (``int_mm_vnni``); elsewhere ``f32split`` (exact float32 K slices)
 runs every layer that the faster paths cannot. ``int_mm`` stays selectable with ``prefer``.
+Dynamic per-token layers on ``onednn`` whose weights and activations allow it run a fused path
+instead (``IntWeight.native_linear``: quantize, GEMM and exit in one native call, faster than
+oneDNN's GEMM alone at transformer shapes); its output is this table's, bit for bit.
 """
 
 from __future__ import annotations
@@ -48,13 +51,16 @@ class IntWeight:
 
     def native_linear(self, act_qmax: int) -> native_linear.NativeLinear | None:
         """The weight packed for the native per-token layer (quantize, GEMM and exit in one C
-        call, ``_native.linear``), or None where that does not apply (not built, or not exact)."""
-        w2 = self.w.reshape(self.w.shape[0], -1)
-        if not native_linear.supports(w2, act_qmax):
+        call, ``_native.linear``), or None where that does not apply (not built or disabled, or
+        not exact). The shape check and the packing are done once; ``CUANTIZA_NATIVE`` is read
+        at every call."""
+        if not native_linear.enabled():
             return None
-        if "native" not in self.packs:
-            self.packs["native"] = native_linear.NativeLinear(w2)
-        return self.packs["native"]
+        key = ("native", act_qmax)
+        if key not in self.packs:
+            w2 = self.w.reshape(self.w.shape[0], -1)
+            self.packs[key] = native_linear.NativeLinear(w2) if native_linear.supports(w2, act_qmax) else None
+        return self.packs[key]
 
 
 @dataclass(frozen=True)
