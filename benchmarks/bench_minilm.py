@@ -141,7 +141,7 @@ def main(repeats: int = 20) -> list:
                 ("cuantiza dynamic, int7 per-token act. (native GEMM)", ours, ours_bytes)]
     rows = [accuracy(n, m, size, enc_all, None if i == 0 else ref) for i, (n, m, size) in enumerate(variants)]
     interleaved_latency(rows, "t1", b1, repeats)
-    interleaved_latency(rows, "t32", b32, max(3, repeats // 4))
+    interleaved_latency(rows, "t32", b32, max(3, repeats // 2))
     return rows
 
 
