@@ -38,7 +38,7 @@ def _general(layer, x: torch.Tensor) -> torch.Tensor:
 @needs_layer
 def test_packing_layout_and_column_sums():
     w = torch.randint(-127, 128, (21, 12), dtype=torch.int8)
-    p = native_linear.NativeLinear(w)
+    p = native_linear.NativeLinear(w, 63)
     blocks = p.packed.reshape(2, 3, 16, 4)                      # (blocks, K/4, 16 columns, 4 k)
     want = torch.zeros(32, 12, dtype=torch.int8)
     want[:21] = w
@@ -83,7 +83,7 @@ def test_non_finite_rows_raise_the_typed_error(bad):
     layer = _layer(64, 16)
     x = torch.randn(9, 64)
     x[7, 3] = bad
-    assert layer.w_int.native_linear(63).forward(x, 63, layer.s_w, layer.bias) is None
+    assert layer.w_int.native_linear(63).forward(x, layer.s_w, layer.bias) is None
     with pytest.raises(cz.errors.NonFiniteError):
         layer(x)
 

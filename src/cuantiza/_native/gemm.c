@@ -28,6 +28,7 @@
  * and cached stores, 22-30 ms with both (torch.ao's fbgemm layer 25-28 ms in the same runs).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(_OPENMP)
 #include <omp.h>
@@ -215,12 +216,10 @@ static void gemm_part(const uint8_t *u, int64_t m0, int64_t m1, int64_t k, int64
     }
 }
 
-/* x (m, k) float32 -> y (m, n) float32 through the packed weights (k a multiple of 4).
- * u (m, k) and s_x (m) are scratch the caller provides (and may read: the layer's codes and
- * scales). Returns 1, with y unspecified, if a row of x is not finite; else 0. */
-int32_t cz_dyn_linear(const float *x, int64_t m, int64_t k, int64_t n, const int8_t *bp,
-                      const int32_t *colsum, const float *s_w, const float *bias, float qmax,
-                      float tiny, int32_t threads, uint8_t *u, float *s_x, float *y)
+/* cz_dyn_linear with the scratch given: u (m, k) for the codes, s_x (m) for the row scales. */
+static int32_t dyn_linear(const float *x, int64_t m, int64_t k, int64_t n, const int8_t *bp,
+                          const int32_t *colsum, const float *s_w, const float *bias, float qmax,
+                          float tiny, int32_t threads, uint8_t *u, float *s_x, float *y)
 {
     const tile_fn tile = pick_tile();
     /* a large y goes around the caches (see store_row); streaming stores need 32-byte rows */
@@ -268,5 +267,21 @@ int32_t cz_dyn_linear(const float *x, int64_t m, int64_t k, int64_t n, const int
             _mm_sfence();                         /* streaming stores visible before the join */
 #endif
     }
+    return bad;
+}
+
+/* x (m, k) float32 -> y (m, n) float32 through the packed weights (k a multiple of 4), with
+ * the codes and row scales in scratch memory of its own. Returns 0; 1, with y unspecified, if a
+ * row of x is not finite; -1 if the scratch could not be allocated. */
+int32_t cz_dyn_linear(const float *x, int64_t m, int64_t k, int64_t n, const int8_t *bp,
+                      const int32_t *colsum, const float *s_w, const float *bias, float qmax,
+                      float tiny, int32_t threads, float *y)
+{
+    uint8_t *u = malloc((size_t)(m * k) + sizeof(float) * (size_t)m + 64);   /* codes, scales */
+    if (!u)
+        return -1;
+    float *s_x = (float *)(u + (m * k + 63) / 64 * 64);
+    const int32_t bad = dyn_linear(x, m, k, n, bp, colsum, s_w, bias, qmax, tiny, threads, u, s_x, y);
+    free(u);
     return bad;
 }

@@ -1,6 +1,6 @@
 """The native dynamic per-token int8 linear layer (``gemm.c``): quantize, GEMM and exit in one call.
 
-``NativeLinear(w_int8)`` packs an int8 weight (N, K) once; ``forward(x2d, qmax, s_w, bias)`` gives
+``NativeLinear(w_int8, qmax)`` packs an int8 weight (N, K) once; ``forward(x2d, s_w, bias)`` gives
 the float32 output (M, N) of DynamicQuantLinear's fused path for symmetric per-token activations
 with qmax <= 63, or None if a row of x is not finite (the caller's general path then raises the
 typed error). The result is bit for bit the general path's::
@@ -37,7 +37,7 @@ def _load() -> ctypes.CDLL | None:
         try:
             lib = ctypes.CDLL(str(path))
             lib.cz_gemm_pack.argtypes, lib.cz_gemm_pack.restype = [ptr, i64, i64, ptr, ptr], None
-            lib.cz_dyn_linear.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, f32, f32, i32, ptr, ptr, ptr]
+            lib.cz_dyn_linear.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, f32, f32, i32, ptr]
             lib.cz_dyn_linear.restype = i32
             return lib
         except (OSError, AttributeError):
@@ -80,31 +80,36 @@ class NativeLinear:
     per-channel scales s_w and bias are copied, float32 and padded to blocks of 16 columns, on
     first use and again whenever the layer's tensors change (identity or in-place version)."""
 
-    def __init__(self, w_int8: torch.Tensor):
+    def __init__(self, w_int8: torch.Tensor, act_qmax: int):
         n, k = w_int8.shape
-        self.n, self.k, self.blocks = n, k, (n + NR - 1) // NR
+        self.n, self.k, self.blocks, self.qmax = n, k, (n + NR - 1) // NR, float(act_qmax)
         w = w_int8.contiguous()
         self.packed = torch.empty(self.blocks * NR * k, dtype=torch.int8)     # (blocks, K/4, 16, 4)
         self.colsum = torch.empty(self.blocks * NR, dtype=torch.int32)
         _LIB.cz_gemm_pack(w.data_ptr(), n, k, self.packed.data_ptr(), self.colsum.data_ptr())
-        self._exit: tuple = (None, None, None)                  # (key, s_w padded, bias padded)
+        self._ptrs = (self.packed.data_ptr(), self.colsum.data_ptr())
+        self._exit: tuple = (None, -1, None, -1)         # the s_w and bias copied, and their versions
+        self._copies: tuple = (None, None, 0, None)      # padded s_w, padded bias, their pointers
 
-    def _exit_params(self, s_w: torch.Tensor, bias: torch.Tensor | None):
-        key = (id(s_w), s_w._version, id(bias), None if bias is None else bias._version)
-        if self._exit[0] != key:
-            self._exit = (key, _padded(s_w, self.n, self.blocks), _padded(bias, self.n, self.blocks))
-        return self._exit[1], self._exit[2]
+    def _exit_params(self, s_w: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        """Pointers to the padded float32 copies of s_w and bias (None: no bias), remade when
+        the layer's tensors change: other tensors, or the same ones edited in place."""
+        now = (s_w, s_w._version, bias, -1 if bias is None else bias._version)
+        old = self._exit
+        if not (old[0] is s_w and old[2] is bias and old[1] == now[1] and old[3] == now[3]):
+            s_wp, bp = _padded(s_w, self.n, self.blocks), _padded(bias, self.n, self.blocks)
+            self._copies = (s_wp, bp, s_wp.data_ptr(), None if bp is None else bp.data_ptr())
+            self._exit = now
+        return self._copies[2], self._copies[3]
 
-    def forward(self, x2d: torch.Tensor, qmax: int, s_w: torch.Tensor,
-                bias: torch.Tensor | None) -> torch.Tensor | None:
+    def forward(self, x2d: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
         """y (M, N) float32 for x (M, K) float32, or None when a row is not finite."""
-        x = x2d.contiguous()
+        x = x2d if x2d.is_contiguous() else x2d.contiguous()
         m = x.shape[0]
         s_wp, bp = self._exit_params(s_w, bias)
-        u = torch.empty(m, self.k, dtype=torch.uint8)                          # the codes (scratch)
-        s_x = torch.empty(m, dtype=torch.float32)
         y = torch.empty(m, self.n, dtype=torch.float32)
-        bad = _LIB.cz_dyn_linear(x.data_ptr(), m, self.k, self.n, self.packed.data_ptr(), self.colsum.data_ptr(),
-                                 s_wp.data_ptr(), None if bp is None else bp.data_ptr(), float(qmax), _TINY,
-                                 torch.get_num_threads(), u.data_ptr(), s_x.data_ptr(), y.data_ptr())
+        bad = _LIB.cz_dyn_linear(x.data_ptr(), m, self.k, self.n, *self._ptrs, s_wp, bp, self.qmax, _TINY,
+                                 torch.get_num_threads(), y.data_ptr())
+        if bad < 0:
+            raise MemoryError(f"cuantiza: no memory for the codes of a {m} x {self.k} activation")
         return None if bad else y

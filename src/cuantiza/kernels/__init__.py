@@ -59,7 +59,7 @@ class IntWeight:
         key = ("native", act_qmax)
         if key not in self.packs:
             w2 = self.w.reshape(self.w.shape[0], -1)
-            self.packs[key] = native_linear.NativeLinear(w2) if native_linear.supports(w2, act_qmax) else None
+            self.packs[key] = native_linear.NativeLinear(w2, act_qmax) if native_linear.supports(w2, act_qmax) else None
         return self.packs[key]
 
 

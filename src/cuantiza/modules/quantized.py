@@ -97,7 +97,7 @@ class DynamicQuantLinear(_QuantWeight):
         otherwise torch ops around oneDNN's GEMM."""
         native = self.w_int.native_linear(self.act_scheme.qmax)
         if native is not None:
-            return native.forward(x2, self.act_scheme.qmax, self.s_w, self.bias)
+            return native.forward(x2, self.s_w, self.bias)
         fused = quantize_sym_rows(x2, self.act_scheme, offset=kernels.ONEDNN_SYM_OFFSET)
         if fused is None:
             return None
