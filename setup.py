@@ -21,6 +21,7 @@ setup(
         Extension(
             "cuantiza._native._rtn",
             sources=["src/cuantiza/_native/rtn.c", "src/cuantiza/_native/rtn_fused.c"],
+            depends=["src/cuantiza/_native/cz_simd.h"],
             extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"],
             optional=True,
         ),

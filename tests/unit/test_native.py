@@ -35,11 +35,9 @@ GRANULARITIES = [
 GRAN_IDS = ["tensor", "channel0", "channel1", "group32", "group32-ragged", "group5-axis0", "group3-3d"]
 
 
-@pytest.fixture
-def native(monkeypatch):
-    """Native path for tensors of any size, split into pieces of ~40 elements over 3 threads
-    (at least 16 elements each); returns a dict counting the kernel calls through ``_native``
-    (and the fused MinMax pass, ``_native.fused``, which takes over where it applies)."""
+def native_everywhere(monkeypatch) -> None:
+    """The native path for tensors of any size, in pieces of ~40 elements (at least 16) over 3
+    threads; skips the test where the kernels are not built."""
     if not _native.built():
         pytest.skip("native kernels not built (no C compiler)")
     monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
@@ -47,6 +45,14 @@ def native(monkeypatch):
     monkeypatch.setattr(_native, "MIN_PART_ELEMS", 16)
     monkeypatch.setattr(_native, "PIECE_ELEMS", 40)
     monkeypatch.setattr(_native, "_threads", lambda: 3)
+
+
+@pytest.fixture
+def native(monkeypatch):
+    """Native path for tensors of any size, split into pieces of ~40 elements over 3 threads
+    (at least 16 elements each); returns a dict counting the kernel calls through ``_native``
+    (and the fused MinMax pass, ``_native.fused``, which takes over where it applies)."""
+    native_everywhere(monkeypatch)
     calls = {"minmax": 0, "quantize": 0, "pack": 0, "fused": 0}
     for module, name, key in ((_native, "minmax_rows", "minmax"), (_native, "quantize_rows", "quantize"),
                               (_native, "pack_codes", "pack"), (native_fused, "quantize_minmax_rows", "fused")):

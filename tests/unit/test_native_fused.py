@@ -15,6 +15,7 @@ from cuantiza import _native, fused
 from cuantiza._native import fused as native_fused
 from cuantiza.errors import NonFiniteError, ScaleOverflowError
 from cuantiza.qparams import _round_once
+from tests.unit.test_native import native_everywhere
 from tests.unit.test_native import _data, _same, _torch_path
 
 needs_native = pytest.mark.skipif(not _native.built(), reason="native kernels not built (no C compiler)")
@@ -32,13 +33,7 @@ WIDTH_IDS = ["1asym", "2sym", "2asym", "4sym", "4asym", "8sym", "8asym"]
 def counted(monkeypatch):
     """Native path for tensors of any size, split into pieces of ~40 elements over 3 threads;
     returns a list that gets one entry per call of the fused kernel's wrapper."""
-    if not _native.built():
-        pytest.skip("native kernels not built (no C compiler)")
-    monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
-    monkeypatch.setattr(_native, "MIN_ELEMS", 1)
-    monkeypatch.setattr(_native, "MIN_PART_ELEMS", 16)
-    monkeypatch.setattr(_native, "PIECE_ELEMS", 40)
-    monkeypatch.setattr(_native, "_threads", lambda: 3)
+    native_everywhere(monkeypatch)
     return _count(monkeypatch)
 
 

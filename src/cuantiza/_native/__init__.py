@@ -74,17 +74,19 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def _load() -> ctypes.CDLL | None:
-    """The built library next to this file (``_rtn.<platform tag>.so``), or None."""
-    for path in sorted(Path(__file__).resolve().parent.glob("_rtn*.so")):
+def load_library(pattern: str, declare) -> ctypes.CDLL | None:
+    """The first library next to this file whose name matches ``pattern`` (``_rtn*.so``:
+    ``_rtn.<platform tag>.so``) that loads and whose functions ``declare`` finds and types,
+    or None."""
+    for path in sorted(Path(__file__).resolve().parent.glob(pattern)):
         try:
-            return _declare(ctypes.CDLL(str(path)))
+            return declare(ctypes.CDLL(str(path)))
         except (OSError, AttributeError):                         # unloadable, or stale
             continue
     return None
 
 
-_LIB = _load()
+_LIB = load_library("_rtn*.so", _declare)
 
 
 def built() -> bool:

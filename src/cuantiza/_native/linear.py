@@ -17,11 +17,10 @@ are torch's own OpenMP workers (gemm.c), ``torch.get_num_threads()`` of them.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import torch
 
-from . import _TINY, available
+from . import _TINY, available, load_library
 
 NR = 16                  # output columns per packed block (gemm.c)
 OFFSET = 64              # codes q + 64: vpmaddubsw's int16 pair sums stay exact for q + 64 <= 127
@@ -29,23 +28,16 @@ OFFSET = 64              # codes q + 64: vpmaddubsw's int16 pair sums stay exact
 MAX_K = (2**31 - 1) // (127 * 127)
 
 
-def _load() -> ctypes.CDLL | None:
-    """``_gemm.<platform tag>.so`` next to this file with its two functions declared, or None
-    (not built, unloadable, or built from an older source)."""
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Types of the two functions; AttributeError for a library built from an older source."""
     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_float
-    for path in sorted(Path(__file__).resolve().parent.glob("_gemm*.so")):
-        try:
-            lib = ctypes.CDLL(str(path))
-            lib.cz_gemm_pack.argtypes, lib.cz_gemm_pack.restype = [ptr, i64, i64, ptr, ptr], None
-            lib.cz_dyn_linear.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, f32, f32, i32, ptr]
-            lib.cz_dyn_linear.restype = i32
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
+    lib.cz_gemm_pack.argtypes, lib.cz_gemm_pack.restype = [ptr, i64, i64, ptr, ptr], None
+    lib.cz_dyn_linear.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, f32, f32, i32, ptr]
+    lib.cz_dyn_linear.restype = i32
+    return lib
 
 
-_LIB = _load()
+_LIB = load_library("_gemm*.so", _declare)
 
 
 def built() -> bool:

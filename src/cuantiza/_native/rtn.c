@@ -29,42 +29,7 @@
 #include <sys/mman.h>
 #endif
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CZ_CLONES __attribute__((target_clones("avx2", "sse4.1", "default")))
-#else
-#define CZ_CLONES
-#endif
-
-/* helpers are inlined into each clone, so that they are compiled for its instruction set */
-#if defined(__GNUC__)
-#define CZ_INLINE static inline __attribute__((always_inline))
-#else
-#define CZ_INLINE static inline
-#endif
-
-#if defined(__GNUC__)
-/* the vector helpers are always inlined, so no vector crosses a call (no ABI concern) */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-/* Eight float32 lanes in GCC/Clang vector extensions: one AVX2 register, two SSE registers,
- * and whatever the target has elsewhere; comparisons give lane masks of 0 or -1. */
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-
-/* Lane-wise a < b ? a : b and a > b ? a : b (x86 minps/maxps semantics; only NaN-free data
- * reaches the result, see minmax_row). */
-CZ_INLINE vf vmin(vf a, vf b)
-{
-    vi m = a < b;
-    return (vf)(((vi)a & m) | ((vi)b & ~m));
-}
-
-CZ_INLINE vf vmax(vf a, vf b)
-{
-    vi m = a > b;
-    return (vf)(((vi)a & m) | ((vi)b & ~m));
-}
+#include "cz_simd.h"
 
 /* Scalar min/max of n values with NaN propagation, as torch.amin/amax: the slow path, taken
  * only for rows whose fast pass saw a NaN. */
@@ -84,46 +49,11 @@ static void minmax_exact(const float *x, int64_t n, float *lo, float *hi)
     *hi = b;
 }
 
-/* One row: 16 values a step into two lane-wise min/max pairs (independent chains hide the
- * latency) plus a lane-wise NaN flag (v != v); the lanes and the tail are reduced at the end.
- * A row with a NaN is recomputed by minmax_exact. */
+/* One row (cz_minmax_lanes); a row with a NaN is recomputed by minmax_exact. */
 CZ_INLINE void minmax_row(const float *x, int64_t n, float *lo_out, float *hi_out)
 {
-    const vf pinf = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
-    vf lo0 = pinf, lo1 = pinf, hi0 = -pinf, hi1 = -pinf;
-    vi nan = {0};
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        vf v0, v1;
-        __builtin_memcpy(&v0, x + j, sizeof v0);                 /* unaligned loads */
-        __builtin_memcpy(&v1, x + j + 8, sizeof v1);
-        lo0 = vmin(v0, lo0);
-        lo1 = vmin(v1, lo1);
-        hi0 = vmax(v0, hi0);
-        hi1 = vmax(v1, hi1);
-        nan |= (v0 != v0) | (v1 != v1);
-    }
-    lo0 = vmin(lo0, lo1);
-    hi0 = vmax(hi0, hi1);
-    float a = INFINITY, b = -INFINITY;
-    int32_t bad = 0;
-    for (int k = 0; k < 8; k++) {
-        a = lo0[k] < a ? lo0[k] : a;
-        b = hi0[k] > b ? hi0[k] : b;
-        bad |= nan[k];
-    }
-    for (; j < n; j++) {
-        float v = x[j];
-        a = v < a ? v : a;
-        b = v > b ? v : b;
-        bad |= v != v;
-    }
-    if (bad) {
+    if (cz_minmax_lanes(x, n, NULL, lo_out, hi_out))
         minmax_exact(x, n, lo_out, hi_out);
-        return;
-    }
-    *lo_out = a;
-    *hi_out = b;
 }
 
 /* Rows [0, n_rows) of a C-contiguous (n_rows, row_len) float32 array, row_len >= 1. */

@@ -12,77 +12,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CZ_CLONES __attribute__((target_clones("avx2", "sse4.1", "default")))
-#else
-#define CZ_CLONES
-#endif
+#include "cz_simd.h"
 
-#if defined(__GNUC__)
-#define CZ_INLINE static inline __attribute__((always_inline))
-#pragma GCC diagnostic ignored "-Wpsabi"
-#else
-#define CZ_INLINE static inline
-#endif
-
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-
-/* v's eight lanes in a constant order: __builtin_shufflevector in clang and GCC >= 12,
- * __builtin_shuffle in older GCC. */
-#if defined(__clang__) || __GNUC__ >= 12
-#define CZ_SHUFFLE(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
-#else
-#define CZ_SHUFFLE(v, ...) __builtin_shuffle(v, (vi){__VA_ARGS__})
-#endif
-
-/* Lane-wise min/max as rtn.c's (x86 minps/maxps semantics; only NaN-free rows are used). */
-CZ_INLINE vf vmin(vf a, vf b) { vi m = a < b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-CZ_INLINE vf vmax(vf a, vf b) { vi m = a > b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-
-/* rtn.c's minmax_row for the fused pass: min and max of n >= 1 values, 16 a step in two
- * independent lane-wise chains, with a NaN flag; returns 1 if the row is not finite (a NaN, or
- * +-Inf as its min or max), where rtn.c would recompute the row exactly: here the caller gives
- * up instead. Every other step prefetches a cache line of `ahead` (NULL: none): the first half
- * of a row further on, whose second half quantize_row prefetches (see CZ_AHEAD). */
+/* A row's min and max for the fused pass (cz_minmax_lanes, prefetching `ahead`: the first half
+ * of a row further on, whose second half quantize_row prefetches, see CZ_AHEAD); returns 1 if
+ * the row is not finite (a NaN, or +-Inf as its min or max): the caller then gives up. */
 CZ_INLINE int32_t finite_minmax_row(const float *x, int64_t n, const float *ahead, float *lo_out,
                                     float *hi_out)
 {
-    const vf pinf = {INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY, INFINITY};
-    vf lo0 = pinf, lo1 = pinf, hi0 = -pinf, hi1 = -pinf;
-    vi nan = {0};
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        vf v0, v1;
-        __builtin_memcpy(&v0, x + j, sizeof v0);                 /* unaligned loads */
-        __builtin_memcpy(&v1, x + j + 8, sizeof v1);
-        if (ahead && !(j & 16))
-            __builtin_prefetch(ahead + j / 2);
-        lo0 = vmin(v0, lo0);
-        lo1 = vmin(v1, lo1);
-        hi0 = vmax(v0, hi0);
-        hi1 = vmax(v1, hi1);
-        nan |= (v0 != v0) | (v1 != v1);
-    }
-    lo0 = vmin(lo0, lo1);                                        /* lanes folded in halves */
-    hi0 = vmax(hi0, hi1);
-    lo0 = vmin(lo0, CZ_SHUFFLE(lo0, 4, 5, 6, 7, 0, 1, 2, 3));
-    hi0 = vmax(hi0, CZ_SHUFFLE(hi0, 4, 5, 6, 7, 0, 1, 2, 3));
-    nan |= CZ_SHUFFLE(nan, 4, 5, 6, 7, 0, 1, 2, 3);
-    lo0 = vmin(lo0, CZ_SHUFFLE(lo0, 2, 3, 0, 1, 6, 7, 4, 5));
-    hi0 = vmax(hi0, CZ_SHUFFLE(hi0, 2, 3, 0, 1, 6, 7, 4, 5));
-    nan |= CZ_SHUFFLE(nan, 2, 3, 0, 1, 6, 7, 4, 5);
-    float a = lo0[0] < lo0[1] ? lo0[0] : lo0[1], b = hi0[0] > hi0[1] ? hi0[0] : hi0[1];
-    int32_t bad = nan[0] | nan[1];
-    for (; j < n; j++) {
-        float v = x[j];
-        a = v < a ? v : a;
-        b = v > b ? v : b;
-        bad |= v != v;
-    }
-    *lo_out = a;
-    *hi_out = b;
-    return bad || !(a >= -3.40282347e38f && b <= 3.40282347e38f);
+    const int32_t nan = cz_minmax_lanes(x, n, ahead, lo_out, hi_out);
+    return nan || !(*lo_out >= -3.40282347e38f && *hi_out <= 3.40282347e38f);
 }
 
 /* Rows are taken in batches of up to this many values (in L1) and rows: min/max of each, then
