@@ -46,11 +46,19 @@ def test_packing_layout_and_column_sums():
     assert torch.equal(p.colsum, want.to(torch.int32).sum(dim=1))
 
 
+@pytest.fixture(params=["cpu", "portable"])
+def tile(request):
+    """The tile the CPU gets (AVX2 here), and the portable C tile other CPUs get."""
+    was = native_linear._LIB.cz_gemm_portable(int(request.param == "portable"))
+    yield request.param
+    native_linear._LIB.cz_gemm_portable(was)
+
+
 @needs_layer
 @pytest.mark.parametrize("m", [1, 3, 4, 5, 130, 300])
 @pytest.mark.parametrize("k,n", [(4, 1), (64, 15), (64, 17), (384, 48), (160, 200)])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_equals_the_general_path(m, k, n, threads):
+def test_equals_the_general_path(m, k, n, threads, tile):
     layer = _layer(k, n, seed=m + k + n)
     g = torch.Generator().manual_seed(m * k)
     x = torch.randn(m, k, generator=g) * torch.logspace(-3, 3, m)[:, None]
@@ -69,7 +77,7 @@ def test_equals_the_general_path(m, k, n, threads):
 @pytest.mark.parametrize("bits", [2, 4, 7])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("seed", range(3))
-def test_extreme_rows_widths_and_no_bias(bits, bias, seed):
+def test_extreme_rows_widths_and_no_bias(bits, bias, seed, tile):
     """Rows from 1e-40 to 1e30, all-zero and denormal rows, exact ties (``_rows``)."""
     layer = _layer(160, 40, bits=bits, bias=bias, seed=seed)
     x = _rows(seed)
@@ -131,7 +139,7 @@ def test_built_when_a_compiler_is_present():
 
 
 @needs_layer
-def test_accumulators_past_float32_precision():
+def test_accumulators_past_float32_precision(tile):
     """K = 4096 with every code and weight at its extreme: |acc| reaches 4096 * 63 * 127 > 2^24,
     so float32(acc) rounds, as the general path's does."""
     torch.manual_seed(3)

@@ -43,7 +43,7 @@
 #define MC 128                   /* rows per chunk: 128 x K codes stay in L2 */
 #define GROUP_BYTES (128 << 10)  /* weight blocks a row tile runs through: in L2, ~half of it */
 #define NT_BYTES (16 << 20)      /* outputs this large (half an L3) bypass the caches */
-#define OFFSET 64                /* symmetric codes q + 64 in [1, 127] */
+#define OFFSET 64                /* symmetric codes q + 64 in [1, 127]; exit8 shifts by 6 */
 
 int32_t cz_quantize_absmax_rows(const float *x, int64_t n_rows, int64_t row_len, float qmax,
                                 float tiny, float offset, float *s, uint8_t *out);
@@ -121,7 +121,7 @@ AVX2 static inline __m256i bcast4(const uint8_t *p)
  * float32 rounding (no FMA: this target has none, and -ffp-contract=off). */
 AVX2 static inline __m256 exit8(__m256i acc, const tile_out *o, int r, int c0)
 {
-    const __m256i off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(o->colsum + c0)), 6);
+    const __m256i off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(o->colsum + c0)), 6);  /* 64 = OFFSET */
     __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, off)), _mm256_loadu_ps(o->s_w + c0));
     t = _mm256_mul_ps(t, _mm256_set1_ps(o->s_x[r]));
     return o->bias ? _mm256_add_ps(t, _mm256_loadu_ps(o->bias + c0)) : t;
@@ -183,10 +183,21 @@ AVX2 static void tile_avx2(const uint8_t *a, int64_t k, int mr, const int8_t *b,
 
 typedef void (*tile_fn)(const uint8_t *, int64_t, int, const int8_t *, const tile_out *);
 
+static int portable_only;         /* tests: the portable tile on any CPU (cz_gemm_portable) */
+
+/* Take the portable C tile even where AVX2 exists (on != 0), so tests can hold it to the
+ * general path too; returns the previous setting. */
+int32_t cz_gemm_portable(int32_t on)
+{
+    const int32_t was = portable_only;
+    portable_only = on != 0;
+    return was;
+}
+
 static tile_fn pick_tile(void)
 {
 #if defined(CZ_X86)
-    if (__builtin_cpu_supports("avx2"))
+    if (!portable_only && __builtin_cpu_supports("avx2"))
         return tile_avx2;
 #endif
     return tile_ref;

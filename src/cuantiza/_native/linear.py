@@ -29,11 +29,12 @@ MAX_K = (2**31 - 1) // (127 * 127)
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Types of the two functions; AttributeError for a library built from an older source."""
+    """Types of its functions; AttributeError for a library built from an older source."""
     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_float
     lib.cz_gemm_pack.argtypes, lib.cz_gemm_pack.restype = [ptr, i64, i64, ptr, ptr], None
     lib.cz_dyn_linear.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, f32, f32, i32, ptr]
     lib.cz_dyn_linear.restype = i32
+    lib.cz_gemm_portable.argtypes, lib.cz_gemm_portable.restype = [i32], i32
     return lib
 
 
