@@ -16,13 +16,16 @@ built on one machine runs on another.
 
 from setuptools import Extension, setup
 
+FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
+HEADERS = ["src/cuantiza/_native/cz_simd.h"]
+
 setup(
     ext_modules=[
         Extension(
             "cuantiza._native._rtn",
             sources=["src/cuantiza/_native/rtn.c", "src/cuantiza/_native/rtn_fused.c"],
-            depends=["src/cuantiza/_native/cz_simd.h"],
-            extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"],
+            depends=HEADERS,
+            extra_compile_args=FLAGS,
             optional=True,
         ),
         # The per-token int8 linear layer (gemm.c; it calls rtn.c's per-token quantizer). Its own
@@ -33,7 +36,8 @@ setup(
         Extension(
             "cuantiza._native._gemm",
             sources=["src/cuantiza/_native/gemm.c", "src/cuantiza/_native/rtn.c"],
-            extra_compile_args=["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-fopenmp"],
+            depends=HEADERS,
+            extra_compile_args=FLAGS + ["-fopenmp"],
             optional=True,
         ),
     ]

@@ -264,12 +264,11 @@ static int32_t dyn_linear(const float *x, int64_t m, int64_t k, int64_t n, const
 #pragma omp atomic read
 #endif
         stop = bad;
-        if (stop) {
-        } else if (m >= (int64_t)nt * MC) {       /* rows: each thread owns rows (pages) of y */
+        if (!stop && m >= (int64_t)nt * MC) {     /* rows: each thread owns rows (pages) of y */
             const int64_t g0 = (m / MR) * t / nt * MR, g1 = t + 1 == nt ? m : (m / MR) * (t + 1) / nt * MR;
             const int64_t group = GROUP_BYTES / (NR * k) > 1 ? GROUP_BYTES / (NR * k) : 1;
             gemm_part(u, g0, g1, k, n, bp, 0, blocks, colsum, s_w, bias, s_x, y, tile, use_nt, group);
-        } else {                                  /* columns: each thread a part of the weights */
+        } else if (!stop) {                       /* columns: each thread a part of the weights */
             gemm_part(u, 0, m, k, n, bp, blocks * t / nt, blocks * (t + 1) / nt, colsum, s_w, bias,
                       s_x, y, tile, use_nt, 1);
         }

@@ -72,8 +72,8 @@ class DynamicQuantLinear(_QuantWeight):
 
     def _choose(self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False):
         super()._choose(act_scheme, prefer, scalar_zp, conv)
-        # per-token symmetric codes straight into oneDNN's u8 GEMM: the hot path of dynamic
-        # transformers, a handful of ops per layer instead of the general path's dozens
+        # per-token symmetric codes straight into a u8 x s8 GEMM (the native layer, else oneDNN's):
+        # the hot path of dynamic transformers, one call per layer instead of the general path's dozens
         self.fused = not scalar_zp and self.kernel == "onednn" and fused_rows_ok(act_scheme)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
