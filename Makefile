@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # the stamp's name hashes the files that decide what is installed: edit them and set-up reruns
 # (setup.py and the C sources: the editable install compiles the native kernels in place)
-HASH   := $(shell cat pyproject.toml constraints.txt setup.py src/cuantiza/_native/*.c src/cuantiza/_native/*.h | sha1sum | cut -c1-12)
+HASH   := $(shell cat pyproject.toml constraints.txt setup.py src/cuantiza/backends/native/*.c src/cuantiza/backends/native/*.h | sha1sum | cut -c1-12)
 STAMP  := $(VENV)/.installed-$(HASH)
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP    := $(PY) -m pip install -q --disable-pip-version-check $(WHEELS) -c constraints.txt

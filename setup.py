@@ -1,6 +1,6 @@
 """Build step for the optional native kernels; all metadata lives in pyproject.toml.
 
-``src/cuantiza/_native/*.c`` is plain C (no Python headers) in two libraries loaded with
+``src/cuantiza/backends/native/*.c`` is plain C (no Python headers) in two libraries loaded with
 ctypes: ``_rtn`` (rtn.c and rtn_fused.c, the round-to-nearest passes) and ``_gemm`` (gemm.c, the
 per-token int8 linear layer). Both are *optional* extensions: without a C compiler the install
 still succeeds and cuantiza uses its torch paths (``cuantiza._native.available()`` is then
@@ -17,13 +17,13 @@ built on one machine runs on another.
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
-HEADERS = ["src/cuantiza/_native/cz_simd.h"]
+HEADERS = ["src/cuantiza/backends/native/cz_simd.h"]
 
 setup(
     ext_modules=[
         Extension(
-            "cuantiza._native._rtn",
-            sources=["src/cuantiza/_native/rtn.c", "src/cuantiza/_native/rtn_fused.c"],
+            "cuantiza.backends.native._rtn",
+            sources=["src/cuantiza/backends/native/rtn.c", "src/cuantiza/backends/native/rtn_fused.c"],
             depends=HEADERS,
             extra_compile_args=FLAGS,
             optional=True,
@@ -34,8 +34,8 @@ setup(
         # (always after ``import torch``), to the OpenMP runtime torch has loaded, so the layer
         # runs on torch's own worker threads instead of a second pool competing for the cores.
         Extension(
-            "cuantiza._native._gemm",
-            sources=["src/cuantiza/_native/gemm.c", "src/cuantiza/_native/rtn.c"],
+            "cuantiza.backends.native._gemm",
+            sources=["src/cuantiza/backends/native/gemm.c", "src/cuantiza/backends/native/rtn.c"],
             depends=HEADERS,
             extra_compile_args=FLAGS + ["-fopenmp"],
             optional=True,

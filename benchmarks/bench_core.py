@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 import cuantiza as cz
-from cuantiza import _native
-from cuantiza.report_stats import tensor_sqnr_db
+from cuantiza.backends.native import rtn as _native
+from cuantiza.report.stats import tensor_sqnr_db
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402

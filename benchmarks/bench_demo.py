@@ -8,7 +8,8 @@ from __future__ import annotations
 import tempfile
 
 from _results import machine, write_section
-from cuantiza import demo, progress
+from cuantiza.cli import demo
+from cuantiza import progress
 
 if __name__ == "__main__":
     progress.set_quiet(True)

@@ -13,8 +13,8 @@ import warnings
 import torch
 
 from _results import machine, median_seconds, write_section
-from cuantiza import kernels
-from cuantiza.kernels import ActInfo, IntWeight
+from cuantiza.backends import layers as kernels
+from cuantiza.backends.layers import ActInfo, IntWeight
 
 SHAPES = [(1, 4096, 4096), (32, 4096, 4096), (128, 384, 1536), (128, 1536, 384), (4096, 384, 1536)]
 S7 = ActInfo(127, symmetric=True, scalar_zp=True)       # 7-bit codes: exact on oneDNN everywhere

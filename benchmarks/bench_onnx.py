@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import minilm  # noqa: E402
 
 import cuantiza as cz  # noqa: E402
-from cuantiza import digits  # noqa: E402
+from cuantiza.cli import digits  # noqa: E402
 from _onnx_variants import (W4_G128, Variant, by_name, cz_onnx, export_float, graph_ops, interleaved,  # noqa: E402
                             make, ok, ops_lines, ort_dynamic, ort_size_verdict, ort_static, session, table, timed, w4,
                             with_float_acts)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from cuantiza import progress
-from cuantiza.atomic import publish_folder
+from cuantiza.io.atomic import publish_folder
 from cuantiza.errors import OutputExistsError
 from cuantiza.llm.text import encode, perplexity, require_transformers
 

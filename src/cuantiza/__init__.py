@@ -3,24 +3,24 @@
 The public API only; see DESIGN.md for the map.
 """
 
-from .errors import (CalibrationError, ConfigError, CorruptFileError, CuantizaError,
-                     NonFiniteError, OutputExistsError, PlanError, ScaleOverflowError, ShapeError,
-                     UnsafeFileError, UnsupportedDtypeError)
-from .config import QuantConfig
-from .histogram import HistogramObserver
-from .observers import MinMaxObserver, MovingAverageObserver
-from .ops import dequantize, fake_quantize, quantize, quantize_tensor
-from .packing import pack, unpack
-from .qparams import QParams, choose_qparams
-from .qtensor import QTensor
-from .scheme import PerChannel, PerGroup, PerTensor, QScheme
-from .plan import Plan, plan
-from .report import Report, report
-from .io import load, save
+from .errors import (CalibrationError, ConfigError, CorruptFileError, CuantizaError, NonFiniteError,
+                     OutputExistsError, PlanError, ScaleOverflowError, ShapeError, UnsafeFileError,
+                     UnsupportedDtypeError)
+from .nn.config import QuantConfig
+from .core.histogram import HistogramObserver
+from .core.observers import MinMaxObserver, MovingAverageObserver
+from .core.quantize import dequantize, fake_quantize, quantize, quantize_tensor
+from .core.packing import pack, unpack
+from .core.qparams import QParams, choose_qparams
+from .core.qtensor import QTensor
+from .core.scheme import PerChannel, PerGroup, PerTensor, QScheme
+from .nn.plan import Plan, plan
+from .report.build import Report, report
+from .io.model_io import load, save
 from .onnx import export_onnx, quantize_onnx
-from .specs import MSE, Histogram, MinMax, MovingAverage, Percentile
-from .workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat, quantize_dynamic,
-                        quantize_weights, simulate)
+from .core.range_specs import MSE, Histogram, MinMax, MovingAverage, Percentile
+from .nn.workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat,
+                           quantize_dynamic, quantize_weights, simulate)
 
 __version__ = "0.1.0"
 

@@ -418,7 +418,7 @@ def test_writer_discards_other_fingerprints_and_typed_errors(tmp_path):
 
 
 def test_disk_full_keeps_the_previous_output_and_the_finished_units(src, tmp_path, monkeypatch):  # FAULTS 29
-    import cuantiza.atomic as atomic
+    import cuantiza.io.atomic as atomic
     import cuantiza.llm.unitshard as unitshard
     quantize_checkpoint(src, tmp_path / "q", C8, progress=False)
     previous = _files(tmp_path / "q")

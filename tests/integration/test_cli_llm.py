@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cuantiza.cli import main
+from cuantiza.cli.main import main
 
 transformers = pytest.importorskip("transformers")
 from tests.integration.test_checkpoint import write_hf  # noqa: E402

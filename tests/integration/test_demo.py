@@ -2,7 +2,7 @@
 
 import pytest
 
-from cuantiza import demo
+from cuantiza.cli import demo
 
 pytestmark = pytest.mark.slow
 

@@ -129,7 +129,7 @@ def test_fault_23_already_quantized_model_is_never_quantized_twice():
     p = cz.plan(mixed, cz.QuantConfig(), "weight_only")
     assert "already quantized by cuantiza" in p["0"].reason and p["1"].quantized
     out = cz.quantize_weights(mixed, cz.QuantConfig())
-    assert out[0].weight_q is not None and isinstance(out[0], cz.modules.DynamicQuantLinear)
+    assert out[0].weight_q is not None and isinstance(out[0], cz.nn.DynamicQuantLinear)
 
 
 def test_fault_23_torch_ao_quantized_layers_are_listed_not_requantized():

@@ -90,7 +90,7 @@ def test_static_round_trip_is_bit_identical_and_skeleton_untouched(tmp_path):
     qm, skel = _static(), _net()
     before = copy.deepcopy(skel.state_dict())
     q2 = _round_trip(qm, skel, X, tmp_path)
-    assert isinstance(q2.c1, cz.modules.QuantConv) and isinstance(q2.fc, cz.modules.QuantLinear)
+    assert isinstance(q2.c1, cz.nn.QuantConv) and isinstance(q2.fc, cz.nn.QuantLinear)
     assert isinstance(q2.bn, nn.Identity) and isinstance(skel.bn, nn.BatchNorm2d)
     assert all(torch.equal(before[k], v) for k, v in skel.state_dict().items())
     assert q2.c2.kernel == qm.c2.kernel and q2.fc.act.zero_point.dtype == torch.int32
@@ -105,7 +105,7 @@ def test_static_round_trip_is_bit_identical_and_skeleton_untouched(tmp_path):
 def test_dynamic_round_trip(tmp_path, mode):
     qm = cz.quantize_dynamic(_net(), cz.QuantConfig(dynamic=mode))
     q2 = _round_trip(qm, _net(), X, tmp_path)
-    assert isinstance(q2.fc, cz.modules.DynamicQuantLinear) and q2.fc.per_token == (mode == "per_token")
+    assert isinstance(q2.fc, cz.nn.DynamicQuantLinear) and q2.fc.per_token == (mode == "per_token")
 
 
 WEIGHT_ONLY = [
@@ -134,7 +134,7 @@ def test_tied_embedding_and_lm_head_stored_once_and_retied(tmp_path):
     t = safetensors.torch.load((tmp_path / "q" / "model.safetensors").read_bytes())
     assert sum(k.endswith("weight_q.data") for k in t) == 2          # emb (shared) and mix
     assert q2.emb.weight_q is q2.lm_head.weight_q
-    assert isinstance(q2.emb, cz.modules.QuantEmbedding)
+    assert isinstance(q2.emb, cz.nn.QuantEmbedding)
     assert q2.cuantiza_info.notes == qm.cuantiza_info.notes and "tied" in q2.cuantiza_info.notes["lm_head"]
 
 
@@ -326,7 +326,7 @@ def test_pickle_files_in_the_folder_are_never_loaded(saved, tmp_path, monkeypatc
     for mod, fn in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
         monkeypatch.setattr(mod, fn, forbidden)
     q2 = cz.load(saved, _net())
-    assert not marker.exists() and isinstance(q2.fc, cz.modules.QuantLinear)
+    assert not marker.exists() and isinstance(q2.fc, cz.nn.QuantLinear)
 
 
 def test_non_contiguous_weights_are_saved(tmp_path):

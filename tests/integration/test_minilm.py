@@ -31,15 +31,15 @@ def test_dynamic_int8_embeddings_stay_close_and_small(model, cfg):
     assert float(cos.mean()) >= 0.993 and float(cos.min()) >= 0.96
     totals = cz.report(fp32, qm, {k: v[:2] for k, v in enc.items()}).totals
     assert totals["quant_bytes"] <= 0.30 * totals["float_bytes"]
-    assert isinstance(qm.embeddings.word_embeddings, cz.modules.QuantEmbedding)
+    assert isinstance(qm.embeddings.word_embeddings, cz.nn.QuantEmbedding)
 
 
 def test_fast_dynamic_preset_uses_the_int8_gemm(model):
     fp32, enc, _ = model
     qm = cz.quantize_dynamic(fp32, FAST_DYNAMIC)
-    if not cz.kernels.fast.onednn_available():
+    if not cz.backends.layers_torch.onednn_available():
         pytest.skip("this torch build has no oneDNN int8 ops")
-    kernels = {m.kernel for m in qm.modules() if isinstance(m, cz.modules.DynamicQuantLinear)}
+    kernels = {m.kernel for m in qm.modules() if isinstance(m, cz.nn.DynamicQuantLinear)}
     assert kernels == {"onednn"}
 
 

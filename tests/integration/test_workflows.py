@@ -124,7 +124,7 @@ def test_dynamic_is_close_to_float(mode):
     qm = cz.quantize_dynamic(m, cz.QuantConfig(dynamic=mode))
     with torch.no_grad():
         y, ref = qm(X), m(X)
-    assert isinstance(qm.fc, cz.modules.DynamicQuantLinear)
+    assert isinstance(qm.fc, cz.nn.DynamicQuantLinear)
     sqnr = 20 * torch.log10(ref.norm() / (ref - y).norm())
     assert sqnr > 30
 
@@ -142,7 +142,7 @@ def test_input_model_is_never_modified():
 
 def test_batchnorm_folding_preserves_the_float_function():
     m = _net()
-    from cuantiza.surgery import copy_model, fold_batchnorm
+    from cuantiza.nn.surgery import copy_model, fold_batchnorm
     f = copy_model(m)
     assert fold_batchnorm(f) == [("c1", "bn")]
     with torch.no_grad():
@@ -170,7 +170,7 @@ def test_dynamic_kernels_agree_bit_for_bit(act, mode):
         for kernel in ("reference", "int_mm", "f32exact", "onednn", "f32split"):
             try:
                 for mod in qm.modules():
-                    if isinstance(mod, cz.modules.DynamicQuantLinear):
+                    if isinstance(mod, cz.nn.DynamicQuantLinear):
                         mod._choose(mod.act_scheme, kernel, scalar_zp=mode == "per_tensor")
             except ValueError:
                 continue                                    # not exact for this layer: not offered

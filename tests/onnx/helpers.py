@@ -17,9 +17,9 @@ import torch
 from onnx import helper
 from torch import nn
 
-from cuantiza.modules import DynamicQuantLinear
-from cuantiza.modules.common import dynamic_qparams
-from cuantiza.ops import quantize
+from cuantiza.nn import DynamicQuantLinear
+from cuantiza.nn.layer_math import dynamic_qparams
+from cuantiza.core.quantize import quantize
 
 
 class ConvNet(nn.Module):

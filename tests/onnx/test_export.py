@@ -9,7 +9,7 @@ from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 import cuantiza as cz
-from cuantiza.digits import DigitsCNN
+from cuantiza.cli.digits import DigitsCNN
 from cuantiza.onnx import read_metadata
 from cuantiza.onnx.fileio import run_session
 from tests.onnx.helpers import ConvNet, TextNet, compare, float_session, images, output_lsb, tokens

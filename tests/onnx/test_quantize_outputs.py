@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import cuantiza as cz
-from cuantiza.digits import DigitsCNN
+from cuantiza.cli.digits import DigitsCNN
 from cuantiza.onnx.fileio import run_session
 from tests.onnx.helpers import ConvNet, compare, float_onnx, images, output_lsb
 from tests.onnx.test_quantize import _foreign_graph, _module_of

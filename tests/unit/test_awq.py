@@ -6,7 +6,7 @@ import torch
 
 import cuantiza as cz
 from cuantiza.algorithms import ActAbsMax, apply_scales, awq_scales, smooth_scales
-from cuantiza.ops import dequantize, quantize_tensor
+from cuantiza.core.quantize import dequantize, quantize_tensor
 
 D = 256
 OUTLIERS = torch.tensor([3, 17, 64, 100, 128, 177, 200, 250])

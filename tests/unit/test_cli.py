@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from cuantiza import sizes
-from cuantiza.cli import main
+from cuantiza.cli import sizes
+from cuantiza.cli.main import main
 from cuantiza.errors import ConfigError
-from cuantiza.explain import float32_fields, quantize_value
+from cuantiza.cli.explain import float32_fields, quantize_value
 
 
 def run(capsys, *argv):

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cuantiza import progress
-from cuantiza.cli import main
+from cuantiza.cli.main import main
 from cuantiza.onnx import read_metadata
 
 RNG = np.random.default_rng(0)

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import cuantiza as cz
-from cuantiza import _native
-from cuantiza.kernels import fast
-from cuantiza.modules.common import dynamic_qparams, fused_rows_ok, quantize_sym_rows
-from cuantiza.ops import quantize_rows
+from cuantiza.backends.native import rtn as _native
+from cuantiza.backends import layers_torch as fast
+from cuantiza.nn.layer_math import dynamic_qparams, fused_rows_ok, quantize_sym_rows
+from cuantiza.core.quantize import quantize_rows
 
 
 def _rows(seed: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 import cuantiza as cz
 from cuantiza.algorithms import Hessian, gptq, quantize_weight
-from cuantiza.ops import tensor_qparams
+from cuantiza.core.quantize import tensor_qparams
 
 # Tie flips between the two implementations (float64 sums in another order) are allowed on at
 # most this fraction of codes; on these cases none is seen.

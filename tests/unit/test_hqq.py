@@ -6,7 +6,7 @@ import torch
 
 import cuantiza as cz
 from cuantiza.algorithms import hqq, quantize_weight
-from cuantiza.layout import to_blocks
+from cuantiza.core.blocking import to_blocks
 
 
 def llama_like(out=128, inf=512, seed=0):

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from cuantiza import kernels
-from cuantiza.kernels import ActInfo, IntWeight, fast, reference
+from cuantiza.backends import layers as kernels
+from cuantiza.backends.layers import ActInfo, IntWeight
+from cuantiza.backends import layers_torch as fast, layers_reference as reference
 
 
 def _acts(shape, asym: bool, per_row: bool = False):

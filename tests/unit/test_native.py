@@ -14,10 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cuantiza as cz
-from cuantiza import _native, fused, ops, ranges
-from cuantiza._native import fused as native_fused
+from cuantiza.backends.native import rtn as _native
+from cuantiza.core import onepass as fused, quantize as ops, ranges
+from cuantiza.backends.native import fused as native_fused
 from cuantiza.errors import NonFiniteError, ShapeError
-from cuantiza.layout import to_blocks
+from cuantiza.core.blocking import to_blocks
 from tests import reference as ref
 from tests.unit.test_ops import _data as ops_data
 

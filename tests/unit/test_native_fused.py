@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cuantiza as cz
-from cuantiza import _native, fused
-from cuantiza._native import fused as native_fused
+from cuantiza.backends.native import rtn as _native
+from cuantiza.core import onepass as fused
+from cuantiza.backends.native import fused as native_fused
 from cuantiza.errors import NonFiniteError, ScaleOverflowError
-from cuantiza.qparams import _round_once
+from cuantiza.core.qparams import _round_once
 from tests.unit.test_native import native_everywhere
 from tests.unit.test_native import _data, _same, _torch_path
 
@@ -59,8 +60,8 @@ def _check_all(x: torch.Tensor, scheme: cz.QScheme, monkeypatch) -> int:
     _same_qtensor(cz.QTensor.from_float(x, scheme), _torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch))
     if scheme.bits != 8:
         return 2
-    codes = cz.ops.quantize_tensor_codes(x, scheme)
-    _same(codes, _torch_path(lambda: cz.ops.quantize_tensor_codes(x, scheme), monkeypatch))
+    codes = cz.core.quantize.quantize_tensor_codes(x, scheme)
+    _same(codes, _torch_path(lambda: cz.core.quantize.quantize_tensor_codes(x, scheme), monkeypatch))
     return 3
 
 
@@ -115,7 +116,7 @@ def _same_errors(x: torch.Tensor, scheme: cz.QScheme, error: type, monkeypatch) 
     entries = [lambda: cz.quantize_tensor(x, scheme, name="w"),
                lambda: cz.QTensor.from_float(x, scheme, name="w")]
     if scheme.bits == 8:
-        entries.append(lambda: cz.ops.quantize_tensor_codes(x, scheme, name="w"))
+        entries.append(lambda: cz.core.quantize.quantize_tensor_codes(x, scheme, name="w"))
     for entry in entries:
         with pytest.raises(error) as got:
             entry()

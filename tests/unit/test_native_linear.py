@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import cuantiza as cz
-from cuantiza import _native
-from cuantiza._native import linear as native_linear
+from cuantiza.backends.native import rtn as _native
+from cuantiza.backends.native import linear as native_linear
 from tests.unit.test_dynamic_fused import _rows
 
 needs_layer = pytest.mark.skipif(not native_linear.built() or not _native.available(),

@@ -200,8 +200,8 @@ def test_empty_tensor():
                                     cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0))],
                          ids=lambda s: s.describe())
 def test_quantize_rows_fast_path_equals_quantize(scheme):
-    from cuantiza.ops import quantize_rows
+    from cuantiza.core.quantize import quantize_rows
 
     x = torch.randn(37, 300) * torch.logspace(-2, 2, 37)[:, None]
-    qp = cz.ops.tensor_qparams(x, scheme)
+    qp = cz.core.quantize.tensor_qparams(x, scheme)
     assert torch.equal(quantize_rows(x, qp), cz.quantize(x, qp))

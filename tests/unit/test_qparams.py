@@ -8,8 +8,8 @@ import torch
 
 import cuantiza as cz
 from cuantiza.errors import NonFiniteError, ScaleOverflowError, ShapeError
-from cuantiza.layout import from_blocks, plan_blocks, rows_to_scale, to_blocks
-from cuantiza.qparams import check_qparams_shape
+from cuantiza.core.blocking import from_blocks, plan_blocks, rows_to_scale, to_blocks
+from cuantiza.core.qparams import check_qparams_shape
 from tests import reference as ref
 
 SCALE_DTYPES = ["float32", "float16", "bfloat16"]

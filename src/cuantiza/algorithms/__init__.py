@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from ..qtensor import QTensor
-from ..scheme import QScheme
-from ..specs import MinMax, RangeSpec
+from ..core.qtensor import QTensor
+from ..core.scheme import QScheme
+from ..core.range_specs import MinMax, RangeSpec
 from .awq import Folded, apply_scales, awq_scales
 from .gptq import Hessian, gptq
 from .hqq import hqq

@@ -26,9 +26,9 @@ from typing import NamedTuple, Sequence
 import torch
 
 from ..errors import CalibrationError, ConfigError, ShapeError
-from ..ops import as_float, check_finite, dequantize, quantize_tensor
-from ..scheme import QScheme
-from ..specs import MinMax, RangeSpec
+from ..core.quantize import as_float, check_finite, dequantize, quantize_tensor
+from ..core.scheme import QScheme
+from ..core.range_specs import MinMax, RangeSpec
 
 MIN_SCALE = 1e-4          # floor of m^alpha, relative to the largest channel's
 

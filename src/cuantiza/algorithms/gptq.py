@@ -38,11 +38,11 @@ import dataclasses
 import torch
 
 from ..errors import CalibrationError, ConfigError, ShapeError, UnsupportedDtypeError
-from ..ops import as_float, check_finite, tensor_qparams
-from ..qparams import QParams
-from ..qtensor import QTensor
-from ..scheme import PerChannel, PerGroup, PerTensor, QScheme
-from ..specs import MinMax, RangeSpec
+from ..core.quantize import as_float, check_finite, tensor_qparams
+from ..core.qparams import QParams
+from ..core.qtensor import QTensor
+from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
+from ..core.range_specs import MinMax, RangeSpec
 from .rtn import round_half_even_
 
 PIVOT_TOL = 1e-10        # smallest pivot^2 / max(diag): below it H is treated as singular

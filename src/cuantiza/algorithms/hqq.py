@@ -33,12 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..errors import ConfigError
-from ..layout import rows_to_scale, scale_to_rows, to_blocks
-from ..ops import as_float, check_finite, quantize, tensor_qparams
-from ..qparams import QParams, _finalize_scale
-from ..qtensor import QTensor
-from ..scheme import QScheme
-from ..specs import MinMax, RangeSpec
+from ..core.blocking import rows_to_scale, scale_to_rows, to_blocks
+from ..core.quantize import as_float, check_finite, quantize, tensor_qparams
+from ..core.qparams import QParams, _finalize_scale
+from ..core.qtensor import QTensor
+from ..core.scheme import QScheme
+from ..core.range_specs import MinMax, RangeSpec
 from .rtn import round_half_even_
 
 # Elements per row chunk: all iterations run on one chunk, in cache; under torch's 32768-element

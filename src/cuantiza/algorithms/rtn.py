@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ..qtensor import QTensor
-from ..scheme import QScheme
-from ..specs import MinMax, RangeSpec
+from ..core.qtensor import QTensor
+from ..core.scheme import QScheme
+from ..core.range_specs import MinMax, RangeSpec
 
 
 MAGIC = 12582912.0        # 1.5 * 2^23: float32 t + MAGIC - MAGIC rounds t half to even

@@ -21,11 +21,11 @@ import time
 import torch
 from torch import nn
 
-from ..config import CALIBRATED_METHODS, QuantConfig
+from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..errors import CalibrationError, ConfigError
-from ..plan import plan
+from ..nn.plan import plan
 from ..progress import bar
-from ..surgery import copy_model
+from ..nn.surgery import copy_model
 from .blocks import Decoder, decoder_parts, feed, first_layer_inputs, layer_groups, run_layer
 
 AWQ_ROWS = 8192          # calibration rows (tokens) the AWQ search uses per group
@@ -165,7 +165,7 @@ def quantize_model(model: nn.Module, config: QuantConfig, calibration, *, seq_le
     calibrated on ``calibration`` token ids (a 1-D stream or (n, seq_len) rows). Returns a new
     model of cuantiza ``QuantLinear`` / ``QuantEmbedding`` layers; ``model`` is untouched.
     The embedding (if quantized) is rounded to nearest: it has no input to calibrate on."""
-    from ..workflows import convert_with_weights
+    from ..nn.workflows import convert_with_weights
     if config.method not in CALIBRATED_METHODS:
         raise ConfigError(f"quantize_model runs {CALIBRATED_METHODS}; for method={config.method!r} "
                           "use cz.quantize_weights (no calibration needed)")

@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import CALIBRATED_METHODS, QuantConfig
+from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..errors import ConfigError
-from ..modules import QuantLinear
-from ..ops import check_finite
-from ..plan import LayerPlan
+from ..nn import QuantLinear
+from ..core.quantize import check_finite
+from ..nn.plan import LayerPlan
 from ..progress import bar
-from ..qtensor import QTensor
-from ..saveformat import FORMAT, FORMAT_VERSION, module_to_json, scheme_to_json
-from ..workflows import _quantize_weight          # the in-memory dispatch: same bits as quantize_weights
+from ..core.qtensor import QTensor
+from ..io.saveformat import FORMAT, FORMAT_VERSION, module_to_json, scheme_to_json
+from ..nn.workflows import _quantize_weight          # the in-memory dispatch: same bits as quantize_weights
 from .shards import CONFIG, INDEX, Checkpoint, open_checkpoint
 from .tensorplan import Job, plan_checkpoint
 from .writer import ShardedWriter

@@ -21,9 +21,9 @@ import time
 import torch
 from torch import nn
 
-from ..config import QuantConfig
+from ..nn.config import QuantConfig
 from ..errors import PlanError
-from ..plan import LayerPlan
+from ..nn.plan import LayerPlan
 from ..progress import bar
 from .blocks import Decoder, decoder_parts, first_layer_inputs, layer_groups, run_layer
 from .calibrated import _awq_group, _gptq_group, _head_awq, _head_gptq, calibration_batches

@@ -46,7 +46,7 @@ def _stored_float_dtype(folder: Path) -> torch.dtype:
 
 def load_causal_lm(dir) -> nn.Module:
     """The model in ``dir`` in eval mode, computing in float32."""
-    from .. import io
+    from ..io import model_io as io
     folder = Path(dir)
     cfg = _config(folder)
     tf = require_transformers()

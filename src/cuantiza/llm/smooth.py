@@ -17,7 +17,7 @@ from torch import nn
 
 from ..algorithms.smoothquant import ActAbsMax, smooth_scales
 from ..progress import bar
-from ..surgery import copy_model
+from ..nn.surgery import copy_model
 from .blocks import decoder_parts, feed, first_layer_inputs, layer_groups, run_layer
 from .calibrated import _fold, calibration_batches
 

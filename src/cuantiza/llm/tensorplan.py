@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import CALIBRATED_METHODS, QuantConfig
+from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..errors import ConfigError, PlanError
-from ..plan import weight_scheme
+from ..nn.plan import weight_scheme
 from .shards import CONFIG, Checkpoint
 
 LLAMA_STYLE = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",

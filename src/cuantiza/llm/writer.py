@@ -40,9 +40,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..atomic import fresh_sibling, fsync_dir, publish_staged, write_synced
+from ..io.atomic import fresh_sibling, fsync_dir, publish_staged, write_synced
 from ..errors import CuantizaError, OutputExistsError, PlanError
-from ..io import MANIFEST, _check_output
+from ..io.model_io import MANIFEST, _check_output
 from .shards import INDEX, SafetensorsFile
 from .unitshard import _CHUNK, UnitShard, canonical
 

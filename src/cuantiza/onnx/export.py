@@ -28,10 +28,10 @@ from onnx import ModelProto, helper, load_from_string, version_converter
 from torch import nn
 
 from ..errors import ConfigError, PlanError
-from ..modules import QuantConv, QuantEmbedding
-from ..scheme import PerGroup
-from ..surgery import set_module
-from ..workflows import FAKE
+from ..nn import QuantConv, QuantEmbedding
+from ..core.scheme import PerGroup
+from ..nn.surgery import set_module
+from ..nn.workflows import FAKE
 from .builder import GraphBuilder, graph_names
 from .export_layers import QUANT_MODULES, layer_nodes
 from .publish import check_output, save_model

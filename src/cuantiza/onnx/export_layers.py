@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..modules import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
-from ..scheme import PerTensor
+from ..nn import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
+from ..core.scheme import PerTensor
 from .builder import GraphBuilder
 from .layouts import linear_layout, rows_layout
 from .qdq import dequant_weight, dynamic_act, static_act

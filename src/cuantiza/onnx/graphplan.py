@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper
 
-from ..config import QuantConfig
+from ..nn.config import QuantConfig
 from ..errors import PlanError
-from ..plan import weight_scheme
-from ..scheme import QScheme
+from ..nn.plan import weight_scheme
+from ..core.scheme import QScheme
 from .fileio import all_tensors
 
 OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..qtensor import QTensor
-from ..scheme import PerChannel, PerGroup
+from ..core.qtensor import QTensor
+from ..core.scheme import PerChannel, PerGroup
 from .qdq import WeightLayout
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from onnx import ModelProto, TensorProto
 
-from ..atomic import fsync_dir, write_synced
+from ..io.atomic import fsync_dir, write_synced
 from ..errors import OutputExistsError
 from . import fileio
 

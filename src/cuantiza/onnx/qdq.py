@@ -36,8 +36,8 @@ import torch
 from onnx import TensorProto, helper
 
 from ..errors import ConfigError
-from ..qparams import QParams
-from ..scheme import QScheme
+from ..core.qparams import QParams
+from ..core.scheme import QScheme
 from .builder import GraphBuilder
 from .storage import Storage, code_tensor, scale_tensor
 

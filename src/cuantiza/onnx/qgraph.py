@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from onnx import GraphProto, TensorProto, helper, numpy_helper
 
-from ..qtensor import QTensor
+from ..core.qtensor import QTensor
 from .builder import GraphBuilder
 from .graphplan import WeightUse
 from .layouts import linear_layout, rows_layout

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from onnx import ModelProto, TensorProto
 
 from ..errors import CalibrationError
-from ..scheme import PerTensor, QScheme
+from ..core.scheme import PerTensor, QScheme
 from .builder import GraphBuilder
 from .calibrate import feeds, observe
 from .qdq import dynamic_act, static_act

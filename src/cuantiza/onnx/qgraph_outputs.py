@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import GraphProto, TensorProto, helper, numpy_helper
 
-from ..scheme import PerTensor
+from ..core.scheme import PerTensor
 from .builder import GraphBuilder
 
 OUTPUT_MODES = ("none", "auto", "all")

@@ -29,9 +29,9 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, version_converter
 
-from ..config import QuantConfig
+from ..nn.config import QuantConfig
 from ..errors import CalibrationError, ConfigError, PlanError
-from ..scheme import PerGroup
+from ..core.scheme import PerGroup
 from .builder import GraphBuilder, graph_names
 from . import fileio
 from .fileio import load_model

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper
 
-from ..packing import pack
-from ..scheme import QScheme
+from ..core.packing import pack
+from ..core.scheme import QScheme
 
 # storage bits -> (signed type, unsigned type, first opset whose DequantizeLinear takes it)
 TYPES = {

@@ -1,0 +1,1 @@
+"""The ``cuantiza`` command and what only it uses (demo, explain, size)."""

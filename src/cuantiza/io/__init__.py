@@ -1,0 +1,1 @@
+"""Files: the save format, save / load of quantized models, atomic publishing."""

@@ -1,0 +1,299 @@
+"""save / load: a quantized model as a folder of ``model.safetensors`` + ``cuantiza.json``.
+
+>>> import tempfile, torch, cuantiza as cz
+>>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+>>> qm = cz.quantize_weights(net)
+>>> out = cz.save(qm, tempfile.mkdtemp() + "/q")
+>>> sorted(p.name for p in out.iterdir())
+['cuantiza.json', 'model.safetensors']
+>>> x = torch.randn(2, 8)
+>>> torch.equal(cz.load(out, net)(x), qm(x))       # net is only the skeleton: left as it was
+True
+
+``model.safetensors`` holds every tensor: packed weight codes, scales in their storage dtype,
+zero points, activation qparams of static layers, and the model's remaining ``state_dict``
+(biases, float layers, buffers) under its own keys; a tensor shared by several keys (tied
+parameters) is stored once. ``cuantiza.json`` holds the format name and version, the cuantiza
+version, the workflow, one entry per quantized module (``saveformat``), the state-key map, the
+folded BatchNorms, the notes, observer counts and plan of ``cuantiza_info``, and the SHA-256
+of the tensors file.
+Nothing is pickled, and ``load`` opens these two files only (or the shards ``files`` lists, for
+``cuantiza.llm`` checkpoints): a ``*.bin`` / ``*.pt`` beside them is never read.
+
+Saving is atomic (FAULTS 28-29, ``atomic.publish_folder``): both files are written into a
+fresh hidden folder next to the output, fsynced, then moved into place with ``os.replace``; on
+any error the temporary folder is removed and a previous save stays intact. Same model -> same
+bytes (sorted keys, no timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import safetensors.torch
+from safetensors.torch import load as load_safetensors_bytes
+import torch
+from torch import nn
+
+from . import saveformat as fmt
+from .atomic import publish_folder
+from ..errors import CorruptFileError, CuantizaError, OutputExistsError, PlanError, ShapeError
+from ..nn.surgery import copy_model, fold_bn_into_conv, get_module, set_module
+from ..nn.workflows import FAKE, QuantInfo
+
+TENSORS, MANIFEST = "model.safetensors", "cuantiza.json"
+
+
+def save(qmodel: nn.Module, dir, overwrite: bool = False) -> Path:
+    """Write ``qmodel`` (made by a cuantiza workflow) to the folder ``dir``; returns its path.
+
+    An existing non-empty folder is refused (``OutputExistsError``) unless ``overwrite=True``
+    and it holds a previous cuantiza save, which is then replaced as a whole."""
+    out = Path(os.path.abspath(dir))
+    _check_output(out, overwrite)
+    tensors, doc = _payload(qmodel)
+    blob = safetensors.torch.save(tensors)
+    doc["files"] = {TENSORS: {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}}
+    text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=True) + "\n"
+    publish_folder(out, {TENSORS: blob, MANIFEST: text.encode("ascii")})
+    return out
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse a file, a non-empty folder (without ``overwrite``) or, even with it, a folder that
+    is not a cuantiza save: replacing it would delete someone's files (say ``save(qm, ".")``)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; save needs a folder path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    if not (out / MANIFEST).is_file():
+        raise OutputExistsError(f"{out} is not a cuantiza save (no {MANIFEST}); overwrite=True only "
+                                "replaces a previous save: choose a new or empty folder")
+
+
+def _quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every quantized module; refuses models still being prepared."""
+    types = tuple(cls for cls, _ in fmt.MODULE_TYPES.values())
+    found = []
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(mod, FAKE) and (mod.fake_quant or mod.observing):
+            raise PlanError(f"{name} is a fake-quant module: call cz.convert() before saving")
+        if isinstance(mod, types):
+            if not name:
+                raise PlanError("the model itself is a quantized layer: save a model containing it")
+            if type(mod) not in types:
+                raise PlanError(f"{name}: cannot save {type(mod).__name__}, a subclass of a cuantiza module")
+            found.append((name, mod))
+    return found
+
+
+def _state_map(model: nn.Module, tensors: dict) -> dict:
+    """state_dict key -> stored name; tensors shared by several keys are stored once."""
+    seen, out = {}, {}
+    for key, t in model.state_dict(keep_vars=False).items():
+        ident = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.device)
+        if ident not in seen:
+            seen[ident] = key
+            tensors[key] = t
+        out[key] = seen[ident]
+    return out
+
+
+def _payload(qmodel: nn.Module) -> tuple[dict, dict]:
+    """(contiguous CPU tensors by name, the JSON document without checksums)."""
+    from .. import __version__
+    tensors, shared, modules = {}, {}, {}
+    for name, mod in _quant_modules(qmodel):
+        modules[name] = fmt.module_to_json(name, mod, tensors, shared)
+    doc = {"format": fmt.FORMAT, "format_version": fmt.FORMAT_VERSION, "cuantiza_version": __version__,
+           "training": qmodel.training, "modules": modules, "state": _state_map(qmodel, tensors),
+           **_info_to_json(getattr(qmodel, "cuantiza_info", None))}
+    flat = {k: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, t in tensors.items()}             # contiguous, unshared (FAULTS 21)
+    return flat, doc
+
+
+def _info_to_json(info: QuantInfo | None) -> dict:
+    """The manifest fields kept from ``cuantiza_info`` (all empty for a hand-built model)."""
+    observers = getattr(info, "observers", None) or {}
+    return {"workflow": getattr(info, "workflow", None),
+            "folded": [list(p) for p in getattr(info, "folded", [])],
+            "notes": dict(getattr(info, "notes", {})),
+            "observers": {name: {k: int(v) for k, v in c.items()} for name, c in observers.items()},
+            "plan": fmt.plan_to_json(getattr(info, "plan", None))}
+
+
+# ----------------------------------------------------------------------------------- load
+
+
+def load(dir, model: nn.Module) -> nn.Module:
+    """The quantized model saved in ``dir``, built on a copy of ``model`` (a float instance of
+    the saved architecture, left untouched). Its outputs are bit-identical to the saved model's.
+
+    Raises CorruptFileError (missing, truncated or corrupt files, unknown format version),
+    PlanError / ShapeError (``model`` is not the saved architecture; the message names the
+    module or tensor)."""
+    if not isinstance(model, nn.Module):
+        raise PlanError("load needs a float torch.nn.Module of the saved architecture, "
+                        f"got {type(model).__name__}")
+    folder = Path(dir)
+    doc = _read_manifest(folder / MANIFEST)
+    tensors = _read_all_tensors(folder, doc)
+    m = copy_model(model)
+    _refold(m, doc["folded"])
+    for name, qmod in _rebuild_modules(doc, tensors, folder / MANIFEST):
+        try:
+            float_mod = get_module(m, name)
+        except AttributeError:
+            raise PlanError(f"{name}: saved quantized module is not in the model; pass an instance "
+                            "of the saved architecture") from None
+        fmt.check_replaces(name, float_mod, qmod)
+        set_module(m, name, qmod)
+    _load_state(m, doc["state"], tensors)
+    m.cuantiza_info = _info(doc, folder / MANIFEST)
+    return m.train(bool(doc["training"]))
+
+
+def _corrupt(path: Path, what: str, err: Exception | None = None) -> CorruptFileError:
+    why = f" ({type(err).__name__}: {err})" if err is not None else ""
+    return CorruptFileError(f"{path}: {what}{why}; save the model again with cz.save")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path} is missing: {path.parent} is not a complete cuantiza save "
+                               f"(it needs {MANIFEST} and {TENSORS}); save one with cz.save") from None
+    except OSError as e:
+        raise _corrupt(path, "cannot be read", e) from e
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        doc = json.loads(_read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _corrupt(path, "is not valid JSON", e) from e
+    if not isinstance(doc, dict) or doc.get("format") != fmt.FORMAT:
+        raise _corrupt(path, f"is not a {fmt.FORMAT} manifest (no \"format\": \"{fmt.FORMAT}\")")
+    version = doc.get("format_version")
+    if version != fmt.FORMAT_VERSION:
+        raise CorruptFileError(f"{path}: format version {version!r} is not supported; this cuantiza "
+                               f"reads version {fmt.FORMAT_VERSION} (upgrade cuantiza or re-save)")
+    _check_fields(doc, path)
+    return doc
+
+
+_FIELDS = {"files": dict, "modules": dict, "state": dict, "folded": list, "notes": dict, "training": bool}
+
+
+def _check_fields(doc: dict, path: Path) -> None:
+    """The manifest's top-level fields have the types ``load`` relies on."""
+    for key, typ in _FIELDS.items():
+        if not isinstance(doc.get(key), typ):
+            raise _corrupt(path, f"field {key!r} is missing or not a JSON {typ.__name__}")
+    if "plan" not in doc or "workflow" not in doc:
+        raise _corrupt(path, "lacks the fields 'plan' and 'workflow'")
+    if not all(isinstance(v, str) for v in doc["state"].values()):
+        raise _corrupt(path, "field 'state' must map state_dict keys to tensor names")
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p)
+               for p in doc["folded"]):
+        raise _corrupt(path, "field 'folded' must list [conv, batchnorm] name pairs")
+
+
+def _read_all_tensors(folder: Path, doc: dict) -> dict:
+    """The tensors of every file in ``files``: ``model.safetensors`` or several shards."""
+    out = {}
+    for name in sorted(doc["files"]) or [TENSORS]:
+        if name != os.path.basename(name) or not name.endswith(".safetensors"):
+            raise _corrupt(folder / MANIFEST, f"lists {name!r}: files must be *.safetensors in its folder")
+        part = _read_tensors(folder / name, doc)
+        if set(part) & set(out):
+            raise _corrupt(folder / name, f"repeats tensors of another shard ({sorted(set(part) & set(out))[:3]})")
+        out.update(part)
+    return out
+
+
+def _read_tensors(path: Path, doc: dict) -> dict:
+    """All tensors of one file, read into memory, checked against the manifest's checksum."""
+    blob = _read_bytes(path)
+    try:
+        tensors = load_safetensors_bytes(blob)   # safetensors' own format: no pickle
+    except Exception as e:  # noqa: BLE001  (the Rust parser raises its own error types)
+        raise _corrupt(path, "is truncated or not a safetensors file", e) from e
+    try:
+        want = doc["files"][path.name]["sha256"]
+    except (KeyError, TypeError) as e:
+        raise _corrupt(path.with_name(MANIFEST), "has no checksum for the tensors file", e) from e
+    if hashlib.sha256(blob).hexdigest() != want:
+        raise _corrupt(path, f"does not match the checksum in {MANIFEST} (changed or half-written)")
+    return tensors
+
+
+def _rebuild_modules(doc: dict, tensors: dict, path: Path) -> list[tuple[str, nn.Module]]:
+    """Quantized modules from the manifest, in name order; tied weights share one QTensor."""
+    cache, out = {}, []
+    for name in sorted(doc["modules"]):
+        e = doc["modules"][name]
+        try:
+            bias = None if e.get("bias") is None else tensors[doc["state"][e["bias"]]]
+            out.append((name, fmt.module_from_json(e, tensors, bias, cache)))
+        except (CuantizaError, KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            raise _corrupt(path, f"has a malformed entry for module {name!r}", err) from err
+    return out
+
+
+def _refold(m: nn.Module, folded: list) -> None:
+    """Fold the BatchNorms the saved model folded, so the structure (Identity in place of the
+    BatchNorm, a bias on the conv) matches; the values come from the saved state."""
+    for conv_name, bn_name in folded:
+        try:
+            conv, bn = get_module(m, conv_name), get_module(m, bn_name)
+        except AttributeError:
+            raise PlanError(f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}), "
+                            "which the model lacks; pass an instance of the saved architecture") from None
+        is_conv = isinstance(conv, (nn.Conv1d, nn.Conv2d))
+        if not is_conv or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            raise PlanError(f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}); "
+                            f"the model has a {type(bn).__name__} and a {type(conv).__name__} there")
+        with torch.no_grad():
+            fold_bn_into_conv(conv, bn)
+        set_module(m, bn_name, nn.Identity())
+
+
+def _load_state(m: nn.Module, state: dict, tensors: dict) -> None:
+    """Copy the saved float state into ``m`` after checking keys, shapes and dtypes."""
+    want = m.state_dict()
+    only_model, only_save = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if only_model or only_save:
+        raise PlanError(f"the model does not match the save: only in the model {only_model[:5]}, "
+                        f"only in the save {only_save[:5]}; pass an instance of the saved architecture")
+    loaded = {}
+    for key, t in want.items():
+        src = tensors.get(state[key])
+        if src is None:
+            raise CorruptFileError(f"{TENSORS} lacks {state[key]!r}, listed for {key} in {MANIFEST}")
+        if tuple(src.shape) != tuple(t.shape):
+            raise ShapeError(f"{key}: the model's tensor is {tuple(t.shape)}, "
+                             f"the saved one {tuple(src.shape)}")
+        if src.dtype != t.dtype:
+            raise PlanError(f"{key}: the model holds {t.dtype}, the save {src.dtype}; cast the "
+                            f"model to the saved dtype (model.to(...)) before loading")
+        loaded[key] = src
+    m.load_state_dict(loaded, strict=True)
+
+
+def _info(doc: dict, path: Path) -> QuantInfo:
+    """``cuantiza_info`` of the loaded model; the plan keeps schemes and reasons, not configs."""
+    try:
+        plan = fmt.plan_from_json(doc["plan"])
+        folded = [tuple(p) for p in doc["folded"]]
+        observers = {name: dict(counts) for name, counts in doc.get("observers", {}).items()}
+        return QuantInfo(doc["workflow"], plan, dict(doc["notes"]), folded, observers)
+    except (CuantizaError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise _corrupt(path, "has a malformed plan, notes or observer counts", err) from err

@@ -1,0 +1,202 @@
+"""The save format, version 1: quantized modules <-> JSON entries + named tensors.
+
+Pure translation, no files (``io`` reads and writes them). One entry per quantized module::
+
+    "features.0": {
+      "type": "QuantConv",           # QuantLinear | DynamicQuantLinear | QuantConv | QuantEmbedding
+      "weight": {"scheme": SCHEME, "shape": [8, 9],          # logical (rows, reduction) shape
+                 "data": "features.0.weight_q.data",         # uint8, packed codes
+                 "scale": "features.0.weight_q.scale",       # in the scheme's scale_dtype
+                 "zero_point": null},                        # null: symmetric, all zero
+      "bias": "features.0.bias",                 # a state_dict key (see io), or null
+      "act": {"scheme": SCHEME, "scale": "features.0.act.scale",
+              "zero_point": "features.0.act.zero_point"},    # static layers; null: weight-only
+      "kernel": "f32exact",
+      "conv": {"kernel_shape": [8, 1, 3, 3], "stride": [1, 1], "padding": [1, 1],
+               "dilation": [1, 1], "groups": 1, "dims": 2}}
+    SCHEME = {"bits": 4, "symmetric": false, "scale_dtype": "float16",
+              "granularity": {"kind": "per_group", "size": 32, "axis": -1}}
+
+``DynamicQuantLinear`` has ``"dynamic": {"act_scheme": SCHEME, "per_token": bool}`` instead
+of ``act``; ``QuantEmbedding`` has only ``type``, ``weight`` and ``padding_idx``. Zero points
+are stored as uint8 (they lie in [0, 255] for 1..8 bits) and left out when symmetric, so the
+file holds what ``QTensor.nbytes`` counts. Modules sharing one QTensor (tied weights) get the
+same ``weight`` entry, so the tensors are stored once and ``modules_from_json`` shares them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import PlanError, ShapeError
+from ..nn import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
+from ..nn.layer_math import conv_args
+from ..nn.plan import LayerPlan, Plan
+from ..core.qparams import QParams
+from ..core.qtensor import QTensor
+from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
+
+FORMAT = "cuantiza"
+FORMAT_VERSION = 1
+
+# saved type -> (class, the float layer types it replaces)
+MODULE_TYPES = {
+    "QuantLinear": (QuantLinear, (nn.Linear,)),
+    "DynamicQuantLinear": (DynamicQuantLinear, (nn.Linear,)),
+    "QuantConv": (QuantConv, (nn.Conv1d, nn.Conv2d)),
+    "QuantEmbedding": (QuantEmbedding, (nn.Embedding,)),
+}
+
+
+def scheme_to_json(s: QScheme) -> dict:
+    g = s.granularity
+    if isinstance(g, PerTensor):
+        gran = {"kind": "per_tensor"}
+    elif isinstance(g, PerChannel):
+        gran = {"kind": "per_channel", "axis": g.axis}
+    else:
+        gran = {"kind": "per_group", "size": g.size, "axis": g.axis}
+    d = {"bits": s.bits, "symmetric": s.symmetric, "granularity": gran, "scale_dtype": s.scale_dtype}
+    if not s.restricted:
+        d["restricted"] = False          # written only when set: older files stay as they were
+    return d
+
+
+def scheme_from_json(d: dict) -> QScheme:
+    """Raises ConfigError (invalid values) or KeyError (missing fields)."""
+    g = d["granularity"]
+    kinds = {"per_tensor": lambda: PerTensor(), "per_channel": lambda: PerChannel(g["axis"]),
+             "per_group": lambda: PerGroup(g["size"], g["axis"])}
+    return QScheme(bits=d["bits"], symmetric=d["symmetric"], granularity=kinds[g["kind"]](),
+                   scale_dtype=d["scale_dtype"], restricted=d.get("restricted", True))
+
+
+def _stored_zero_point(qp: QParams) -> torch.Tensor | None:
+    """None for symmetric all-zero zero points; uint8 when they fit (always for 1..8 bits)."""
+    zp = qp.zero_point
+    if qp.scheme.symmetric and zp.shape == qp.scale.shape and not bool(zp.any()):
+        return None
+    if zp.numel() == 0 or (int(zp.min()) >= 0 and int(zp.max()) <= 255):
+        return zp.to(torch.uint8)
+    return zp.to(torch.int32)
+
+
+def _qparams_entry(qp: QParams, prefix: str, tensors: dict) -> dict:
+    tensors[f"{prefix}.scale"] = qp.scale
+    zp = _stored_zero_point(qp)
+    if zp is not None:
+        tensors[f"{prefix}.zero_point"] = zp
+    return {"scheme": scheme_to_json(qp.scheme), "scale": f"{prefix}.scale",
+            "zero_point": None if zp is None else f"{prefix}.zero_point"}
+
+
+def _qparams_from_entry(e: dict, tensors: dict) -> QParams:
+    scheme = scheme_from_json(e["scheme"])
+    scale = tensors[e["scale"]]
+    if scale.dtype != scheme.torch_scale_dtype:
+        raise ValueError(f"{e['scale']} is {scale.dtype}, its scheme says {scheme.scale_dtype}")
+    if e["zero_point"] is None:
+        zp = torch.zeros(scale.shape, dtype=torch.int32)
+    else:
+        zp = tensors[e["zero_point"]].to(torch.int32)
+    return QParams(scale, zp, scheme)
+
+
+def _weight_entry(qt: QTensor, prefix: str, tensors: dict) -> dict:
+    tensors[f"{prefix}.data"] = qt.data
+    e = _qparams_entry(qt.qparams, prefix, tensors)
+    return {**e, "shape": list(qt.shape), "data": f"{prefix}.data"}
+
+
+def module_to_json(name: str, mod: nn.Module, tensors: dict, shared: dict) -> dict:
+    """The entry of one quantized module; its tensors go into ``tensors``. ``shared`` maps
+    id(QTensor) -> weight entry, so a QTensor used by several modules is stored once."""
+    qt = mod.weight_q
+    if id(qt) not in shared:
+        shared[id(qt)] = _weight_entry(qt, f"{name}.weight_q", tensors)
+    e = {"type": type(mod).__name__, "weight": shared[id(qt)]}
+    if isinstance(mod, QuantEmbedding):
+        e["padding_idx"] = mod.padding_idx
+        return e
+    e["bias"] = None if mod.bias is None else f"{name}.bias"
+    e["kernel"] = mod.kernel
+    if isinstance(mod, DynamicQuantLinear):
+        e["dynamic"] = {"act_scheme": scheme_to_json(mod.act_scheme), "per_token": mod.per_token}
+    else:
+        e["act"] = None if mod.act is None else _qparams_entry(mod.act, f"{name}.act", tensors)
+    if isinstance(mod, QuantConv):
+        e["conv"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in mod.conv.items()},
+                     "kernel_shape": list(mod.kernel_shape)}
+    return e
+
+
+def _weight_from_entry(w: dict, tensors: dict, cache: dict) -> QTensor:
+    """The QTensor of a weight entry; entries naming the same data share one QTensor."""
+    if w["data"] not in cache:
+        cache[w["data"]] = QTensor(tensors[w["data"]], _qparams_from_entry(w, tensors), tuple(w["shape"]))
+    return cache[w["data"]]
+
+
+def module_from_json(e: dict, tensors: dict, bias: torch.Tensor | None, cache: dict) -> nn.Module:
+    """Rebuild one quantized module. Malformed entries raise KeyError / TypeError /
+    ValueError (or a CuantizaError from the constructors); ``io`` reports them as corrupt."""
+    cls = MODULE_TYPES[e["type"]][0]
+    qt = _weight_from_entry(e["weight"], tensors, cache)
+    if cls is QuantEmbedding:
+        return QuantEmbedding(qt, e["padding_idx"])
+    kernel = None if e["kernel"] == "dequantize" else e["kernel"]
+    if cls is DynamicQuantLinear:
+        d = e["dynamic"]
+        return DynamicQuantLinear(qt, bias, scheme_from_json(d["act_scheme"]), bool(d["per_token"]), kernel)
+    act = None if e["act"] is None else _qparams_from_entry(e["act"], tensors)
+    if cls is QuantLinear:
+        return QuantLinear(qt, bias, act, kernel)
+    conv = {k: tuple(v) if isinstance(v, list) else v for k, v in e["conv"].items()}
+    kernel_shape = conv.pop("kernel_shape")
+    return QuantConv(qt, kernel_shape, conv, bias, act, kernel)
+
+
+def check_replaces(name: str, float_mod: nn.Module, qmod: nn.Module) -> None:
+    """Raise PlanError / ShapeError unless ``qmod`` can stand in for the user's ``float_mod``."""
+    saved = type(qmod).__name__
+    want = MODULE_TYPES[saved][1]
+    if not isinstance(float_mod, want):
+        raise PlanError(f"{name}: the save holds a {saved}, which replaces "
+                        f"{' or '.join(t.__name__ for t in want)}, but the model has a "
+                        f"{type(float_mod).__name__}; pass an instance of the saved architecture")
+    shape = qmod.kernel_shape if isinstance(qmod, QuantConv) else qmod.weight_q.shape
+    if tuple(float_mod.weight.shape) != tuple(shape):
+        raise ShapeError(f"{name}: the model's weight is {tuple(float_mod.weight.shape)}, the "
+                         f"saved one {tuple(shape)}; pass an instance of the saved architecture")
+    if isinstance(qmod, QuantEmbedding):
+        return
+    if (float_mod.bias is None) != (qmod.bias is None):
+        has = "has no" if float_mod.bias is None else "has a"
+        raise PlanError(f"{name}: the model {has} bias, the save does not agree")
+    if isinstance(qmod, QuantConv):
+        try:
+            geo = conv_args(float_mod)
+        except ValueError as e:
+            raise PlanError(f"{name}: {e}") from e
+        if geo != qmod.conv:
+            raise PlanError(f"{name}: the model's convolution is {geo}, the saved one {qmod.conv}")
+
+
+def plan_to_json(p: Plan | None) -> dict | None:
+    if p is None:
+        return None
+    sch = lambda s: None if s is None else scheme_to_json(s)  # noqa: E731
+    return {"workflow": p.workflow, "layers": [
+        {"name": lp.name, "kind": lp.kind, "weight": sch(lp.weight), "activation": sch(lp.activation),
+         "reason": lp.reason} for lp in p.layers]}
+
+
+def plan_from_json(d: dict | None) -> Plan | None:
+    """A lightweight Plan: schemes and reasons, without the per-layer QuantConfig."""
+    if d is None:
+        return None
+    sch = lambda s: None if s is None else scheme_from_json(s)  # noqa: E731
+    return Plan(d["workflow"], tuple(
+        LayerPlan(lp["name"], lp["kind"], sch(lp["weight"]), sch(lp["activation"]), lp["reason"])
+        for lp in d["layers"]))

@@ -1,0 +1,108 @@
+"""Pieces shared by the quantized and the fake-quant modules, so both compute the same thing."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from ..backends.native import rtn as _native
+from ..backends.layers import ActInfo, IntWeight
+from ..core.blocking import from_blocks, scale_to_rows, to_blocks
+from ..core.qparams import QParams, choose_qparams
+from ..core.qtensor import QTensor
+from ..core.ranges import minmax_rows
+from ..core.scheme import PerChannel, QScheme
+
+
+def conv_args(conv: nn.Module) -> dict:
+    """Geometry of a Conv1d/Conv2d as 2-D arguments (Conv1d runs as a 1 x k Conv2d)."""
+    two = lambda v: tuple(v) if len(v) == 2 else (1, v[0]) if v is not None else None  # noqa: E731
+    pad = conv.padding
+    if isinstance(pad, str):
+        raise ValueError(f"padding={pad!r} is not supported; give explicit padding")
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported")
+    pad = tuple(pad) if len(pad) == 2 else (0, pad[0])
+    return {"stride": two(conv.stride), "padding": pad, "dilation": two(conv.dilation),
+            "groups": conv.groups, "dims": conv.weight.ndim - 2}
+
+
+def weight_2d(w: torch.Tensor) -> torch.Tensor:
+    """(O, ...) -> (O, K): conv weights are quantized as rows of their reduction."""
+    return w.reshape(w.shape[0], -1)
+
+
+def int_weight(qt: QTensor) -> IntWeight:
+    """w_int = q - z (int8 if it fits, else int16), its row sums (int32) and max |w_int|."""
+    q = qt.int_repr()
+    s = qt.scheme
+    if s.symmetric:
+        w = q.to(torch.int8)
+    else:
+        qb, b = to_blocks(q.to(torch.int16), s.granularity)
+        w = from_blocks(qb - scale_to_rows(qt.qparams.zero_point, b).to(torch.int16)[:, None], b)
+    rowsum = w.reshape(w.shape[0], -1).sum(dim=1, dtype=torch.int32)
+    absmax = int(w.abs().max()) if w.numel() else 0
+    return IntWeight(w.contiguous(), rowsum, absmax)
+
+
+def act_info(scheme: QScheme, scalar_zp: bool = True) -> ActInfo:
+    """What a kernel needs to know of an activation scheme to be exact."""
+    return ActInfo(scheme.qmax - scheme.qmin + 1, scheme.symmetric, scalar_zp)
+
+
+def channel_scales(qp: QParams) -> torch.Tensor:
+    """Per-output-channel (or scalar) weight scales as float32, for the layer's exit."""
+    return qp.scale.to(torch.float32)
+
+
+def dynamic_qparams(x2d: torch.Tensor, scheme, per_token: bool) -> QParams:
+    """Activation qparams from the batch itself: one range per tensor or per row (token)."""
+    if per_token:
+        lo, hi = minmax_rows(x2d)
+        return choose_qparams(lo, hi, scheme_per_row(scheme))
+    lo, hi = torch.aminmax(x2d)
+    return choose_qparams(lo, hi, scheme)
+
+
+def fused_rows_ok(scheme: QScheme) -> bool:
+    """Schemes ``quantize_sym_rows`` computes exactly: symmetric, restricted, float32 scales."""
+    return scheme.symmetric and not scheme.binary and not scheme.full_range and \
+        scheme.torch_scale_dtype == torch.float32
+
+
+_F32_TINY = torch.finfo(torch.float32).tiny
+
+
+def quantize_sym_rows(x2d: torch.Tensor, scheme: QScheme, offset: int = 0):
+    """``quantize_rows(x2d, dynamic_qparams(x2d, scheme, per_token=True))`` in a few fused ops,
+    for ``fused_rows_ok`` schemes, plus ``offset`` (the codes q + offset as uint8 when offset > 0,
+    which is how oneDNN's u8 GEMM takes them). Returns (codes, scale (M, 1) float32), or None
+    when a row is not finite: the general path then raises the typed error.
+
+    The same codes as the general path, and the same scales except for all-zero rows. The
+    general path divides in float64 and rounds to float32; one float32 division gives the same
+    number (double rounding is harmless for a single division: 53 >= 2 * 24 + 2 bits), and
+    values below float32's tiny clamp to it either way. All-zero rows get tiny instead of 1,
+    which changes nothing downstream (their codes are 0 and their GEMM rows 0 * s = 0). No
+    clamp is needed: |x| <= amax and s >= amax / qmax (to within float32 rounding) keep
+    round(x / s) inside [-qmax, qmax]. Where the native kernels are built, one C call does it all
+    (``_native.quantize_absmax_rows``: each row read twice while in cache, no temporaries, no
+    per-op dispatch). Tests hold all paths together bit for bit (tests/unit/test_dynamic_fused.py)."""
+    if x2d.shape[1] and _native.usable(x2d):                   # one C call: both passes per row
+        return _native.quantize_absmax_rows(x2d, scheme.qmax, offset, torch.uint8 if offset else scheme.q_dtype)
+    amax = x2d.abs().amax(dim=1, keepdim=True) if x2d.shape[1] else x2d.new_zeros(x2d.shape[0], 1)
+    if not math.isfinite(float(amax.sum())):    # a NaN/Inf row (or a float32 overflow of the
+        return None                             # sum: the general path then handles that batch)
+    s = (amax / scheme.qmax).clamp_(min=_F32_TINY)
+    t = torch.div(x2d, s).round_()
+    if offset:
+        return t.add_(offset).to(torch.uint8), s
+    return t.to(scheme.q_dtype), s
+
+
+def scheme_per_row(scheme: QScheme) -> QScheme:
+    return dataclasses.replace(scheme, granularity=PerChannel(0))

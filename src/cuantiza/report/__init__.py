@@ -1,0 +1,1 @@
+"""The quantization report: per layer scheme, kernel, bytes, bits/weight and error."""
