@@ -17,7 +17,7 @@ built on one machine runs on another.
 from setuptools import Extension, setup
 
 FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
-HEADERS = ["src/cuantiza/backends/native/cz_simd.h"]
+HEADERS = ["src/cuantiza/backends/native/cz_simd.h", "src/cuantiza/backends/native/cz_constants.h"]
 
 setup(
     ext_modules=[

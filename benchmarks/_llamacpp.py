@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -42,9 +44,11 @@ TINYLLAMA_DIR = CACHE / "tinyllama-bench"
 TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity")
 
 # What the build used: a plain CPU build, -march=native through GGML_NATIVE (on by default),
-# no network code, only the three tools (all of llama.cpp takes far longer on 2 cores).
-CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-               "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF")
+# OpenMP threads, static libraries (self-contained binaries), no network code; build() then
+# makes only the three tools (all of llama.cpp takes far longer on 2 cores).
+CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
+               "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+               "-DLLAMA_BUILD_SERVER=OFF")
 
 # TinyLlama/TinyLlama-1.1B-Chat-v1.0's config.json, but float16 (the original is bfloat16).
 TINYLLAMA_CONFIG = {
@@ -78,7 +82,7 @@ FOLDER_FORMAT = 1  # bump when make_tinyllama_folder writes something different
 def build(cache: Path = LLAMA_DIR, jobs: int = 2) -> Path:
     """Download, configure and build the three tools under ``cache``; returns the bin folder.
 
-    The recipe (what produced /work/cache/llama/build; about 15 minutes at nice 19 on 2 cores):
+    The recipe (what produced /work/cache/llama/build; about 10 minutes at nice 19 on 2 cores):
 
         pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /work/cache/llama
         tar xzf /work/cache/llama/llama_cpp_python-0.3.36.tar.gz -C /work/cache/llama
@@ -206,7 +210,8 @@ def _write_safetensors(file: Path, tensors: list[tuple[str, tuple[int, ...]]], s
 def write_synthetic_text(path: Path, n_words: int = 300_000, seed: int = 0) -> Path:
     """Writes seeded text in a made-up syllabic language (Zipf word frequencies); returns path.
 
-    It trains the tokenizer and is cheap perplexity input (20 words a line).
+    The tokenizer is trained on it (seed = the model's seed), and it makes cheap
+    llama-perplexity input (20 words a line; about 2.3 tokens a word).
     """
     rng = random.Random(seed)
     consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
@@ -285,6 +290,29 @@ def _write_tokenizer(folder: Path, vocab_size: int, seed: int) -> None:
 
 # --- GGUF ---------------------------------------------------------------------------------
 
+# Runs convert_hf_to_gguf.py (argv[1]) with the rest of argv. The converter imports
+# sentencepiece before it looks for tokenizer.model, and only a missing file (not a missing
+# package) sends it on to tokenizer.json (gguf.LlamaHfVocab), the file our folders have. The
+# patch below looks for the file first, so the pinned environment, which has no
+# sentencepiece, converts exactly as one with it would.
+_RUN_CONVERTER = """
+import runpy, sys
+from pathlib import Path
+script = Path(sys.argv[1])
+sys.argv = sys.argv[1:]
+# what the script does itself when run directly: its folder, then its own gguf-py, first
+sys.path[0:0] = [str(script.parent), str(script.parent / "gguf-py")]
+from conversion import base
+spm_vocab = base.TextModel._create_vocab_sentencepiece
+def _create_vocab_sentencepiece(self):
+    if not (self.dir_model / "tokenizer.model").is_file():
+        raise FileNotFoundError(self.dir_model / "tokenizer.model")
+    return spm_vocab(self)
+base.TextModel._create_vocab_sentencepiece = _create_vocab_sentencepiece
+runpy.run_path(str(script), run_name="__main__")
+"""
+
+
 def to_gguf(folder: Path, out_path: Path, type: str = "F16", pure: bool = False,
             reuse: bool = True) -> Path:
     """Writes ``folder`` as a GGUF of ``type`` at ``out_path``; returns out_path.
@@ -301,19 +329,21 @@ def to_gguf(folder: Path, out_path: Path, type: str = "F16", pure: bool = False,
             not stamp.exists() or out_path.stat().st_mtime >= stamp.stat().st_mtime):
         return out_path
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(out_path.name + ".partial")  # renamed once complete
     if type in ("F32", "F16", "BF16"):
         converter = find_converter()
         if converter is None:
             raise FileNotFoundError("convert_hf_to_gguf.py")
-        _check([sys.executable, str(converter), str(folder), "--outfile", str(out_path),
-                "--outtype", type.lower()])
-        return out_path
-    tools = find_tools()
-    if tools is None:
-        raise FileNotFoundError("llama.cpp tools")
-    f16 = to_gguf(folder, out_path.with_name(f"{folder.name}-F16.gguf"), "F16", reuse=reuse)
-    _check([str(tools["llama-quantize"]), *(["--pure"] if pure else []), str(f16),
-            str(out_path), type, str(os.cpu_count() or 1)])
+        _check([sys.executable, "-c", _RUN_CONVERTER, str(converter), str(folder),
+                "--outfile", str(partial), "--outtype", type.lower()])
+    else:
+        tools = find_tools()
+        if tools is None:
+            raise FileNotFoundError("llama.cpp tools")
+        f16 = to_gguf(folder, out_path.with_name(f"{folder.name}-F16.gguf"), "F16", reuse=reuse)
+        _check([str(tools["llama-quantize"]), *(["--pure"] if pure else []), str(f16),
+                str(partial), type, str(os.cpu_count() or 1)])
+    os.replace(partial, out_path)
     return out_path
 
 
@@ -325,18 +355,20 @@ def bench(gguf_path: Path, p: int = 128, n: int = 128, threads: int = 2, reps: i
 
     Returns {"pp": {...}, "tg": {...}, "build_commit", "build_number", "backends", "cpu_info",
     "model_type", "model_size", "model_n_params", "n_threads", "file_bytes",
-    "peak_rss_bytes"}, where "pp" (prompt, p tokens) and "tg" (generation, n tokens) are
-    {"tokens", "avg_ts", "stddev_ts", "samples_ts"} in tokens per second as llama-bench
-    reports them (mean and stddev over reps), or None when that test was not run (p or n 0).
-    peak_rss_bytes is the whole llama-bench process's maximum resident set.
+    "peak_rss_bytes", "wall_s", "cpu_s", "other_cpu_s"}, where "pp" (prompt, p tokens) and
+    "tg" (generation, n tokens) are {"tokens", "avg_ts", "stddev_ts", "samples_ts"} in tokens
+    per second as llama-bench reports them (mean and stddev over reps, after its warm-up
+    run), or None when that test was not run (p or n 0). peak_rss_bytes is the llama-bench
+    process's maximum resident set; other_cpu_s the CPU seconds every other process used
+    meanwhile: more than a few percent of wall_s means the timings were disturbed.
     """
     tools = find_tools()
     if tools is None:
         raise FileNotFoundError("llama.cpp tools")
     cmd = [str(tools["llama-bench"]), "-m", str(gguf_path), "-p", str(p), "-n", str(n),
            "-t", str(threads), "-r", str(reps), "-o", "json", *extra]
-    out, _, rss = _check(cmd)
-    rows = json.loads(out)
+    run = _check(cmd)
+    rows = json.loads(run.stdout)
 
     def pick(prompt: int, gen: int) -> dict | None:
         for row in rows:
@@ -349,7 +381,8 @@ def bench(gguf_path: Path, p: int = 128, n: int = 128, threads: int = 2, reps: i
     info = {k: first.get(k) for k in ("build_commit", "build_number", "backends", "cpu_info",
                                       "model_type", "model_size", "model_n_params", "n_threads")}
     return {"pp": pick(p, 0), "tg": pick(0, n), **info,
-            "file_bytes": Path(gguf_path).stat().st_size, "peak_rss_bytes": rss}
+            "file_bytes": Path(gguf_path).stat().st_size, "peak_rss_bytes": run.peak_rss_bytes,
+            "wall_s": run.wall_s, "cpu_s": run.cpu_s, "other_cpu_s": run.other_cpu_s}
 
 
 def perplexity(gguf_path: Path, text_file: Path, ctx: int = 512, threads: int = 2,
@@ -363,28 +396,54 @@ def perplexity(gguf_path: Path, text_file: Path, ctx: int = 512, threads: int = 
         raise FileNotFoundError("llama.cpp tools")
     cmd = [str(tools["llama-perplexity"]), "-m", str(gguf_path), "-f", str(text_file),
            "-c", str(ctx), "-t", str(threads), *(["--chunks", str(chunks)] if chunks else [])]
-    out, err, _ = _check(cmd)
+    run = _check(cmd)
     # The estimate goes to the log (stderr); per-chunk values go to stdout.
-    found = re.search(r"Final estimate: PPL = (\S+) \+/- (\S+)", err + out)
+    found = re.search(r"Final estimate: PPL = (\S+) \+/- (\S+)", run.stderr + run.stdout)
     if found is None:
-        raise RuntimeError("llama-perplexity printed no final estimate:\n" + (err + out)[-2000:])
+        raise RuntimeError("llama-perplexity printed no final estimate:\n" + run.stderr[-2000:])
     return float(found.group(1))
 
 
-def _check(cmd: list[str]) -> tuple[str, str, int]:
-    """Runs cmd; returns (stdout, stderr, peak RSS in bytes); raises with stderr's tail on failure.
+class _Run(NamedTuple):
+    stdout: str
+    stderr: str
+    peak_rss_bytes: int  # the command's own maximum resident set
+    wall_s: float
+    cpu_s: float  # the command's user + system time
+    other_cpu_s: float | None  # CPU time everything else on the machine used meanwhile
+
+
+def _check(cmd: list[str]) -> _Run:
+    """Runs cmd and returns a _Run; raises with the end of stderr when it fails.
 
     os.wait4 gives the child's own rusage, so the peak RSS is this command's alone (the
     RUSAGE_CHILDREN figure would be the maximum over every child ever waited for).
+    other_cpu_s tells whether a timing is trustworthy: on 2 cores, one busy neighbour
+    process cuts llama-bench's 2-thread speed several times over.
     """
+    busy, start = _busy_cpu_s(), time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - start
+        busy_end = _busy_cpu_s()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{stderr[-3000:]}")
-    return stdout, stderr, usage.ru_maxrss * 1024  # Linux reports KiB
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {os.waitstatus_to_exitcode(status)}:\n"
+                           + stderr[-3000:])
+    cpu = usage.ru_utime + usage.ru_stime
+    other = None if busy is None or busy_end is None else max(0.0, busy_end - busy - cpu)
+    return _Run(stdout, stderr, usage.ru_maxrss * 1024, wall, cpu, other)  # maxrss is in KiB
 
+
+def _busy_cpu_s() -> float | None:
+    """Returns the CPU seconds all cores have spent not idle since boot (from /proc/stat; steal
+    time counts as busy: the hypervisor gave it to someone else), or None off Linux."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")

@@ -12,7 +12,8 @@ import cuantiza as cz
 from cuantiza.cli.digits import DigitsCNN
 from cuantiza.onnx import read_metadata
 from cuantiza.onnx.fileio import run_session
-from tests.onnx.helpers import ConvNet, TextNet, compare, float_session, images, output_lsb, tokens
+from tests.helpers.onnx_models import ConvNet, TextNet, compare, float_session, images, output_lsb, tokens
+from tests.helpers.onnx_models import check_numerics
 from tests.thresholds import THRESHOLDS
 
 LSB = THRESHOLDS["onnx_layer_output_lsb"]
@@ -23,19 +24,6 @@ def _static(model, batches):
     cz.calibrate(p, batches)
     return cz.convert(p)
 
-
-def _check_numerics(stats, exact_codes: bool = True, end_to_end_lsb: bool = True):
-    """Each layer, fed the same input, gives the same activation codes as cuantiza (ONNX
-    QuantizeLinear == cuantiza.ops.quantize) and outputs within float32 rounding; end to end,
-    codes stay within 1, rarely off, and (8-bit activations) outputs within 1 LSB: one flipped
-    4-bit activation code alone moves an output by several 8-bit output LSBs."""
-    for name, s in stats.items():
-        assert s["iso_lsb"] <= THRESHOLDS["onnx_isolated_output_lsb"], (name, s)
-        assert s["lsb"] <= LSB or not end_to_end_lsb, (name, s)
-        assert s["max_code_diff"] <= THRESHOLDS["onnx_code_mismatch_max"], (name, s)
-        assert s["mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(s["codes"], 1), (name, s)
-        if exact_codes:
-            assert s["iso_mismatch"] == 0, (name, s)
 
 
 def _reference_evaluator(path, feed: dict) -> np.ndarray:
@@ -50,7 +38,7 @@ def test_digits_cnn_static_numerics(tmp_path):
     assert s.opset == 21 and [r.op for r in s.layers] == ["Conv"] * 3 + ["MatMul"] * 2
     onnx.checker.check_model(str(tmp_path / "digits.onnx"), full_check=True)
     stats = compare(tmp_path / "digits.onnx", s, qm, x)
-    _check_numerics(stats)
+    check_numerics(stats)
     print({k: (round(v["lsb"], 5), v["mismatch"], v["codes"]) for k, v in stats.items()})
     y_ref = _reference_evaluator(tmp_path / "digits.onnx", {"input": x.numpy()})
     y = qm(x).numpy()
@@ -82,7 +70,7 @@ def test_convnet_workflows(tmp_path, workflow):
     s = cz.export_onnx(qm, x, tmp_path / "m.onnx", dynamic_form=form)
     stats = compare(tmp_path / "m.onnx", s, qm, x)
     # DynamicQuantizeLinear ("ort", and "auto" for uint8 per tensor) rounds its scale in float32
-    _check_numerics(stats, exact_codes=workflow not in ("ort", "dynamic"),
+    check_numerics(stats, exact_codes=workflow not in ("ort", "dynamic"),
                     end_to_end_lsb=workflow != "static_a4_w_asym")
     if workflow == "ort":
         assert any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
@@ -102,7 +90,7 @@ def test_textnet_gather_matmul(tmp_path, workflow):
     x = tokens(16, 7)
     s = cz.export_onnx(qm, x, tmp_path / "t.onnx")
     assert [r.op for r in s.layers] == ["Gather", "MatMul", "MatMul"]
-    _check_numerics(compare(tmp_path / "t.onnx", s, qm, x))
+    check_numerics(compare(tmp_path / "t.onnx", s, qm, x))
     y = qm(x).numpy()
     y_ref = _reference_evaluator(tmp_path / "t.onnx", {"input": x.numpy()})
     assert np.abs(y_ref - y).max() <= LSB * output_lsb(y)

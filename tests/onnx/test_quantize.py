@@ -13,14 +13,10 @@ from onnx.reference import ReferenceEvaluator
 import cuantiza as cz
 from cuantiza.onnx import read_metadata
 from cuantiza.onnx.fileio import run_session
-from tests.onnx.helpers import ConvNet, TextNet, compare, float_onnx, float_session, images, output_lsb, tokens
-from tests.onnx.test_export import _check_numerics
+from tests.helpers.onnx_models import ConvNet, TextNet, compare, float_onnx, float_session, images, output_lsb, tokens
+from tests.helpers.onnx_models import check_numerics, foreign_graph, module_of
 from tests.thresholds import THRESHOLDS
 
-
-def _module_of(node_name: str) -> str:
-    """torch's exporter names nodes /<path>/<module>/<Op>."""
-    return node_name.split("/")[-2]
 
 
 def _sha(path) -> str:
@@ -45,11 +41,11 @@ def test_static_matches_cuantiza(tmp_path, convnet_onnx):
     cz.calibrate(p, batches)
     qm = cz.convert(p)
     x = images(32, 9)
-    stats = compare(tmp_path / "q.onnx", s, qm, x, _module_of)
+    stats = compare(tmp_path / "q.onnx", s, qm, x, module_of)
     # observers saw activations computed by torch on one side, onnxruntime on the other
     # (float32 rounding apart), so scales may differ in the last bit: codes are exact for the
     # first layer (the graph input) and within the end-to-end bounds elsewhere
-    _check_numerics(stats, exact_codes=False)
+    check_numerics(stats, exact_codes=False)
     assert next(iter(stats.values()))["iso_mismatch"] == 0
 
 
@@ -60,7 +56,7 @@ def test_dynamic_and_weight_only_match_cuantiza(tmp_path, convnet_onnx, mode):
         if mode == "weight_only" else cz.QuantConfig(dynamic="per_token")
     s = cz.quantize_onnx(src, tmp_path / "q.onnx", cfg, mode=mode)
     qm = cz.quantize_weights(m, cfg) if mode == "weight_only" else cz.quantize_dynamic(m, cfg)
-    _check_numerics(compare(tmp_path / "q.onnx", s, qm, images(32, 9), _module_of))
+    check_numerics(compare(tmp_path / "q.onnx", s, qm, images(32, 9), module_of))
     if mode == "dynamic":
         assert all("weight-only" in r.activation for r in s.layers if r.op == "Conv")
 
@@ -80,7 +76,7 @@ def test_gather_and_matmul(tmp_path, mode):
         qm = cz.convert(p)
     else:
         qm = cz.quantize_dynamic(m)
-    _check_numerics(compare(tmp_path / "q.onnx", s, qm, tokens(16, 5), _module_of), exact_codes=mode == "dynamic")
+    check_numerics(compare(tmp_path / "q.onnx", s, qm, tokens(16, 5), module_of), exact_codes=mode == "dynamic")
     x = tokens(4, 6)                                                  # default session options
     y, y_cz = run_session(str(tmp_path / "q.onnx"), {"input": x.numpy()})[0], qm(x).detach().numpy()
     assert np.abs(y - y_cz).max() <= THRESHOLDS["onnx_default_session_output_lsb"] * output_lsb(y_cz)
@@ -113,27 +109,10 @@ def test_excludes_by_name_and_op_type(tmp_path, convnet_onnx):
     assert read_metadata(model)["skipped"][0][0] in skipped
 
 
-def _foreign_graph(dtype=TensorProto.FLOAT) -> onnx.ModelProto:
-    """A graph cuantiza did not make: odd names, dynamic dims, unnamed and repeated node
-    names, one weight read by two MatMuls (same scheme) and by a ReduceMean (in float)."""
-    npd = helper.tensor_dtype_to_np_dtype(dtype)
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(npd), "W/shared:0")
-    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(npd), "héad weight")
-    nodes = [helper.make_node("MatMul", ["in put:0", "W/shared:0"], ["h 1"], ""),
-             helper.make_node("Relu", ["h 1"], ["h 2"], "dup"),
-             helper.make_node("MatMul", ["h 2", "W/shared:0"], ["h 3"], "dup"),
-             helper.make_node("ReduceMean", ["W/shared:0"], ["w mean"], axes=[0], keepdims=0),
-             helper.make_node("Add", ["h 3", "w mean"], ["h 4"]),
-             helper.make_node("MatMul", ["h 4", "héad weight"], ["out/put:0"], "")]
-    g = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("in put:0", dtype, ["b", "s", 16])],
-                          [helper.make_tensor_value_info("out/put:0", dtype, ["b", "s", 4])], [w, w2])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_foreign_graph(tmp_path, mode):
-    onnx.save(_foreign_graph(), tmp_path / "f.onnx")
+    onnx.save(foreign_graph(), tmp_path / "f.onnx")
     rng = np.random.default_rng(1)
     cal = [{"in put:0": rng.standard_normal((2, 16, 16)).astype(np.float32)} for _ in range(2)] \
         if mode == "static" else None
@@ -152,7 +131,7 @@ def test_foreign_graph(tmp_path, mode):
 def test_float16_graph(tmp_path):
     """FAULTS 11: float16 weights are quantized in float32 and cast back; activations are cast
     to float32 around their quantizers."""
-    onnx.save(_foreign_graph(TensorProto.FLOAT16), tmp_path / "h.onnx")
+    onnx.save(foreign_graph(TensorProto.FLOAT16), tmp_path / "h.onnx")
     cal = [{"in put:0": np.ones((1, 2, 16), np.float16)}]
     cz.quantize_onnx(tmp_path / "h.onnx", tmp_path / "q.onnx", calibration=cal)
     y = run_session(str(tmp_path / "q.onnx"), {"in put:0": np.ones((1, 2, 16), np.float16)})[0]
@@ -193,7 +172,7 @@ def test_float16_scales_free_at_run_time(tmp_path):
     assert len(scales) == 3 and {t.data_type for t in scales} == {TensorProto.FLOAT16}
     assert s16.weight_bytes < s32.weight_bytes
     qm = cz.quantize_weights(m, w["float16"])
-    _check_numerics(compare(tmp_path / "s16.onnx", s16, qm, tokens(16, 5), _module_of))
+    check_numerics(compare(tmp_path / "s16.onnx", s16, qm, tokens(16, 5), module_of))
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(tmp_path / "s16.onnx"), so, providers=["CPUExecutionProvider"])

@@ -14,8 +14,8 @@ from torch import nn
 import cuantiza as cz
 from cuantiza.cli.digits import DigitsCNN
 from cuantiza.onnx.fileio import run_session
-from tests.onnx.helpers import ConvNet, compare, float_onnx, images, output_lsb
-from tests.onnx.test_quantize import _foreign_graph, _module_of
+from tests.helpers.onnx_models import ConvNet, compare, float_onnx, images, output_lsb
+from tests.helpers.onnx_models import foreign_graph, module_of
 from tests.thresholds import THRESHOLDS
 
 FLOAT_LAYERS = {"Conv", "FusedConv", "Gemm", "MatMul", "DequantizeLinear"}
@@ -137,7 +137,7 @@ def test_all_outputs_quantize_like_ort(tmp_path):
     x = images(32, 9)
     # end to end the values differ by design (8-bit outputs); each layer fed the runtime's input
     # computes cuantiza's numbers (codes within the calibration's float32 rounding)
-    for name, st in compare(s_all.path, s_all, cz.convert(p), x, _module_of).items():
+    for name, st in compare(s_all.path, s_all, cz.convert(p), x, module_of).items():
         assert st["iso_lsb"] <= THRESHOLDS["onnx_isolated_output_lsb"], (name, st)
         assert st["iso_mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(st["codes"], 1), (name, st)
     last = s_all.layer("/fc/Gemm")
@@ -154,7 +154,7 @@ def test_all_outputs_quantize_like_ort(tmp_path):
 def test_all_outputs_float16_graph(tmp_path):
     """A float16 graph whose last MatMul writes the graph output: the output keeps its name
     and type (Cast to float32 around the quantizer)."""
-    onnx.save(_foreign_graph(onnx.TensorProto.FLOAT16), tmp_path / "h.onnx")
+    onnx.save(foreign_graph(onnx.TensorProto.FLOAT16), tmp_path / "h.onnx")
     cal = [{"in put:0": np.random.default_rng(s).standard_normal((1, 2, 16)).astype(np.float16)} for s in range(2)]
     s = cz.quantize_onnx(tmp_path / "h.onnx", tmp_path / "q.onnx", calibration=cal, outputs="all")
     assert "outputs='all'" in s.layer("MatMul_5").note

@@ -43,7 +43,7 @@ from ..core.qparams import QParams
 from ..core.qtensor import QTensor
 from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
 from ..core.range_specs import MinMax, RangeSpec
-from .rtn import round_half_even_
+from ..backends.torch_rows import round_clamp
 
 PIVOT_TOL = 1e-10        # smallest pivot^2 / max(diag): below it H is treated as singular
 FIRST_RETRY = 1e-6       # relative damping tried after damp = 0
@@ -203,10 +203,7 @@ def quantize_column(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: Q
     if scheme.binary:
         q = torch.where(x >= 0, 1.0, -1.0)
     else:
-        q = round_half_even_(torch.div(x, s))
-        if not scheme.symmetric:
-            q.add_(z)
-        q.clamp_(scheme.qmin, scheme.qmax)
+        q = round_clamp(x, s, None if scheme.symmetric else z, scheme.qmin, scheme.qmax)
     return q, (q - z).mul_(s).to(torch.float64)
 
 

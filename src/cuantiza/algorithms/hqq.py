@@ -35,11 +35,11 @@ import torch
 from ..errors import ConfigError
 from ..core.blocking import rows_to_scale, scale_to_rows, to_blocks
 from ..core.quantize import as_float, check_finite, quantize, tensor_qparams
-from ..core.qparams import QParams, _finalize_scale
+from ..core.qparams import QParams, finalize_scale
 from ..core.qtensor import QTensor
 from ..core.scheme import QScheme
 from ..core.range_specs import MinMax, RangeSpec
-from .rtn import round_half_even_
+from ..backends.torch_rows import round_clamp, round_half_even_
 
 # Elements per row chunk: all iterations run on one chunk, in cache; under torch's 32768-element
 # grain, so every op runs inline on its thread (an OpenMP hand-off per small op stalls for a
@@ -58,10 +58,7 @@ def _rdot(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor | None) -> torch.Ten
 def _rounded(x, s, z, scheme, out):
     """q = clamp(round(x / s) + z) into ``out``: cuantiza's rounding (true division, z added
     after rounding), the one ``quantize`` applies to the final, integer z."""
-    round_half_even_(torch.div(x, s, out=out))
-    if not scheme.symmetric:
-        out.add_(z)
-    return out.clamp_(scheme.qmin, scheme.qmax)
+    return round_clamp(x, s, None if scheme.symmetric else z, scheme.qmin, scheme.qmax, out=out)
 
 
 def _sq_error(x, s, z, scheme, buf):
@@ -122,7 +119,7 @@ def _integer_finish(x, s, z, m, scheme, refit, buf):
             new = num / den
             si = torch.where((den > 0) & (new * si > 0), new, si)
         fmax = torch.finfo(scheme.torch_scale_dtype).max                 # never a ScaleOverflowError
-        si = _finalize_scale(si.to(torch.float64).clamp(-fmax, fmax), scheme).to(torch.float32)
+        si = finalize_scale(si.to(torch.float64).clamp(-fmax, fmax), scheme).to(torch.float32)
         err = _sq_error(x, si, zi, scheme, buf)
         if best is None:
             best = (si, zi, err)

@@ -10,9 +10,10 @@ Measured on this project's 2-core AVX2 machine (benchmarks/RESULTS.md): oneDNN's
 is the fast one; ``torch._int_mm`` is 20-40x slower than float32 without VNNI, so it ranks first
 only on CPUs with VNNI (``int_mm_vnni``); elsewhere ``f32split`` (exact float32 K slices)
 runs every layer that the faster paths cannot. ``int_mm`` stays selectable with ``prefer``.
-Dynamic per-token layers on ``onednn`` whose weights and activations allow it run a fused path
-instead (``IntWeight.native_linear``: quantize, GEMM and exit in one native call, faster than
-oneDNN's GEMM alone at transformer shapes); its output is this table's, bit for bit.
+Dynamic per-token layers on ``onednn`` run the whole layer from float input in one step
+(``per_token_linear``: the native per-token GEMM where it is built, quantize, GEMM and exit in
+one C call, faster than oneDNN's GEMM alone at transformer shapes; else torch ops around
+oneDNN's GEMM); its output is this table's, bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .native import linear as native_linear
-from . import layers_torch as fast, layers_reference as reference
+from ..constants import SYM_CODE_OFFSET
+from . import layers_reference as reference
+from . import layers_torch as fast
+from . import row_kernels
 
 
 @dataclass
@@ -138,5 +142,24 @@ def conv2d_acc(kernel: str, q_x, z_x, w: IntWeight, stride, padding, dilation, g
                                 dilation, groups)
 
 
+def per_token_linear(kernel: str, x2: torch.Tensor, act_qmax: int, w: IntWeight, s_w: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The whole dynamic layer for symmetric per-token activation codes (restricted range,
+    float32 scales, ``act_qmax`` <= 63) on the ``onednn`` kernel, from float x2 (M, K): codes,
+    GEMM and exit (acc * s_w) * s_x + bias. Bit for bit ``linear``'s result after the general
+    activation quantization; None where that path must run instead (another kernel, or a row
+    that is not finite, for which it raises the typed error)."""
+    if kernel != "onednn":
+        return None
+    native = w.native_linear(act_qmax)
+    if native is not None:
+        return native.forward(x2, s_w, bias)
+    got = row_kernels(x2).quantize_absmax_rows(x2, act_qmax, SYM_CODE_OFFSET, torch.uint8)
+    if got is None:
+        return None
+    q_u8, s_x = got
+    y = w.onednn().acc(q_u8, SYM_CODE_OFFSET, s_w).mul_(s_x)
+    return y.add_(bias) if bias is not None else y
+
+
 dequant_acc = reference.dequant_acc
-ONEDNN_SYM_OFFSET = fast.ONEDNN_SYM_OFFSET

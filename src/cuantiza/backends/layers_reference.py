@@ -31,7 +31,7 @@ def linear_acc(x_int: torch.Tensor, w_int: torch.Tensor) -> torch.Tensor:
     return _to_int32(torch.matmul(x_int.to(torch.int64), w_int.to(torch.int64).t()))
 
 
-def _im2col(x: torch.Tensor, kh: int, kw: int, stride, padding, dilation) -> torch.Tensor:
+def im2col(x: torch.Tensor, kh: int, kw: int, stride, padding, dilation) -> torch.Tensor:
     """Integer im2col. x (N, C, H, W) -> (N, Ho, Wo, C, kh, kw); padding value 0 (= real 0)."""
     ph, pw = padding
     x = torch.nn.functional.pad(x, (pw, pw, ph, ph))
@@ -52,7 +52,7 @@ def conv2d_acc(x_int: torch.Tensor, w_int: torch.Tensor, stride=(1, 1), padding=
     o, cg, kh, kw = w_int.shape
     if x_int.shape[1] != cg * groups:
         raise ShapeError(f"input has {x_int.shape[1]} channels, weight expects {cg * groups}")
-    cols = _im2col(x_int.to(torch.int64), kh, kw, stride, padding, dilation)   # (N,Ho,Wo,C,kh,kw)
+    cols = im2col(x_int.to(torch.int64), kh, kw, stride, padding, dilation)   # (N,Ho,Wo,C,kh,kw)
     n, ho, wo = cols.shape[:3]
     og = o // groups
     outs = []

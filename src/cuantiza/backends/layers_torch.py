@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layers_reference import _im2col
+from ..constants import SYM_CODE_OFFSET
+from .layers_reference import im2col
 
 F32_EXACT = 2**24
-ONEDNN_SYM_OFFSET = 64     # symmetric codes |q| <= 63 enter oneDNN's u8 GEMM as q + 64 in [1, 127]
 
 
 def f32exact_ok(k: int, x_absmax: int, w_absmax: int) -> bool:
@@ -81,7 +81,7 @@ def conv2d_int_mm(q_x, z_x, w_int8, w_rowsum, stride, padding, dilation, groups)
     zp = int(z_x)
     ph, pw = padding
     x = F.pad(q_x, (pw, pw, ph, ph), value=zp) if (ph or pw) else q_x
-    cols = _im2col(x, kh, kw, stride, (0, 0), dilation)                      # (N,Ho,Wo,C,kh,kw)
+    cols = im2col(x, kh, kw, stride, (0, 0), dilation)                      # (N,Ho,Wo,C,kh,kw)
     n, ho, wo = cols.shape[:3]
     og = o // groups
     outs = []
@@ -134,7 +134,7 @@ def linear_onednn(q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight,
     lead = q_x.shape[:-1]
     q2 = q_x.reshape(-1, q_x.shape[-1])
     if q2.dtype == torch.int8:              # symmetric codes |q| <= 63: shift into [1, 127]
-        acc = pack.acc((q2 + ONEDNN_SYM_OFFSET).view(torch.uint8), ONEDNN_SYM_OFFSET, s_w)
+        acc = pack.acc((q2 + SYM_CODE_OFFSET).view(torch.uint8), SYM_CODE_OFFSET, s_w)
     else:
         acc = pack.acc(q2, int(z_x), s_w)
     return acc.reshape(*lead, -1)

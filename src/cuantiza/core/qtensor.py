@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import onepass as fused
+from . import onepass
+from .onepass import Form
 from ..errors import ShapeError
 from .quantize import as_float, dequantize, quantize_tensor, quantize_tensor_codes
 from .packing import pack, packed_nbytes, unpack
@@ -64,7 +65,7 @@ class QTensor:
         if scheme.bits == 8:              # the codes from the quantize pass: no packing pass
             codes, qp = quantize_tensor_codes(xf, scheme, range=range, name=name)
             return cls(codes.reshape(-1), qp, tuple(codes.shape))
-        got = fused.quantize(xf, scheme, range, "packed")       # codes packed in the one pass
+        got = onepass.quantize(xf, scheme, range, Form.PACKED)       # codes packed in the one pass
         if got is not None:
             return cls(got[0], got[1], tuple(xf.shape))
         q, qp = quantize_tensor(xf, scheme, range=range, name=name)

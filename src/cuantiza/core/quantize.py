@@ -22,12 +22,13 @@ import math
 
 import torch
 
-from ..backends.native import rtn as _native
-from . import onepass as fused
+from .. import backends
+from ..backends.torch_rows import round_shift
+from . import onepass
+from .onepass import Form
 from ..errors import ConfigError, NonFiniteError, UnsupportedDtypeError
 from .blocking import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
 from .qparams import QParams, choose_qparams
-from .ranges import ROW_CHUNK_ELEMS, row_chunks
 from .scheme import QScheme
 from .range_specs import MinMax, RangeSpec
 
@@ -74,62 +75,40 @@ def _rows_params(qp: QParams, b: Blocking) -> tuple[torch.Tensor, torch.Tensor]:
     return s, z
 
 
-def _quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
-    """q = clamp(round(x / s) + z, qmin, qmax) for rows xb (n, L) with s, z of shape (n, 1).
-
-    Cache-sized chunks through one reused float buffer (a fresh multi-MB temporary per chunk
-    can cost page faults: glibc may hand such blocks back to the OS on free), in-place ops after
-    the division; symmetric schemes skip "+ z" (z = 0, and round(t) + 0 gives the same integer).
-    Binary: q = +1 where x >= 0, else -1. Large contiguous float32 rows go to the native
-    kernel (``_native``: one fused pass, the same integers)."""
+def _quantize_blocks(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+    """q = clamp(round(x / s) + z, qmin, qmax) for rows xb (n, L) with s, z of shape (n, 1),
+    by the row kernel ``backends`` chooses; binary: q = +1 where x >= 0, else -1."""
     if scheme.binary:
         return (xb >= 0).to(torch.int8).mul_(2).sub_(1)
-    xb = xb.detach()                                     # integers carry no gradient; out= needs it
-    if _native.usable(xb):
-        return _native.quantize_rows(xb, s, z, scheme.qmin, scheme.qmax, scheme.symmetric, scheme.q_dtype)
-    result = torch.empty(xb.shape, dtype=scheme.q_dtype)
-    x, out = xb, result
-    if xb.shape[0] == 1:                                 # per tensor: chunk along the row
-        x, out, s, z = xb.reshape(-1), result.view(-1), s.reshape(()), z.reshape(())
-        chunks = [slice(i, i + ROW_CHUNK_ELEMS) for i in range(0, x.numel(), ROW_CHUNK_ELEMS)]
-    else:
-        chunks = list(row_chunks(xb.shape[0], xb.shape[1]))
-    buf = torch.empty(min(x.numel(), max(ROW_CHUNK_ELEMS, xb.shape[1])), dtype=torch.float32)
-    for c in chunks:
-        xc = x[c]
-        t = torch.div(xc, s if s.ndim == 0 else s[c], out=buf[: xc.numel()].view(xc.shape)).round_()
-        if not scheme.symmetric:
-            t.add_(z if z.ndim == 0 else z[c])
-        out[c] = t.clamp_(scheme.qmin, scheme.qmax)
-    return result
+    xb = xb.detach()                                     # integers carry no gradient
+    return backends.row_kernels(xb).quantize_rows(xb, s, z, scheme.qmin, scheme.qmax, scheme.symmetric,
+                                                  scheme.q_dtype)
 
 
 def _quantize_codes(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
     """The stored codes q - qmin of an 8-bit scheme, uint8, in the quantize pass itself:
     clamp(round(x / s) + z, qmin, qmax) - qmin = clamp(round(x / s) + (z - qmin), 0, qmax - qmin),
-    every step exact for these small integers in float32 (native kernel); on the torch path q is
-    shifted in place, modulo 256 (exact: the codes lie in [0, 255])."""
+    every step exact for these small integers in float32."""
     xb = xb.detach()
-    if _native.usable(xb):
-        return _native.quantize_rows(xb, s, z - scheme.qmin, 0, scheme.qmax - scheme.qmin, False, torch.uint8)
-    return _quantize_rows(xb, s, z, scheme).view(torch.uint8).add_(-scheme.qmin % 256)
+    return backends.row_kernels(xb).quantize_rows(xb, s, z - scheme.qmin, 0, scheme.qmax - scheme.qmin, False,
+                                                  torch.uint8)
 
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Integers q in x's shape: int8 for symmetric schemes, uint8 for asymmetric."""
     xb, b = to_blocks(as_float(x), qp.scheme.granularity)
     s, z = _rows_params(qp, b)
-    return from_blocks(_quantize_rows(xb, s, z, qp.scheme), b)
+    return from_blocks(_quantize_blocks(xb, s, z, qp.scheme), b)
 
 
-def quantize_rows(x2: torch.Tensor, qp: QParams) -> torch.Tensor:
+def quantize_2d(x2: torch.Tensor, qp: QParams) -> torch.Tensor:
     """``quantize`` for a 2-D float32 tensor with per-tensor or per-row (PerChannel(0)) qparams,
     without the layout machinery: the hot path of dynamic activations. Same integers."""
     s = qp.scale.to(torch.float32).reshape(-1, 1)
     z = qp.zero_point.to(torch.float32).reshape(-1, 1)
     if s.shape[0] == 1:
-        return _quantize_rows(x2.reshape(1, -1), s, z, qp.scheme).reshape(x2.shape)
-    return _quantize_rows(x2, s, z, qp.scheme)
+        return _quantize_blocks(x2.reshape(1, -1), s, z, qp.scheme).reshape(x2.shape)
+    return _quantize_blocks(x2, s, z, qp.scheme)
 
 
 def dequantize(q: torch.Tensor, qp: QParams, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -147,9 +126,9 @@ def _ste_forward(x, scale, zero_point, scheme):
     if scheme.binary:
         inside = xb.abs() <= s
     else:
-        t = torch.round(xb / s) + z
+        t = round_shift(xb, s, z)
         inside = (t >= scheme.qmin) & (t <= scheme.qmax)
-    return xb, b, s, z, inside, _quantize_rows(xb, s, z, scheme)
+    return xb, b, s, z, inside, _quantize_blocks(xb, s, z, scheme)
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -200,23 +179,24 @@ def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, 
 
 
 def _quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str,
-                     rows_fn, kind: str) -> tuple[torch.Tensor, QParams]:
+                     form: Form) -> tuple[torch.Tensor, QParams]:
     # Two passes over x: min/max, then quantize. Both per L3-sized chunk of rows (the second
     # read from cache) measured slower on the 2-core VM (int8 per-channel 44 vs 39 ms): the
     # quantize pass runs at ~10 GB/s of input from cache or memory alike, reuse showed only for
     # chunks up to ~4 MiB, and choose_qparams costs 0.1-0.3 ms a chunk. Its cost is not the
     # division either (multiplying by 1/s with a tie check: 29 vs 28 ms, 2 threads; one
     # thread 35) but the fresh output's first-touch page faults (filling a new 45 MB tensor
-    # took 20 ms on that VM). With a MinMax range the native fused pass (``fused``) does all
+    # took 20 ms on that VM). With a MinMax range the one-pass kernel (``onepass``) does all
     # in one pass where it applies: min/max, qparams and q of each row while it is in cache.
     xf = as_float(x, name)
-    got = fused.quantize(xf, scheme, range, kind)
+    got = onepass.quantize(xf, scheme, range, form)
     if got is not None:
         return got
     qp = quantize_tensor_params(xf, scheme, range, name)
     xb, b = to_blocks(xf, scheme.granularity)
     s, z = _rows_params(qp, b)
-    return from_blocks(rows_fn(xb, s, z, scheme), b), qp
+    rows = _quantize_codes if form is Form.CODES else _quantize_blocks
+    return from_blocks(rows(xb, s, z, scheme), b), qp
 
 
 def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
@@ -224,7 +204,7 @@ def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(
     """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
     q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified.
     Binary (1-bit symmetric) schemes ignore ``range``: s = mean|x| per block."""
-    return _quantize_tensor(x, scheme, range, name, _quantize_rows, "q")
+    return _quantize_tensor(x, scheme, range, name, Form.INTEGERS)
 
 
 def quantize_tensor_codes(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
@@ -233,7 +213,7 @@ def quantize_tensor_codes(x: torch.Tensor, scheme: QScheme, range: RangeSpec = M
     ``QTensor`` stores instead of q: the bytes of ``pack(q, 8, -qmin)`` without that extra pass."""
     if scheme.bits != 8:
         raise ConfigError(f"quantize_tensor_codes needs an 8-bit scheme (one byte per code), got {scheme.bits} bits")
-    return _quantize_tensor(x, scheme, range, name, _quantize_codes, "codes")
+    return _quantize_tensor(x, scheme, range, name, Form.CODES)
 
 
 class _IntSTE(torch.autograd.Function):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
-from ..backends.native import rtn as _native
+from .. import backends
 from ..backends.layers import ActInfo, IntWeight
 from ..core.blocking import from_blocks, scale_to_rows, to_blocks
 from ..core.qparams import QParams, choose_qparams
@@ -74,34 +73,14 @@ def fused_rows_ok(scheme: QScheme) -> bool:
         scheme.torch_scale_dtype == torch.float32
 
 
-_F32_TINY = torch.finfo(torch.float32).tiny
-
-
 def quantize_sym_rows(x2d: torch.Tensor, scheme: QScheme, offset: int = 0):
-    """``quantize_rows(x2d, dynamic_qparams(x2d, scheme, per_token=True))`` in a few fused ops,
-    for ``fused_rows_ok`` schemes, plus ``offset`` (the codes q + offset as uint8 when offset > 0,
-    which is how oneDNN's u8 GEMM takes them). Returns (codes, scale (M, 1) float32), or None
-    when a row is not finite: the general path then raises the typed error.
-
-    The same codes as the general path, and the same scales except for all-zero rows. The
-    general path divides in float64 and rounds to float32; one float32 division gives the same
-    number (double rounding is harmless for a single division: 53 >= 2 * 24 + 2 bits), and
-    values below float32's tiny clamp to it either way. All-zero rows get tiny instead of 1,
-    which changes nothing downstream (their codes are 0 and their GEMM rows 0 * s = 0). No
-    clamp is needed: |x| <= amax and s >= amax / qmax (to within float32 rounding) keep
-    round(x / s) inside [-qmax, qmax]. Where the native kernels are built, one C call does it all
-    (``_native.quantize_absmax_rows``: each row read twice while in cache, no temporaries, no
-    per-op dispatch). Tests hold all paths together bit for bit (tests/unit/test_dynamic_fused.py)."""
-    if x2d.shape[1] and _native.usable(x2d):                   # one C call: both passes per row
-        return _native.quantize_absmax_rows(x2d, scheme.qmax, offset, torch.uint8 if offset else scheme.q_dtype)
-    amax = x2d.abs().amax(dim=1, keepdim=True) if x2d.shape[1] else x2d.new_zeros(x2d.shape[0], 1)
-    if not math.isfinite(float(amax.sum())):    # a NaN/Inf row (or a float32 overflow of the
-        return None                             # sum: the general path then handles that batch)
-    s = (amax / scheme.qmax).clamp_(min=_F32_TINY)
-    t = torch.div(x2d, s).round_()
-    if offset:
-        return t.add_(offset).to(torch.uint8), s
-    return t.to(scheme.q_dtype), s
+    """``quantize_2d(x2d, dynamic_qparams(x2d, scheme, per_token=True))`` in one fused pass for
+    ``fused_rows_ok`` schemes, plus ``offset`` (codes q + offset as uint8 when offset > 0, which
+    is how a u8 GEMM takes them): (codes, scale (M, 1) float32), or None when a row is not
+    finite. The row kernel ``backends`` chooses (``quantize_absmax_rows``) states why the codes
+    and scales are the general path's."""
+    dtype = torch.uint8 if offset else scheme.q_dtype
+    return backends.row_kernels(x2d).quantize_absmax_rows(x2d, scheme.qmax, offset, dtype)
 
 
 def scheme_per_row(scheme: QScheme) -> QScheme:

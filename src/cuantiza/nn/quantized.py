@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends import layers as kernels
-from ..core.quantize import quantize, quantize_rows
+from ..core.quantize import quantize, quantize_2d
 from ..core.qparams import QParams
 from ..core.qtensor import QTensor
 from ..core.scheme import PerChannel, PerGroup, QScheme
-from .layer_math import (act_info, channel_scales, dynamic_qparams, fused_rows_ok, int_weight,
-                         quantize_sym_rows)
+from .layer_math import act_info, channel_scales, dynamic_qparams, fused_rows_ok, int_weight
 
 
 class _QuantWeight(nn.Module):
@@ -81,31 +80,15 @@ class DynamicQuantLinear(_QuantWeight):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)                    # (M, K)
         if self.fused:
-            y = self._forward_fused(x2)
+            y = kernels.per_token_linear(self.kernel, x2, self.act_scheme.qmax, self.w_int, self.s_w, self.bias)
             if y is not None:
                 return y.reshape(*lead, -1)
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
-        q_x = quantize_rows(x2, qp)
+        q_x = quantize_2d(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
         s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
         y = kernels.linear(self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias)
         return y.reshape(*lead, -1)
-
-    def _forward_fused(self, x2: torch.Tensor) -> torch.Tensor | None:
-        """The general forward's result for a oneDNN per-token layer, or None where the general
-        path must raise (non-finite input). Same codes, same exit: (acc * s_w) * s_x + bias.
-        Where the native kernels are built, one C call does all three steps (``_native.linear``);
-        otherwise torch ops around oneDNN's GEMM."""
-        native = self.w_int.native_linear(self.act_scheme.qmax)
-        if native is not None:
-            return native.forward(x2, self.s_w, self.bias)
-        fused = quantize_sym_rows(x2, self.act_scheme, offset=kernels.ONEDNN_SYM_OFFSET)
-        if fused is None:
-            return None
-        q_u8, s_x = fused
-        y = self.w_int.onednn().acc(q_u8, kernels.ONEDNN_SYM_OFFSET, self.s_w).mul_(s_x)
-        return y.add_(self.bias) if self.bias is not None else y
-
 
 class QuantConv(_QuantWeight):
     """Conv1d / Conv2d. The weight is stored as (O, C/groups * k...) rows."""

@@ -30,6 +30,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cz_constants.h"
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -38,12 +40,12 @@
 #define CZ_X86 1
 #endif
 
-#define NR 16                    /* output columns per packed block and per tile */
+#define NR CZ_GEMM_BLOCK_COLS   /* output columns per packed block and per tile */
 #define MR 4                     /* rows per tile */
 #define MC 128                   /* rows per chunk: 128 x K codes stay in L2 */
 #define GROUP_BYTES (128 << 10)  /* weight blocks a row tile runs through: in L2, ~half of it */
 #define NT_BYTES (16 << 20)      /* outputs this large (half an L3) bypass the caches */
-#define OFFSET 64                /* symmetric codes q + 64 in [1, 127]; exit8 shifts by 6 */
+#define OFFSET CZ_SYM_CODE_OFFSET /* symmetric codes q + 64 in [1, 127] (constants.py) */
 
 int32_t cz_quantize_absmax_rows(const float *x, int64_t n_rows, int64_t row_len, float qmax,
                                 float tiny, float offset, float *s, uint8_t *out);
@@ -121,7 +123,8 @@ AVX2 static inline __m256i bcast4(const uint8_t *p)
  * float32 rounding (no FMA: this target has none, and -ffp-contract=off). */
 AVX2 static inline __m256 exit8(__m256i acc, const tile_out *o, int r, int c0)
 {
-    const __m256i off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(o->colsum + c0)), 6);  /* 64 = OFFSET */
+    const __m256i off = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(o->colsum + c0)),
+                                           CZ_SYM_CODE_SHIFT);  /* x OFFSET */
     __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc, off)), _mm256_loadu_ps(o->s_w + c0));
     t = _mm256_mul_ps(t, _mm256_set1_ps(o->s_x[r]));
     return o->bias ? _mm256_add_ps(t, _mm256_loadu_ps(o->bias + c0)) : t;

@@ -20,10 +20,11 @@ import ctypes
 
 import torch
 
-from .rtn import _TINY, available, load_library
+from ...constants import FLOAT32_TINY, GEMM_BLOCK_COLS, SYM_CODE_OFFSET
+from .loader import load_library, switched_on
 
-NR = 16                  # output columns per packed block (gemm.c)
-OFFSET = 64              # codes q + 64: vpmaddubsw's int16 pair sums stay exact for q + 64 <= 127
+NR = GEMM_BLOCK_COLS     # output columns per packed block (gemm.c)
+OFFSET = SYM_CODE_OFFSET  # codes q + 64: vpmaddubsw's int16 pair sums stay exact for q + 64 <= 127
 # acc = sum_k u w must fit int32: K * 127 * 127 < 2^31
 MAX_K = (2**31 - 1) // (127 * 127)
 
@@ -48,7 +49,7 @@ def built() -> bool:
 
 def enabled() -> bool:
     """Built, and not turned off by ``CUANTIZA_NATIVE=0``."""
-    return _LIB is not None and available()
+    return _LIB is not None and switched_on()
 
 
 def supports(w_int8: torch.Tensor, act_qmax: int) -> bool:
@@ -101,7 +102,7 @@ class NativeLinear:
         m = x.shape[0]
         s_wp, bp = self._exit_params(s_w, bias)
         y = torch.empty(m, self.n, dtype=torch.float32)
-        bad = _LIB.cz_dyn_linear(x.data_ptr(), m, self.k, self.n, *self._ptrs, s_wp, bp, self.qmax, _TINY,
+        bad = _LIB.cz_dyn_linear(x.data_ptr(), m, self.k, self.n, *self._ptrs, s_wp, bp, self.qmax, FLOAT32_TINY,
                                  torch.get_num_threads(), y.data_ptr())
         if bad < 0:
             raise MemoryError(f"cuantiza: no memory for the codes of a {m} x {self.k} activation")

@@ -4,23 +4,21 @@ They replace the memory-bound passes of ``quantize_tensor`` and ``QTensor.from_f
 nothing else; each has a torch path that ``tests/unit/test_native.py`` holds it to, bit for bit:
 
 * ``minmax_rows(xb)``: per-row min and max of float32 rows ``(n, L)``; a row holding a NaN gets
-  NaN for both, as ``torch.amin``/``amax`` (torch path: ``ranges.minmax_rows``).
+  NaN for both, as ``torch.amin``/``amax`` (torch path: ``torch_rows.minmax_rows``).
 * ``quantize_rows(xb, s, z, ...)``: q = clamp(round(x / s) + z, qmin, qmax), round half to
   even, ``x / s`` a true float32 division, z skipped for symmetric schemes, int8 or uint8
-  (torch path: ``ops._quantize_rows``; binary 1-bit schemes never come here).
+  (torch path: ``torch_rows.quantize_rows``; binary 1-bit schemes never come here).
 * ``pack_codes(flat, bits, offset)``: one-byte codes packed at 1, 2, 4 or 8 bits, with the least
-  and greatest code for the range check (torch path: ``packing.pack``).
+  and greatest code for the range check (torch path: ``torch_packing.pack_codes``).
+* ``quantize_absmax_rows(x2d, ...)``: symmetric per-token activations in one call (torch path:
+  ``torch_rows.quantize_absmax_rows``).
 
-``fused.py`` wraps ``rtn_fused.c``, which does all three (and choose_qparams) for MinMax ranges
-in one pass; ``cuantiza.fused`` decides when it applies (``tests/unit/test_native_fused.py``).
+``fused.py`` wraps ``rtn_fused.c``, which does min/max, choose_qparams and quantize for MinMax
+ranges in one pass; ``core.onepass`` decides when it applies. ``backends.row_kernels`` chooses
+between these and the torch paths (``usable``); tests hold them together bit for bit.
 
 The qparams, the finiteness checks and their errors stay in Python, so both paths give the same
-integers and raise the same errors. The C code has no Python headers: setuptools compiles it as
-an optional extension (``setup.py``) next to this file; if that failed (no C compiler) or
-``CUANTIZA_NATIVE=0`` is set, ``available()`` is False and the torch path runs.
-
-ctypes releases the GIL during a call, so work is split over ``torch.get_num_threads()``
-threads: the calling thread and a small pool take pieces of it in turn.
+integers and raise the same errors. Work is split over threads by ``threads``.
 
 >>> import torch
 >>> xb = torch.tensor([[1.0, -2.0, 3.0]]).expand(64, 3).contiguous()
@@ -31,29 +29,20 @@ threads: the calling thread and a small pool take pieces of it in turn.
 from __future__ import annotations
 
 import ctypes
-import os
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
+
+from ...constants import FLOAT32_TINY
+from . import threads
+from .loader import load_library, switched_on
 
 # Below this many elements the torch path is used. Measured on the 2-core VM (2^8..2^22
 # elements): on one thread the kernels were never slower than torch, the calls cost ~20-50 us
 # either way at small sizes, so the threshold only keeps tiny tensors on the well-trodden path.
 MIN_ELEMS = 1 << 12
-# Each thread gets at least this many elements (2 MiB of float32): a hand-off to the thread pool
-# costs ~60 us here, and splitting paid off from ~2^20 elements (quantize: 338 -> 256 us;
-# min/max: even at 2^21).
-MIN_PART_ELEMS = 1 << 19
 # Results of at least this many bytes get huge pages advised (``cz_advise_huge``): first-touch
 # page faults of a fresh 45 MB result measured 24 ms with 4 KiB pages, 5 ms with 2 MiB ones.
 HUGE_RESULT_BYTES = 1 << 23
-# Work is handed out in pieces of about this many elements (4 MiB of float32, ~1 ms), taken by
-# whichever thread is free: one held up elsewhere does fewer. (torch's OpenMP worker spins for
-# some ms after a parallel op: right after the group-128 qparams, a fixed half per thread made
-# the quantize pass take 28-30 ms instead of 20; in pieces, 24-27.)
-PIECE_ELEMS = 1 << 20
-_TINY = float(torch.finfo(torch.float32).tiny)                  # floor of every float32 scale
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -74,29 +63,17 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def load_library(pattern: str, declare) -> ctypes.CDLL | None:
-    """The first library next to this file whose name matches ``pattern`` (``_rtn*.so``:
-    ``_rtn.<platform tag>.so``) that loads and whose functions ``declare`` finds and types,
-    or None."""
-    for path in sorted(Path(__file__).resolve().parent.glob(pattern)):
-        try:
-            return declare(ctypes.CDLL(str(path)))
-        except (OSError, AttributeError):                         # unloadable, or stale
-            continue
-    return None
-
-
-_LIB = load_library("_rtn*.so", _declare)
+LIB = load_library("_rtn*.so", _declare)  # the rtn.c and rtn_fused.c kernels; None: not built
 
 
 def built() -> bool:
     """True when the compiled library was found and loaded (whatever ``CUANTIZA_NATIVE`` says)."""
-    return _LIB is not None
+    return LIB is not None
 
 
 def available() -> bool:
     """True when the native kernels will be used: built, and not disabled by ``CUANTIZA_NATIVE=0``."""
-    return _LIB is not None and os.environ.get("CUANTIZA_NATIVE", "1") != "0"
+    return LIB is not None and switched_on()
 
 
 def usable(x: torch.Tensor) -> bool:
@@ -106,81 +83,12 @@ def usable(x: torch.Tensor) -> bool:
             and x.numel() >= MIN_ELEMS and x.is_contiguous() and available())
 
 
-class _Pool:
-    """A thread pool sized to torch's thread count, rebuilt when that count changes or after a
-    fork (a forked child inherits the pool object but not its threads)."""
-
-    def __init__(self):
-        self.key, self.pool = None, None
-
-    def get(self, threads: int) -> ThreadPoolExecutor:
-        key = (threads, os.getpid())
-        if key != self.key:
-            self.pool = ThreadPoolExecutor(max_workers=max(threads - 1, 1), thread_name_prefix="cuantiza")
-            self.key = key
-        return self.pool
-
-
-_POOL = _Pool()
-
-
-def _threads() -> int:
-    """Threads to split work over: torch's intra-op thread count (the caller's budget)."""
-    return torch.get_num_threads()
-
-
-def _workers(numel: int) -> int:
-    """Threads for ``numel`` elements: torch's count, but at least MIN_PART_ELEMS each."""
-    return max(1, min(_threads(), numel // MIN_PART_ELEMS))
-
-
-def _parts(n_rows: int, row_len: int) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Pieces of work of about PIECE_ELEMS elements (one piece on one thread) and the number
-    of threads. A piece is (first element, rows, row length, first row): a row range of an
-    (n, L) tensor; for one long row (n = 1, per tensor) a range along it, first row 0."""
-    threads = _workers(n_rows * row_len)
-    pieces = 1 if threads == 1 else max(threads, n_rows * row_len // PIECE_ELEMS)
-    if n_rows == 1:
-        b = [row_len * k // pieces for k in range(pieces + 1)]
-        return [(b[k], 1, b[k + 1] - b[k], 0) for k in range(pieces)], threads
-    pieces = min(pieces, n_rows)
-    b = [n_rows * k // pieces for k in range(pieces + 1)]
-    return [(b[k] * row_len, b[k + 1] - b[k], row_len, b[k]) for k in range(pieces)], threads
-
-
-def _code_parts(n: int) -> tuple[list[tuple[int, int]], int]:
-    """``_parts`` for n one-byte codes: ranges [a, b) starting at multiples of 8 (whole bytes at
-    every width), and the number of threads."""
-    threads = _workers(n)
-    pieces = 1 if threads == 1 else max(threads, n // PIECE_ELEMS)
-    b = [n * k // pieces // 8 * 8 for k in range(pieces)] + [n]
-    return [(b[k], b[k + 1]) for k in range(pieces) if b[k] < b[k + 1]], threads
-
-
-def _run(calls: list, threads: int) -> None:
-    """Run the zero-argument callables on ``threads`` threads, this one and the pool's; each
-    takes the next piece when it is free, so one held up elsewhere does fewer pieces."""
-    todo = iter(calls)                                            # next() is atomic under the GIL
-
-    def drain():
-        for call in todo:
-            call()
-
-    if threads == 1 or len(calls) == 1:
-        drain()
-        return
-    futures = [_POOL.get(threads).submit(drain) for _ in range(threads - 1)]
-    drain()
-    for f in futures:
-        f.result()
-
-
-def _empty(shape, dtype: torch.dtype) -> torch.Tensor:
+def empty_result(shape, dtype: torch.dtype) -> torch.Tensor:
     """``torch.empty`` for a result, with huge pages advised when it is large (see rtn.c)."""
     out = torch.empty(shape, dtype=dtype)
     nbytes = out.numel() * out.element_size()
     if nbytes >= HUGE_RESULT_BYTES:
-        _LIB.cz_advise_huge(out.data_ptr(), nbytes)
+        LIB.cz_advise_huge(out.data_ptr(), nbytes)
     return out
 
 
@@ -188,16 +96,16 @@ def minmax_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (min, max) of a contiguous float32 (n, L) tensor, L >= 1; NaN rows give NaN.
     One long row is split along its length and the parts' results combined."""
     n, length = xb.shape
-    parts, threads = _parts(n, length)
+    parts, n_threads = threads.row_parts(n, length)
     slots = n if n > 1 else len(parts)                            # one (lo, hi) per row or part
     lo, hi = torch.empty(slots, dtype=torch.float32), torch.empty(slots, dtype=torch.float32)
     x0, lo0, hi0 = xb.data_ptr(), lo.data_ptr(), hi.data_ptr()
 
     def call(k: int, start: int, rows: int, row_len: int, row: int):
         slot = row if n > 1 else k
-        return lambda: _LIB.cz_minmax_rows(x0 + 4 * start, rows, row_len, lo0 + 4 * slot, hi0 + 4 * slot)
+        return lambda: LIB.cz_minmax_rows(x0 + 4 * start, rows, row_len, lo0 + 4 * slot, hi0 + 4 * slot)
 
-    _run([call(k, *p) for k, p in enumerate(parts)], threads)
+    threads.run([call(k, *p) for k, p in enumerate(parts)], n_threads)
     if slots != n:
         return lo.amin().reshape(1), hi.amax().reshape(1)        # NaN propagates
     return lo, hi
@@ -211,16 +119,16 @@ def quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int,
     n, length = xb.shape
     s = s.to(torch.float32).reshape(n).contiguous()
     z = None if symmetric else z.to(torch.float32).reshape(n).contiguous()
-    out = _empty(xb.shape, dtype)
+    out = empty_result(xb.shape, dtype)
     x0, s0, q0 = xb.data_ptr(), s.data_ptr(), out.data_ptr()
 
     def call(start: int, rows: int, row_len: int, row: int):
         zr = None if z is None else z.data_ptr() + 4 * row      # None: NULL, the kernel adds 0
-        return lambda: _LIB.cz_quantize_rows(x0 + 4 * start, rows, row_len, s0 + 4 * row, zr,
+        return lambda: LIB.cz_quantize_rows(x0 + 4 * start, rows, row_len, s0 + 4 * row, zr,
                                              float(qmin), float(qmax), q0 + start)
 
-    parts, threads = _parts(n, length)
-    _run([call(*p) for p in parts], threads)
+    parts, n_threads = threads.row_parts(n, length)
+    threads.run([call(*p) for p in parts], n_threads)
     return out
 
 
@@ -236,16 +144,16 @@ def pack_codes(flat: torch.Tensor, bits: int, offset: int) -> tuple[torch.Tensor
     """Codes (q + offset) mod 256 packed at ``bits`` (the layout of ``packing.pack``), with the
     least and greatest q + offset (no modulo), for the caller's range check."""
     n = flat.numel()
-    out = _empty((n * bits + 7) // 8, torch.uint8)
-    parts, threads = _code_parts(n)
+    out = empty_result((n * bits + 7) // 8, torch.uint8)
+    parts, n_threads = threads.code_parts(n)
     lims = torch.empty(len(parts), 2, dtype=torch.int16)
     q0, o0, l0, signed = flat.data_ptr(), out.data_ptr(), lims.data_ptr(), int(flat.dtype == torch.int8)
 
     def call(k: int, a: int, b: int):
-        return lambda: _LIB.cz_pack_codes(q0 + a, b - a, bits, signed, offset,
+        return lambda: LIB.cz_pack_codes(q0 + a, b - a, bits, signed, offset,
                                           o0 + a * bits // 8, l0 + 4 * k)
 
-    _run([call(k, a, b) for k, (a, b) in enumerate(parts)], threads)
+    threads.run([call(k, a, b) for k, (a, b) in enumerate(parts)], n_threads)
     return out, int(lims[:, 0].min()), int(lims[:, 1].max())
 
 
@@ -253,21 +161,21 @@ def quantize_absmax_rows(x2d: torch.Tensor, qmax: int, offset: int, dtype: torch
     """Per-token symmetric activations in one call (``cz_quantize_absmax_rows``): scales
     s = max(max|x| / qmax, float32 tiny) per row, shape (n, 1), and codes round(x / s) + offset
     in ``dtype`` (uint8, or int8 with offset 0). None if a row is not finite. The torch path
-    is ``modules.common.quantize_sym_rows``; tests/unit/test_dynamic_fused.py holds them together."""
+    is ``torch_rows.quantize_absmax_rows``; tests hold them together."""
     n, length = x2d.shape
     s = torch.empty(n, 1, dtype=torch.float32)
-    out = _empty(x2d.shape, dtype)
+    out = empty_result(x2d.shape, dtype)
     x0, s0, q0 = x2d.data_ptr(), s.data_ptr(), out.data_ptr()
-    if n * length < MIN_PART_ELEMS:                  # one thread: call directly (a batch's
-        bad = _LIB.cz_quantize_absmax_rows(x0, n, length, float(qmax), _TINY, float(offset), s0, q0)
+    if n * length < threads.MIN_PART_ELEMS:                  # one thread: call directly (a batch's
+        bad = LIB.cz_quantize_absmax_rows(x0, n, length, float(qmax), FLOAT32_TINY, float(offset), s0, q0)
         return None if bad else (out, s)             # activations are often this small)
     flags = []
 
     def call(start: int, rows: int, row_len: int, row: int):
-        return lambda: flags.append(_LIB.cz_quantize_absmax_rows(
-            x0 + 4 * start, rows, row_len, float(qmax), _TINY, float(offset), s0 + 4 * row, q0 + start))
+        return lambda: flags.append(LIB.cz_quantize_absmax_rows(
+            x0 + 4 * start, rows, row_len, float(qmax), FLOAT32_TINY, float(offset), s0 + 4 * row, q0 + start))
 
-    parts, threads = _parts(n, length)
-    _run([call(*p) for p in parts], threads)
+    parts, n_threads = threads.row_parts(n, length)
+    threads.run([call(*p) for p in parts], n_threads)
     return None if any(flags) else (out, s)
 

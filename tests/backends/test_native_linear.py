@@ -1,4 +1,4 @@
-"""The native per-token int8 layer (``_native.linear``, gemm.c) against the general path of
+"""The native per-token int8 layer (``backends.native.linear``, gemm.c) against the general path of
 DynamicQuantLinear (``dynamic_qparams`` + ``quantize_rows`` + the reference kernel): the same
 outputs bit for bit at every shape the tiles cut unevenly, on 1-3 threads, and the same errors."""
 
@@ -13,7 +13,7 @@ from torch import nn
 import cuantiza as cz
 from cuantiza.backends.native import rtn as _native
 from cuantiza.backends.native import linear as native_linear
-from tests.unit.test_dynamic_fused import _rows
+from tests.helpers.data import activation_rows
 
 needs_layer = pytest.mark.skipif(not native_linear.built() or not _native.available(),
                                  reason="native layer not built")
@@ -78,9 +78,9 @@ def test_equals_the_general_path(m, k, n, threads, tile):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("seed", range(3))
 def test_extreme_rows_widths_and_no_bias(bits, bias, seed, tile):
-    """Rows from 1e-40 to 1e30, all-zero and denormal rows, exact ties (``_rows``)."""
+    """Rows from 1e-40 to 1e30, all-zero and denormal rows, exact ties (``activation_rows``)."""
     layer = _layer(160, 40, bits=bits, bias=bias, seed=seed)
-    x = _rows(seed)
+    x = activation_rows(seed)
     with torch.no_grad():
         assert torch.equal(layer(x), _general(layer, x))
 
@@ -135,7 +135,7 @@ def test_built_when_a_compiler_is_present():
     """As test_native's check for _rtn: a missing _gemm library must not pass unnoticed."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the optional extension is legitimately absent")
-    assert native_linear.built(), "a C compiler exists but cuantiza/_native/_gemm*.so was not built or failed to load"
+    assert native_linear.built(), "a C compiler exists but cuantiza/backends/native/_gemm*.so was not built or failed to load"
 
 
 @needs_layer

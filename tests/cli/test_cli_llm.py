@@ -8,7 +8,7 @@ import torch
 from cuantiza.cli.main import main
 
 transformers = pytest.importorskip("transformers")
-from tests.integration.test_checkpoint import write_hf  # noqa: E402
+from tests.helpers.llama import write_hf  # noqa: E402
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 8
 

@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 import cuantiza as cz
 from cuantiza.backends.native import rtn as _native
-from cuantiza.core import onepass as fused
+from cuantiza.backends.native import threads as native_threads
+from cuantiza.core import onepass
+from cuantiza.core.onepass import Form
 from cuantiza.backends.native import fused as native_fused
 from cuantiza.errors import NonFiniteError, ScaleOverflowError
 from cuantiza.core.qparams import _round_once
-from tests.unit.test_native import native_everywhere
-from tests.unit.test_native import _data, _same, _torch_path
+from tests.helpers.data import planted_with_denormals
+from tests.helpers.native import native_everywhere, same_result, torch_path
 
 needs_native = pytest.mark.skipif(not _native.built(), reason="native kernels not built (no C compiler)")
 
@@ -45,7 +47,7 @@ def _count(monkeypatch) -> list:
 
 
 def _same_qtensor(t: cz.QTensor, u: cz.QTensor) -> None:
-    _same((t.data, t.qparams), (u.data, u.qparams))
+    same_result((t.data, t.qparams), (u.data, u.qparams))
     assert t.shape == u.shape and t.qparams.zero_point.dtype == u.qparams.zero_point.dtype == torch.int32
 
 
@@ -56,12 +58,12 @@ def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
 def _check_all(x: torch.Tensor, scheme: cz.QScheme, monkeypatch) -> int:
     """quantize_tensor, QTensor.from_float (and quantize_tensor_codes at 8 bits) against the
     torch path; returns how many of these calls there were."""
-    _same(cz.quantize_tensor(x, scheme), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
-    _same_qtensor(cz.QTensor.from_float(x, scheme), _torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch))
+    same_result(cz.quantize_tensor(x, scheme), torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+    _same_qtensor(cz.QTensor.from_float(x, scheme), torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch))
     if scheme.bits != 8:
         return 2
     codes = cz.core.quantize.quantize_tensor_codes(x, scheme)
-    _same(codes, _torch_path(lambda: cz.core.quantize.quantize_tensor_codes(x, scheme), monkeypatch))
+    same_result(codes, torch_path(lambda: cz.core.quantize.quantize_tensor_codes(x, scheme), monkeypatch))
     return 3
 
 
@@ -70,7 +72,7 @@ def _check_all(x: torch.Tensor, scheme: cz.QScheme, monkeypatch) -> int:
 def test_fused_equals_the_general_path(bits, symmetric, gran, shape, counted, monkeypatch):
     """Gaussian data with ties of small half-integers, zeros of both signs, denormals and an
     all-zero last slab, every scale dtype; every call takes the fused pass."""
-    x = _data(shape, seed=bits)
+    x = planted_with_denormals(shape, seed=bits)
     calls = 0
     for scale_dtype in SCALE_DTYPES:
         calls += _check_all(x, cz.QScheme(bits, symmetric, gran, scale_dtype), monkeypatch)
@@ -121,7 +123,7 @@ def _same_errors(x: torch.Tensor, scheme: cz.QScheme, error: type, monkeypatch) 
         with pytest.raises(error) as got:
             entry()
         with pytest.raises(error) as want:
-            _torch_path(entry, monkeypatch)
+            torch_path(entry, monkeypatch)
         assert str(got.value) == str(want.value)
 
 
@@ -192,15 +194,15 @@ def test_property(width, rows, groups, seed, scale_pow, scale_dtype, offset):
     with pytest.MonkeyPatch.context() as m:
         m.delenv("CUANTIZA_NATIVE", raising=False)
         m.setattr(_native, "MIN_ELEMS", 1)
-        got = fused.quantize(x, scheme, cz.MinMax(), "q")
-        packed = fused.quantize(x, scheme, cz.MinMax(), "packed")
+        got = onepass.quantize(x, scheme, cz.MinMax(), Form.INTEGERS)
+        packed = onepass.quantize(x, scheme, cz.MinMax(), Form.PACKED)
         m.setenv("CUANTIZA_NATIVE", "0")
         try:
             want = cz.quantize_tensor(x, scheme)
         except ScaleOverflowError:
             assert got is None and packed is None
             return
-        _same(got, want)
+        same_result(got, want)
         if bits < 8:
             assert torch.equal(packed[0], cz.pack(want[0], bits, -scheme.qmin))
 
@@ -212,10 +214,10 @@ def test_default_thresholds(scheme, monkeypatch):
     """Without patched thresholds: a large weight is split over two threads, a small one is
     one direct call; both fused and both the general path's results."""
     monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
-    monkeypatch.setattr(_native, "_threads", lambda: 2)
+    monkeypatch.setattr(native_threads, "thread_count", lambda: 2)
     calls = _count(monkeypatch)
     big = _randn(256, 4096) * 0.02
-    assert _native._parts(*big.reshape(-1, 128).shape)[1] == 2 and _native._parts(*big.shape)[1] == 2
+    assert native_threads.row_parts(*big.reshape(-1, 128).shape)[1] == 2 and native_threads.row_parts(*big.shape)[1] == 2
     for x in (big, _randn(16, 512)):
         _check_all(x, scheme, monkeypatch)
     assert len(calls) == 2 * (3 if scheme.bits == 8 else 2)
@@ -239,23 +241,23 @@ EXCLUDED = [
 
 @pytest.mark.parametrize("what, scheme, spec, shape", EXCLUDED, ids=[e[0] for e in EXCLUDED])
 def test_excluded_cases_keep_the_general_path(what, scheme, spec, shape, counted, monkeypatch):
-    x = _data(shape, seed=3)
-    _same(cz.quantize_tensor(x, scheme, spec), _torch_path(lambda: cz.quantize_tensor(x, scheme, spec), monkeypatch))
+    x = planted_with_denormals(shape, seed=3)
+    same_result(cz.quantize_tensor(x, scheme, spec), torch_path(lambda: cz.quantize_tensor(x, scheme, spec), monkeypatch))
     t = cz.QTensor.from_float(x, scheme, spec)
-    assert torch.equal(t.data, _torch_path(lambda: cz.QTensor.from_float(x, scheme, spec), monkeypatch).data)
+    assert torch.equal(t.data, torch_path(lambda: cz.QTensor.from_float(x, scheme, spec), monkeypatch).data)
     assert counted == []
 
 
 def test_other_inputs_keep_the_general_path(counted, monkeypatch):
     """Non-contiguous, float16 input (converted: then fused), too small, disabled, and packed
     codes that would not fill whole bytes per row (1-bit groups of 4: q fused, packing not)."""
-    x = _data((8, 64), seed=4)
+    x = planted_with_denormals((8, 64), seed=4)
     scheme = cz.QScheme(4, True, cz.PerChannel(0))
-    _same(cz.quantize_tensor(x.t().contiguous().t(), scheme), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+    same_result(cz.quantize_tensor(x.t().contiguous().t(), scheme), torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
     assert counted == []
-    _same(cz.quantize_tensor(x.half(), scheme), _torch_path(lambda: cz.quantize_tensor(x.half(), scheme), monkeypatch))
+    same_result(cz.quantize_tensor(x.half(), scheme), torch_path(lambda: cz.quantize_tensor(x.half(), scheme), monkeypatch))
     assert len(counted) == 1
-    _torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch)
+    torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch)
     monkeypatch.setattr(_native, "MIN_ELEMS", x.numel() + 1)
     cz.quantize_tensor(x, scheme)
     assert len(counted) == 1
@@ -263,14 +265,14 @@ def test_other_inputs_keep_the_general_path(counted, monkeypatch):
     one_bit = cz.QScheme(1, False, cz.PerGroup(4))
     _check_all(x, one_bit, monkeypatch)
     assert len(counted) == 3                                     # q twice (from_float: packing apart)
-    assert fused.plan(x, one_bit, cz.MinMax(), "q") and not fused.plan(x, one_bit, cz.MinMax(), "packed")
+    assert onepass.plan(x, one_bit, cz.MinMax(), Form.INTEGERS) and not onepass.plan(x, one_bit, cz.MinMax(), Form.PACKED)
 
 
 @pytest.mark.parametrize("row_bytes, ptr", [(11008, 0x7F0000114040), (64, 0x7F0000200000), (4096, 0x7F00001FF000)])
 def test_large_results_split_on_huge_pages(row_bytes, ptr, monkeypatch):
     """The pieces of a large result: every row once, in order, each cut at the first row
     whose output starts at or after a 2 MiB boundary; small results keep ``_parts``' pieces."""
-    monkeypatch.setattr(_native, "_threads", lambda: 2)
+    monkeypatch.setattr(native_threads, "thread_count", lambda: 2)
     n = 45088768 // row_bytes
     parts, threads = native_fused._row_parts(n, row_bytes, row_bytes, ptr)
     assert threads == 2 and len(parts) > 2
@@ -279,7 +281,7 @@ def test_large_results_split_on_huge_pages(row_bytes, ptr, monkeypatch):
     for _, _, _, row in parts[1:]:                               # a boundary in (previous row, this row]
         start, page = ptr + row * row_bytes, native_fused.HUGE_PAGE
         assert start - row_bytes < start // page * page <= start
-    assert native_fused._row_parts(64, 1024, 1024, ptr) == _native._parts(64, 1024)
+    assert native_fused._row_parts(64, 1024, 1024, ptr) == native_threads.row_parts(64, 1024)
     assert native_fused._row_parts(1, 1 << 24, 1 << 24, ptr) == ([(0, 1, 1 << 24, 0)], 1)
 
 
@@ -287,7 +289,7 @@ def test_split_on_huge_pages_equals_the_general_path(counted, monkeypatch):
     """The snapped split end to end (a small "huge page" so that small tensors take it)."""
     monkeypatch.setattr(_native, "HUGE_RESULT_BYTES", 1)
     monkeypatch.setattr(native_fused, "HUGE_PAGE", 96)
-    x = _data((37, 64), seed=5)
+    x = planted_with_denormals((37, 64), seed=5)
     for scheme in (cz.QScheme(8, True, cz.PerChannel(0)), cz.QScheme(4, False, cz.PerGroup(32), "float16")):
         _check_all(x, scheme, monkeypatch)
     assert counted

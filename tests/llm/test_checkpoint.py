@@ -25,39 +25,12 @@ from cuantiza.llm.writer import ShardedWriter
 
 transformers = pytest.importorskip("transformers")
 
+from tests.helpers.llama import folder_bytes, hf_llama, tiny_llama, write_hf  # noqa: E402
+
 G4 = cz.QuantConfig(weight=cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)))
 C8 = cz.QuantConfig()                                    # int8 symmetric per output channel
 IDS = torch.randint(0, 96, (2, 11), generator=torch.Generator().manual_seed(3))
 
-
-def _llama(tie=False, seed=0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-def write_hf(folder: Path, tensors: dict, config: dict, n_shards: int = 3) -> Path:
-    """A Hugging Face style folder: config.json, ``n_shards`` safetensors shards and the index."""
-    folder.mkdir(parents=True)
-    names = list(tensors)
-    per = -(-len(names) // n_shards)
-    wm = {}
-    for i in range(n_shards):
-        shard = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
-        part = {n: tensors[n].detach().clone().contiguous() for n in names[i * per:(i + 1) * per]}
-        safetensors.torch.save_file(part, folder / shard, metadata={"format": "pt"})
-        wm.update({n: shard for n in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def _hf_llama(path: Path, model, drop_tied=True) -> Path:
-    sd = model.state_dict()
-    if model.config.tie_word_embeddings and drop_tied:
-        sd.pop("lm_head.weight")                          # as save_pretrained does
-    return write_hf(path, sd, model.config.to_dict())
 
 
 def _logits(model):
@@ -65,20 +38,17 @@ def _logits(model):
         return model(IDS).logits
 
 
-def _files(d: Path) -> dict:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
-
 
 @pytest.mark.parametrize("config", [G4, C8], ids=["int4-g32", "int8-per-channel"])
 def test_matches_quantize_weights_in_memory(tmp_path, config):
-    model = _llama()
-    src = _hf_llama(tmp_path / "src", model)
+    model = tiny_llama()
+    src = hf_llama(tmp_path / "src", model)
     s = quantize_checkpoint(src, tmp_path / "q", config, progress=False)
     out = tmp_path / "q"
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "cuantiza.json", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
         "model-00003-of-00003.safetensors", "model.safetensors.index.json"]
-    loaded = cz.load(out, _llama(seed=1))                # any instance of the architecture
+    loaded = cz.load(out, tiny_llama(seed=1))                # any instance of the architecture
     assert torch.equal(_logits(loaded), _logits(cz.quantize_weights(model, config)))
     assert len(s.quantized) == 16 and "model.embed_tokens.weight" in s.quantized   # 15 linears + embedding
     assert set(s.kept_float) == {k for k in model.state_dict() if "norm" in k}
@@ -93,21 +63,21 @@ def test_matches_quantize_weights_in_memory(tmp_path, config):
 
 
 def test_tied_embedding_quantized_once(tmp_path):
-    model = _llama(tie=True)
-    src = _hf_llama(tmp_path / "src", model)
+    model = tiny_llama(tie=True)
+    src = hf_llama(tmp_path / "src", model)
     quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
     assert doc["modules"]["lm_head"]["weight"] == doc["modules"]["model.embed_tokens"]["weight"]
     assert doc["notes"]["lm_head"] == "tied with model.embed_tokens: quantized once"
     wm = json.loads((tmp_path / "q" / "model.safetensors.index.json").read_text())["weight_map"]
     assert not any(k.startswith("lm_head") for k in wm)    # stored once
-    loaded = cz.load(tmp_path / "q", _llama(tie=True, seed=1))
+    loaded = cz.load(tmp_path / "q", tiny_llama(tie=True, seed=1))
     assert torch.equal(_logits(loaded), _logits(cz.quantize_weights(model, G4)))
 
 
 def test_tied_head_present_and_equal_is_shared(tmp_path):
-    model = _llama(tie=True)
-    src = _hf_llama(tmp_path / "src", model, drop_tied=False)
+    model = tiny_llama(tie=True)
+    src = hf_llama(tmp_path / "src", model, drop_tied=False)
     quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
     assert doc["modules"]["lm_head"]["weight"] == doc["modules"]["model.embed_tokens"]["weight"]
@@ -115,8 +85,8 @@ def test_tied_head_present_and_equal_is_shared(tmp_path):
 
 
 def test_tied_float_embedding_keeps_lm_head_float_and_tied(tmp_path):
-    model = _llama(tie=True)
-    src = _hf_llama(tmp_path / "src", model)
+    model = tiny_llama(tie=True)
+    src = hf_llama(tmp_path / "src", model)
     cfg = cz.QuantConfig(weight=G4.weight, quantize_embeddings=False)
     s = quantize_checkpoint(src, tmp_path / "q", cfg, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
@@ -134,9 +104,9 @@ def test_hqq_matches_in_memory(tmp_path):
         hqq = None
     if not callable(hqq):
         pytest.skip("cuantiza.algorithms.hqq is not available yet")
-    model = _llama()
+    model = tiny_llama()
     cfg = cz.QuantConfig(weight=G4.weight, method="hqq")
-    quantize_checkpoint(_hf_llama(tmp_path / "src", model), tmp_path / "q", cfg, progress=False)
+    quantize_checkpoint(hf_llama(tmp_path / "src", model), tmp_path / "q", cfg, progress=False)
     assert torch.equal(_logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, cfg)))
 
 
@@ -146,7 +116,7 @@ def test_bf16_checkpoint_with_biases(tmp_path):
     cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                    num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
     model = transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
-    quantize_checkpoint(_hf_llama(tmp_path / "src", model), tmp_path / "q", G4, progress=False)
+    quantize_checkpoint(hf_llama(tmp_path / "src", model), tmp_path / "q", G4, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
     assert doc["modules"]["model.layers.0.self_attn.o_proj"]["bias"] == "model.layers.0.self_attn.o_proj.bias"
     loaded = cz.load(tmp_path / "q", model)
@@ -158,8 +128,8 @@ def test_bf16_checkpoint_with_biases(tmp_path):
 
 
 def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
-    model = _llama()
-    src = _hf_llama(tmp_path / "src", model)
+    model = tiny_llama()
+    src = hf_llama(tmp_path / "src", model)
     wm = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
     first = {k.rpartition(".")[0] for k, v in wm.items() if v.startswith("model-00001")}
     real = ckmod._quantize_weight
@@ -184,12 +154,12 @@ def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
     assert s.units_resumed == 1 and calls and not set(calls) & first     # unit 1 not recomputed
     monkeypatch.setattr(ckmod, "_quantize_weight", real)
     quantize_checkpoint(src, tmp_path / "fresh", G4, progress=False)
-    assert _files(tmp_path / "q") == _files(tmp_path / "fresh")
+    assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
     assert not (tmp_path / ".q.partial").exists()
 
 
 def test_changed_config_discards_the_partial_run(tmp_path, monkeypatch):
-    src = _hf_llama(tmp_path / "src", _llama())
+    src = hf_llama(tmp_path / "src", tiny_llama())
     real = ckmod._quantize_weight
     seen = []
 
@@ -206,7 +176,7 @@ def test_changed_config_discards_the_partial_run(tmp_path, monkeypatch):
     s = quantize_checkpoint(src, tmp_path / "q", C8, progress=False)
     assert s.units_resumed == 0
     quantize_checkpoint(src, tmp_path / "fresh", C8, progress=False)
-    assert _files(tmp_path / "q") == _files(tmp_path / "fresh")
+    assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
 
 
 # ----------------------------------------------------------------------------- faults
@@ -214,7 +184,7 @@ def test_changed_config_discards_the_partial_run(tmp_path, monkeypatch):
 
 @pytest.fixture
 def src(tmp_path):
-    return _hf_llama(tmp_path / "src", _llama())
+    return hf_llama(tmp_path / "src", tiny_llama())
 
 
 def _snapshot(d: Path):
@@ -308,7 +278,7 @@ def test_pickle_only_folder_is_refused_never_unpickled(tmp_path):               
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_non_finite_weight_stops_with_nothing_published(tmp_path, bad):                 # FAULTS 1, 2, 29
-    model = _llama()
+    model = tiny_llama()
     sd = model.state_dict()
     sd["model.layers.1.mlp.down_proj.weight"][3, 5] = bad
     src = write_hf(tmp_path / "src", sd, model.config.to_dict())
@@ -331,7 +301,7 @@ def test_excluded_layers_stay_float(src, tmp_path):
     s = quantize_checkpoint(src, tmp_path / "q", cfg, progress=False)
     assert s.kept_float["lm_head.weight"] == "excluded by config"
     assert "model.layers.0.mlp.down_proj.weight" in s.kept_float
-    model = _llama()
+    model = tiny_llama()
     assert torch.equal(_logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, cfg)))
 
 
@@ -392,8 +362,8 @@ def test_writer_resumes_finished_units_and_publishes_identical_bytes(tmp_path):
     w, out = _write_units(tmp_path / "out")
     assert w.resumed == ["u1"] and not staging.exists()
     _write_units(tmp_path / "fresh")
-    assert _files(out) == _files(tmp_path / "fresh")
-    assert sorted(_files(out)) == ["cuantiza.json", "model-00001-of-00002.safetensors",
+    assert folder_bytes(out) == folder_bytes(tmp_path / "fresh")
+    assert sorted(folder_bytes(out)) == ["cuantiza.json", "model-00001-of-00002.safetensors",
                                    "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
     doc = json.loads((out / "cuantiza.json").read_text())
     assert doc["format"] == "test" and set(doc["files"]) == {"model-00001-of-00002.safetensors",
@@ -421,7 +391,7 @@ def test_disk_full_keeps_the_previous_output_and_the_finished_units(src, tmp_pat
     import cuantiza.io.atomic as atomic
     import cuantiza.llm.unitshard as unitshard
     quantize_checkpoint(src, tmp_path / "q", C8, progress=False)
-    previous = _files(tmp_path / "q")
+    previous = folder_bytes(tmp_path / "q")
     real_copy, copies = unitshard._copy_range, []
 
     def full_in_third_unit(f, offset, size, emit):
@@ -441,11 +411,11 @@ def test_disk_full_keeps_the_previous_output_and_the_finished_units(src, tmp_pat
     monkeypatch.setattr(atomic, "_swap_in", full_at_publish)          # the final rename fails
     with pytest.raises(OSError, match="No space"):
         quantize_checkpoint(src, tmp_path / "q", G4, progress=False, overwrite=True)
-    assert _files(tmp_path / "q") == previous
+    assert folder_bytes(tmp_path / "q") == previous
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".q")) == [".q.partial"]
     monkeypatch.undo()
     s = quantize_checkpoint(src, tmp_path / "q", G4, progress=False, overwrite=True)
-    assert s.units_resumed == 3 and _files(tmp_path / "q") != previous
+    assert s.units_resumed == 3 and folder_bytes(tmp_path / "q") != previous
 
 
 # ------------------------------------------------------------------ memory and crashes
@@ -517,6 +487,6 @@ def test_streaming_memory_and_crash_resume(tmp_path):
     assert runs[0]["resumed"] == 2 and runs[1]["resumed"] == 0
     for r in runs:
         assert r["delta"] < min(size / 3, 2.5 * largest + 32 * 2**20), (r, size, largest)
-    assert _files(tmp_path / "q") == _files(tmp_path / "fresh")
+    assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
     print(f"checkpoint {size / 2**20:.0f} MiB, largest tensor {largest / 2**20:.1f} MiB, peak RSS above "
           f"baseline {runs[1]['delta'] / 2**20:.1f} MiB, {runs[1]['s_per_mparam']:.4f} s per million parameters")

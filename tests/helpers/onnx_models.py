@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from cuantiza.nn import DynamicQuantLinear
 from cuantiza.nn.layer_math import dynamic_qparams
 from cuantiza.core.quantize import quantize
+from tests.thresholds import THRESHOLDS
 
 
 class ConvNet(nn.Module):
@@ -165,3 +166,40 @@ def compare(path, summary, qmodel: nn.Module, x: torch.Tensor, module_of=lambda 
             s["codes"] = ref.size
         stats[r.name] = s
     return stats
+
+
+def check_numerics(stats, exact_codes: bool = True, end_to_end_lsb: bool = True):
+    """Each layer, fed the same input, gives the same activation codes as cuantiza (ONNX
+    QuantizeLinear == cuantiza.ops.quantize) and outputs within float32 rounding; end to end,
+    codes stay within 1, rarely off, and (8-bit activations) outputs within 1 LSB: one flipped
+    4-bit activation code alone moves an output by several 8-bit output LSBs."""
+    for name, s in stats.items():
+        assert s["iso_lsb"] <= THRESHOLDS["onnx_isolated_output_lsb"], (name, s)
+        assert s["lsb"] <= THRESHOLDS["onnx_layer_output_lsb"] or not end_to_end_lsb, (name, s)
+        assert s["max_code_diff"] <= THRESHOLDS["onnx_code_mismatch_max"], (name, s)
+        assert s["mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(s["codes"], 1), (name, s)
+        if exact_codes:
+            assert s["iso_mismatch"] == 0, (name, s)
+
+
+def module_of(node_name: str) -> str:
+    """torch's exporter names nodes /<path>/<module>/<Op>."""
+    return node_name.split("/")[-2]
+
+
+def foreign_graph(dtype=TensorProto.FLOAT) -> onnx.ModelProto:
+    """A graph cuantiza did not make: odd names, dynamic dims, unnamed and repeated node
+    names, one weight read by two MatMuls (same scheme) and by a ReduceMean (in float)."""
+    npd = helper.tensor_dtype_to_np_dtype(dtype)
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(npd), "W/shared:0")
+    w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(npd), "héad weight")
+    nodes = [helper.make_node("MatMul", ["in put:0", "W/shared:0"], ["h 1"], ""),
+             helper.make_node("Relu", ["h 1"], ["h 2"], "dup"),
+             helper.make_node("MatMul", ["h 2", "W/shared:0"], ["h 3"], "dup"),
+             helper.make_node("ReduceMean", ["W/shared:0"], ["w mean"], axes=[0], keepdims=0),
+             helper.make_node("Add", ["h 3", "w mean"], ["h 4"]),
+             helper.make_node("MatMul", ["h 4", "héad weight"], ["out/put:0"], "")]
+    g = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("in put:0", dtype, ["b", "s", 16])],
+                          [helper.make_tensor_value_info("out/put:0", dtype, ["b", "s", 4])], [w, w2])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -12,7 +12,7 @@ from cuantiza.llm.calibrated import quantize_model
 from cuantiza.llm.checkpoint import quantize_checkpoint
 
 transformers = pytest.importorskip("transformers")
-from tests.integration.test_checkpoint import _files, _hf_llama, _llama  # noqa: E402
+from tests.helpers.llama import folder_bytes, hf_llama, tiny_llama  # noqa: E402
 
 CALIB = torch.randint(0, 96, (8, 16), generator=torch.Generator().manual_seed(5))
 IDS = torch.randint(0, 96, (2, 11), generator=torch.Generator().manual_seed(3))
@@ -30,18 +30,18 @@ def _run(src: Path, dst: Path, c: cz.QuantConfig):
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_layer_by_layer_equals_in_memory(tmp_path, method, tie):
-    model = _llama(tie=tie)
-    src = _hf_llama(tmp_path / "src", model)
+    model = tiny_llama(tie=tie)
+    src = hf_llama(tmp_path / "src", model)
     summary = _run(src, tmp_path / "q", cfg(method))
     assert summary.units == 3                                       # 2 layers + the head
-    loaded = cz.load(tmp_path / "q", _llama(tie=tie, seed=9))
+    loaded = cz.load(tmp_path / "q", tiny_llama(tie=tie, seed=9))
     ref = quantize_model(model, cfg(method), CALIB, seq_len=16, batch_size=4)
     with torch.no_grad():
         assert torch.equal(loaded(IDS).logits, ref(IDS).logits)
 
 
 def test_interrupted_calibrated_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
-    src = _hf_llama(tmp_path / "src", _llama())
+    src = hf_llama(tmp_path / "src", tiny_llama())
     real, done = cc._run_layer_unit, []
 
     def stop_at_second(i, *a, **k):
@@ -59,11 +59,11 @@ def test_interrupted_calibrated_run_resumes_with_identical_bytes(tmp_path, monke
     assert s.units_resumed == 1 and done == [0, 1]                  # layer 0 not recomputed
     monkeypatch.setattr(cc, "_run_layer_unit", real)
     _run(src, tmp_path / "fresh", cfg("gptq"))
-    assert _files(tmp_path / "q") == _files(tmp_path / "fresh")
+    assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
 
 
 def test_calibrated_method_without_calibration_is_refused(tmp_path):
-    src = _hf_llama(tmp_path / "src", _llama())
+    src = hf_llama(tmp_path / "src", tiny_llama())
     with pytest.raises(ConfigError, match="calibration"):
         quantize_checkpoint(src, tmp_path / "q", cfg("gptq"), progress=False)
     assert not (tmp_path / "q").exists()
@@ -72,9 +72,9 @@ def test_calibrated_method_without_calibration_is_refused(tmp_path):
 def test_one_decoder_layer_in_memory_at_a_time(tmp_path, monkeypatch):
     """Calibrated methods go block by block: whenever a layer is loaded, every other layer is
     still (or again) on the meta device, holding no memory."""
-    model = _llama()
+    model = tiny_llama()
     model.config.num_hidden_layers = 2
-    src = _hf_llama(tmp_path / "src", model)
+    src = hf_llama(tmp_path / "src", model)
     real, seen = cc._materialize, []
 
     def watch(mod, prefix, ckpt):
@@ -99,6 +99,6 @@ def test_one_decoder_layer_in_memory_at_a_time(tmp_path, monkeypatch):
 
 def test_meta_device_model_is_refused_before_calibration():                        # FAULTS 22
     with torch.device("meta"):
-        model = _llama()
+        model = tiny_llama()
     with pytest.raises(cz.UnsupportedDtypeError, match="meta"):
         quantize_model(model, cfg("gptq"), CALIB, seq_len=16, batch_size=4)

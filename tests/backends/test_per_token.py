@@ -9,21 +9,13 @@ import torch
 from torch import nn
 
 import cuantiza as cz
+from tests.helpers.data import activation_rows
 from cuantiza.backends.native import rtn as _native
+from cuantiza.backends.native import threads as native_threads
 from cuantiza.backends import layers_torch as fast
 from cuantiza.nn.layer_math import dynamic_qparams, fused_rows_ok, quantize_sym_rows
-from cuantiza.core.quantize import quantize_rows
+from cuantiza.core.quantize import quantize_2d
 
-
-def _rows(seed: int) -> torch.Tensor:
-    """37 x 160 (enough elements for the native kernels) at scales from 1e-40 to 1e30."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(37, 160, generator=g) * torch.logspace(-40, 30, 37)[:, None]
-    x[0] = 0.0                                            # all-zero row: s = 1
-    x[1] = -0.0
-    x[2, :] = 1e-44                                       # denormal range: s clamps to tiny
-    x[3, :5] = torch.tensor([3.5, -3.5, 2.5, 0.5, 63.0])  # exact ties of s = 1
-    return x
 
 
 @pytest.fixture(params=["native", "native-threads", "torch"])
@@ -37,8 +29,8 @@ def path(request, monkeypatch):
         return request.param
     monkeypatch.setattr(_native, "MIN_ELEMS", 1)
     if request.param == "native-threads":
-        monkeypatch.setattr(_native, "MIN_PART_ELEMS", 16)
-        monkeypatch.setattr(_native, "_threads", lambda: 3)
+        monkeypatch.setattr(native_threads, "MIN_PART_ELEMS", 16)
+        monkeypatch.setattr(native_threads, "thread_count", lambda: 3)
     return request.param
 
 
@@ -46,9 +38,9 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("seed", range(4))
 def test_fused_codes_and_scales_equal_the_general_path(bits, seed, path):
     scheme = cz.QScheme(bits=bits, symmetric=True)
-    x = _rows(seed)
+    x = activation_rows(seed)
     qp = dynamic_qparams(x, scheme, per_token=True)
-    want = quantize_rows(x, qp)
+    want = quantize_2d(x, qp)
     q, s = quantize_sym_rows(x, scheme)
     nonzero = x.abs().amax(dim=1) > 0                     # all-zero rows: tiny instead of 1, codes 0
     assert torch.equal(s.reshape(-1)[nonzero], qp.scale.to(torch.float32).reshape(-1)[nonzero])
@@ -68,7 +60,7 @@ def test_fused_only_takes_the_schemes_it_computes_exactly():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_rows_leave_the_fused_path_for_the_typed_error(bad, path):
-    x = _rows(0)
+    x = activation_rows(0)
     x[5, 7] = bad
     assert quantize_sym_rows(x, cz.QScheme(bits=7, symmetric=True)) is None
     m = nn.Sequential(nn.Linear(160, 16))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import cuantiza as cz
+from tests.helpers.data import planted
 from cuantiza.errors import UnsupportedDtypeError
 from tests import reference as ref
 from tests.thresholds import THRESHOLDS
@@ -28,17 +29,6 @@ GRAN_IDS = ["tensor", "channel0", "channel1", "group32", "group32-ragged", "grou
 SCALE_DTYPES = ["float32", "float16", "bfloat16"]
 
 
-def _data(shape, seed=0) -> np.ndarray:
-    """Gaussian with a few planted extremes, zeros, exact ties of small half-integers, and
-    an all-zero last slab (all-zero channels and groups)."""
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 3).astype(np.float32)
-    x[-1] = 0.0
-    flat = x.reshape(-1)
-    flat[0], flat[1], flat[2] = 7.0, 0.0, -0.0
-    flat[3:9] = [0.5, 1.5, 2.5, -0.5, -1.5, -2.5]
-    return x
-
 
 def _assert_matches_reference(x: np.ndarray, scheme: cz.QScheme):
     gran = ref.gran_tuple(scheme.granularity)
@@ -57,7 +47,7 @@ def _assert_matches_reference(x: np.ndarray, scheme: cz.QScheme):
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_quantize_tensor_bit_exact(bits, symmetric, gran, shape):
-    x = _data(shape, seed=bits)
+    x = planted(shape, seed=bits)
     for scale_dtype in SCALE_DTYPES:
         _assert_matches_reference(x, cz.QScheme(bits, symmetric, gran, scale_dtype))
 
@@ -65,7 +55,7 @@ def test_quantize_tensor_bit_exact(bits, symmetric, gran, shape):
 @pytest.mark.parametrize("bits, symmetric", list(itertools.product(range(1, 9), [True, False])))
 def test_quantize_with_given_qparams_bit_exact(bits, symmetric):
     """quantize(x, qp) with qparams from a narrower range: values clamp at both ends."""
-    x = _data((8, 40), seed=10 + bits)
+    x = planted((8, 40), seed=10 + bits)
     scheme = cz.QScheme(bits, symmetric, cz.PerChannel(0))
     lo, hi = torch.full((8,), -2.0), torch.linspace(0.5, 4.0, 8)
     qp = cz.choose_qparams(lo, hi, scheme)
@@ -120,7 +110,7 @@ def test_input_never_modified():
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_fake_quantize_forward_equals_dequantize_quantize(bits, symmetric):
-    x = torch.from_numpy(_data((6, 70), seed=bits))
+    x = torch.from_numpy(planted((6, 70), seed=bits))
     scheme = cz.QScheme(bits, symmetric, cz.PerGroup(32))
     _, qp = cz.quantize_tensor(x * 0.5, scheme)              # narrower range: some values clamp
     assert torch.equal(cz.fake_quantize(x, qp), cz.dequantize(cz.quantize(x, qp), qp))
@@ -128,7 +118,7 @@ def test_fake_quantize_forward_equals_dequantize_quantize(bits, symmetric):
 
 @pytest.mark.parametrize("bits, symmetric", [(8, True), (4, False), (2, True), (1, True), (1, False)])
 def test_fake_quantize_straight_through_gradient(bits, symmetric):
-    x_np = _data((4, 50), seed=3)
+    x_np = planted((4, 50), seed=3)
     scheme = cz.QScheme(bits, symmetric, cz.PerChannel(0))
     _, qp = cz.quantize_tensor(torch.from_numpy(x_np) * 0.5, scheme)
     x = torch.from_numpy(x_np).requires_grad_(True)
@@ -199,9 +189,9 @@ def test_empty_tensor():
                                     cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
                                     cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0))],
                          ids=lambda s: s.describe())
-def test_quantize_rows_fast_path_equals_quantize(scheme):
-    from cuantiza.core.quantize import quantize_rows
+def test_quantize_2d_fast_path_equals_quantize(scheme):
+    from cuantiza.core.quantize import quantize_2d
 
     x = torch.randn(37, 300) * torch.logspace(-2, 2, 37)[:, None]
     qp = cz.core.quantize.tensor_qparams(x, scheme)
-    assert torch.equal(quantize_rows(x, qp), cz.quantize(x, qp))
+    assert torch.equal(quantize_2d(x, qp), cz.quantize(x, qp))

@@ -1,4 +1,4 @@
-"""The native kernels (``cuantiza._native``) against the torch path and ``tests/reference.py``,
+"""The native kernels (``cuantiza.backends.native``) against the torch path and ``tests/reference.py``,
 bit for bit: same integers, same qparams, same errors.
 
 Most tests lower the size thresholds so that small tensors take the native path and are split
@@ -15,12 +15,17 @@ from hypothesis import strategies as st
 
 import cuantiza as cz
 from cuantiza.backends.native import rtn as _native
-from cuantiza.core import onepass as fused, quantize as ops, ranges
+from cuantiza.backends import torch_rows
+from cuantiza.backends.native import threads as native_threads
+from cuantiza.core import onepass, ranges
+from cuantiza.core import quantize as ops
+from cuantiza.core.onepass import Form
 from cuantiza.backends.native import fused as native_fused
 from cuantiza.errors import NonFiniteError, ShapeError
 from cuantiza.core.blocking import to_blocks
 from tests import reference as ref
-from tests.unit.test_ops import _data as ops_data
+from tests.helpers.data import planted_with_denormals
+from tests.helpers.native import native_everywhere, same_result, torch_path
 
 needs_native = pytest.mark.skipif(not _native.built(), reason="native kernels not built (no C compiler)")
 
@@ -36,23 +41,12 @@ GRANULARITIES = [
 GRAN_IDS = ["tensor", "channel0", "channel1", "group32", "group32-ragged", "group5-axis0", "group3-3d"]
 
 
-def native_everywhere(monkeypatch) -> None:
-    """The native path for tensors of any size, in pieces of ~40 elements (at least 16) over 3
-    threads; skips the test where the kernels are not built."""
-    if not _native.built():
-        pytest.skip("native kernels not built (no C compiler)")
-    monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
-    monkeypatch.setattr(_native, "MIN_ELEMS", 1)
-    monkeypatch.setattr(_native, "MIN_PART_ELEMS", 16)
-    monkeypatch.setattr(_native, "PIECE_ELEMS", 40)
-    monkeypatch.setattr(_native, "_threads", lambda: 3)
-
 
 @pytest.fixture
 def native(monkeypatch):
     """Native path for tensors of any size, split into pieces of ~40 elements over 3 threads
     (at least 16 elements each); returns a dict counting the kernel calls through ``_native``
-    (and the fused MinMax pass, ``_native.fused``, which takes over where it applies)."""
+    (and the fused MinMax pass, ``backends.native.fused``, which takes over where it applies)."""
     native_everywhere(monkeypatch)
     calls = {"minmax": 0, "quantize": 0, "pack": 0, "fused": 0}
     for module, name, key in ((_native, "minmax_rows", "minmax"), (_native, "quantize_rows", "quantize"),
@@ -67,51 +61,29 @@ def native(monkeypatch):
     return calls
 
 
-def _torch_path(fn, monkeypatch):
-    """fn() with CUANTIZA_NATIVE=0, the environment restored afterwards."""
-    with monkeypatch.context() as m:
-        m.setenv("CUANTIZA_NATIVE", "0")
-        return fn()
-
-
-def _data(shape, seed: int) -> torch.Tensor:
-    """test_ops._data (Gaussian, ties of small half-integers, zeros of both signs, a planted
-    extreme, an all-zero last slab) plus denormals."""
-    x = ops_data(shape, seed)
-    x.reshape(-1)[9:12] = [1e-40, -3e-39, 1e-45]                 # denormals
-    return torch.from_numpy(x)
-
-
-def _same(a: tuple, b: tuple) -> None:
-    """Two quantize_tensor results are identical: integers, dtypes, scales, zero points."""
-    (q1, qp1), (q2, qp2) = a, b
-    assert q1.dtype == q2.dtype and torch.equal(q1, q2)
-    assert qp1.scale.dtype == qp2.scale.dtype and torch.equal(qp1.scale, qp2.scale)
-    assert torch.equal(qp1.zero_point, qp2.zero_point)
-
 
 def test_built_when_a_compiler_is_present():
     """A broken build must not pass silently as the torch fallback."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the optional extension is legitimately absent")
-    assert _native.built(), "a C compiler exists but cuantiza/_native/_rtn*.so was not built or failed to load"
+    assert _native.built(), "a C compiler exists but cuantiza/backends/native/_rtn*.so was not built or failed to load"
 
 
 @pytest.mark.parametrize("gran, shape", GRANULARITIES, ids=GRAN_IDS)
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_quantize_tensor_native_equals_torch_and_reference(bits, symmetric, gran, shape, native, monkeypatch):
-    x = _data(shape, seed=bits)
+    x = planted_with_denormals(shape, seed=bits)
     for scale_dtype in ("float32", "float16"):
         scheme = cz.QScheme(bits, symmetric, gran, scale_dtype)
         got = cz.quantize_tensor(x, scheme)
-        _same(got, _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+        same_result(got, torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
         rq, rs, rz = ref.quantize_tensor(x.numpy(), bits, symmetric, ref.gran_tuple(gran), scale_dtype)
         np.testing.assert_array_equal(got[0].numpy().astype(np.int64), rq)
         np.testing.assert_array_equal(got[1].scale.float().numpy(), rs)
     binary = bits == 1 and symmetric                             # binary stays on the torch path
     strided = not to_blocks(x, gran)[0].is_contiguous()          # (channel1: a transposed view)
-    one_pass = fused.plan(x, scheme, cz.MinMax(), "q") is not None   # MinMax at 1 (asym), 2, 4, 8 bits
+    one_pass = onepass.plan(x, scheme, cz.MinMax(), Form.INTEGERS) is not None   # MinMax at 1 (asym), 2, 4, 8 bits
     two_pass = not (binary or strided or one_pass)
     assert (native["fused"] > 0, native["minmax"] > 0, native["quantize"] > 0) == (one_pass, two_pass, two_pass)
 
@@ -127,7 +99,7 @@ def test_ties_round_half_to_even(restricted, native, monkeypatch):
     expected = torch.round(x / qp.scale[:, None]).clamp(scheme.qmin, scheme.qmax).to(torch.int8)
     assert torch.equal(q, expected)                              # torch.round: half to even
     assert q[0, :4].tolist() == [-126, -126, -124, -124]
-    _same((q, qp), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+    same_result((q, qp), torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
 
 
 def test_true_division_not_reciprocal(native, monkeypatch):
@@ -144,7 +116,7 @@ def test_true_division_not_reciprocal(native, monkeypatch):
     assert torch.equal(q, torch.round(x / s).clamp(-7, 7).to(torch.int8))
     rq, _, _ = ref.quantize_tensor(x.numpy(), 4, True, ref.gran_tuple(cz.PerChannel(0)))
     np.testing.assert_array_equal(q.numpy().astype(np.int64), rq)
-    _same((q, qp), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+    same_result((q, qp), torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
     assert torch.equal(cz.quantize(x, qp), q)                    # given qparams: quantize_rows
     assert native["fused"] == 1 and native["quantize"] == 1      # each divides
 
@@ -159,7 +131,7 @@ def test_signed_zeros_and_denormals(native, monkeypatch):
     x[5] = torch.randn(37)
     for scheme in (cz.QScheme(4, True, cz.PerChannel(0)), cz.QScheme(8, False, cz.PerChannel(0)),
                    cz.QScheme(3, True, cz.PerChannel(0), restricted=False)):
-        _same(cz.quantize_tensor(x, scheme), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+        same_result(cz.quantize_tensor(x, scheme), torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -172,7 +144,7 @@ def test_non_finite_same_error(bad, gran, native, monkeypatch):
     with pytest.raises(NonFiniteError) as native_err:
         cz.quantize_tensor(x, scheme, name="w")
     with pytest.raises(NonFiniteError) as torch_err:
-        _torch_path(lambda: cz.quantize_tensor(x, scheme, name="w"), monkeypatch)
+        torch_path(lambda: cz.quantize_tensor(x, scheme, name="w"), monkeypatch)
     assert str(native_err.value) == str(torch_err.value)
 
 
@@ -184,7 +156,7 @@ def test_minmax_rows_nan_propagates(shape, native, monkeypatch):
     x[0] = torch.randn(shape[1])
     x.view(-1)[-1] = float("inf")
     lo, hi = ranges.minmax_rows(x)
-    lo_t, hi_t = _torch_path(lambda: ranges.minmax_rows(x), monkeypatch)
+    lo_t, hi_t = torch_path(lambda: ranges.minmax_rows(x), monkeypatch)
     torch.testing.assert_close(lo, lo_t, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(hi, hi_t, rtol=0, atol=0, equal_nan=True)
     assert native["minmax"] == 1
@@ -198,7 +170,7 @@ def test_quantize_given_qparams_with_non_finite_values(symmetric, native, monkey
     scheme = cz.QScheme(6, symmetric, cz.PerChannel(0))
     qp = cz.choose_qparams(torch.full((4,), -2.0), torch.full((4,), 3.0), scheme)
     q = cz.quantize(x, qp)
-    assert torch.equal(q, _torch_path(lambda: cz.quantize(x, qp), monkeypatch))
+    assert torch.equal(q, torch_path(lambda: cz.quantize(x, qp), monkeypatch))
     assert native["quantize"] == 1
 
 
@@ -206,11 +178,11 @@ def test_quantize_given_qparams_with_non_finite_values(symmetric, native, monkey
 @pytest.mark.parametrize("shape", [(1, 12345), (17, 257), (2, 4096), (1000, 3)])
 def test_thread_split_boundaries(threads, shape, native, monkeypatch):
     """Row ranges (and ranges along one long row) split at odd boundaries."""
-    monkeypatch.setattr(_native, "_threads", lambda: threads)
+    monkeypatch.setattr(native_threads, "thread_count", lambda: threads)
     x = torch.randn(shape) * 5
     for gran in (cz.PerTensor(), cz.PerChannel(0)):
         for scheme in (cz.QScheme(4, True, gran), cz.QScheme(8, False, gran)):
-            _same(cz.quantize_tensor(x, scheme), _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+            same_result(cz.quantize_tensor(x, scheme), torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
 
 
 def test_non_contiguous_and_grad_inputs_fall_back(native, monkeypatch):
@@ -219,11 +191,11 @@ def test_non_contiguous_and_grad_inputs_fall_back(native, monkeypatch):
     rows = x[:, ::2]
     scheme = cz.QScheme(8, True, cz.PerChannel(0))
     qp = ops.tensor_qparams(rows, scheme)
-    assert torch.equal(ops.quantize_rows(rows, qp), _torch_path(lambda: ops.quantize_rows(rows, qp), monkeypatch))
+    assert torch.equal(ops.quantize_2d(rows, qp), torch_path(lambda: ops.quantize_2d(rows, qp), monkeypatch))
     lo, hi = ranges.minmax_rows(x.t())
     assert torch.equal(lo, x.amin(dim=0)) and torch.equal(hi, x.amax(dim=0))
     assert not _native.usable(x.t()) and not _native.usable(x.clone().requires_grad_())
-    _same(cz.quantize_tensor(x.t(), scheme), _torch_path(lambda: cz.quantize_tensor(x.t(), scheme), monkeypatch))
+    same_result(cz.quantize_tensor(x.t(), scheme), torch_path(lambda: cz.quantize_tensor(x.t(), scheme), monkeypatch))
 
 
 def test_fallback_when_disabled(monkeypatch):
@@ -248,13 +220,13 @@ def test_default_thresholds_route_large_tensors(monkeypatch):
     """Without patched thresholds a large float32 weight takes the native path (split over two
     threads), a small one not."""
     monkeypatch.delenv("CUANTIZA_NATIVE", raising=False)
-    monkeypatch.setattr(_native, "_threads", lambda: 2)
+    monkeypatch.setattr(native_threads, "thread_count", lambda: 2)
     assert _native.usable(torch.zeros(256, 512)) and not _native.usable(torch.zeros(8, 8))
     x = torch.randn(1024, 1100)
-    assert _native._parts(*x.shape)[1] == 2                      # threads
+    assert native_threads.row_parts(*x.shape)[1] == 2                      # threads
     for scheme in (cz.QScheme(8, True, cz.PerChannel(0)), cz.QScheme(4, True, cz.PerGroup(128), "float16")):
         got = cz.quantize_tensor(x, scheme)
-        _same(got, _torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
+        same_result(got, torch_path(lambda: cz.quantize_tensor(x, scheme), monkeypatch))
         assert torch.equal(cz.QTensor.from_float(x, scheme).int_repr(), got[0])
 
 
@@ -272,7 +244,7 @@ def test_quantize_rows_property(bits, symmetric, rows, cols, seed, scale_pow):
     got = _native.quantize_rows(x, s, z, scheme.qmin, scheme.qmax, symmetric, scheme.q_dtype)
     with pytest.MonkeyPatch.context() as m:
         m.setenv("CUANTIZA_NATIVE", "0")
-        assert torch.equal(got, ops._quantize_rows(x, s, z, scheme))
+        assert torch.equal(got, torch_rows.quantize_rows(x, s, z, scheme.qmin, scheme.qmax, symmetric, scheme.q_dtype))
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 3])
@@ -285,7 +257,7 @@ def test_pack_native_equals_torch_and_reference(bits, dtype, offset, native, mon
     for n in (1, 7, 8, 9, 15, 16, 17, 63, 65, 200, 1001):
         q = torch.randint(lo, hi, (n,), dtype=torch.int16).to(dtype)
         got = cz.pack(q, bits, offset)
-        assert torch.equal(got, _torch_path(lambda: cz.pack(q, bits, offset), monkeypatch))
+        assert torch.equal(got, torch_path(lambda: cz.pack(q, bits, offset), monkeypatch))
         codes = ((q.to(torch.int16) + offset) % 256).tolist()
         assert bytes(got.tolist()) == ref.pack(codes, bits)
     assert native["pack"] == (0 if bits == 3 else 11)
@@ -302,7 +274,7 @@ def test_pack_out_of_range_same_error(bad, n, native, monkeypatch):
         with pytest.raises(ShapeError) as native_err:
             cz.pack(q, 4, 7)
         with pytest.raises(ShapeError) as torch_err:
-            _torch_path(lambda: cz.pack(q, 4, 7), monkeypatch)
+            torch_path(lambda: cz.pack(q, 4, 7), monkeypatch)
         assert str(native_err.value) == str(torch_err.value)
 
 
@@ -313,7 +285,7 @@ def test_eight_bit_codes_from_the_quantize_pass(symmetric, restricted, gran, sha
     """QTensor.from_float at 8 bits takes the codes q - qmin from the quantize pass
     (ops.quantize_tensor_codes): the bytes of pack(q, 8, -qmin), on both paths; strided blocks
     (channel1) and ragged groups included."""
-    x = _data(shape, seed=8)
+    x = planted_with_denormals(shape, seed=8)
     x.view(-1)[-1] = -30.0                                       # codes 0 and 2^8 - 1 both occur
     scheme = cz.QScheme(8, symmetric, gran, "bfloat16", restricted=restricted)
     for native_path in (True, False):
@@ -321,7 +293,7 @@ def test_eight_bit_codes_from_the_quantize_pass(symmetric, restricted, gran, sha
         if native_path:
             t = cz.QTensor.from_float(x, scheme)
         else:
-            t = _torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch)
+            t = torch_path(lambda: cz.QTensor.from_float(x, scheme), monkeypatch)
         assert native["pack"] == packs                           # no packing pass
         q, qp = cz.quantize_tensor(x, scheme)
         assert torch.equal(t.data, cz.pack(q, 8, offset=-scheme.qmin)) and t.shape == tuple(x.shape)
@@ -356,7 +328,7 @@ def test_eight_bit_codes_non_finite_same_error(bad, native, monkeypatch):
     with pytest.raises(NonFiniteError) as codes_err:
         cz.QTensor.from_float(x, scheme, name="w")
     with pytest.raises(NonFiniteError) as torch_err:
-        _torch_path(lambda: cz.QTensor.from_float(x, scheme, name="w"), monkeypatch)
+        torch_path(lambda: cz.QTensor.from_float(x, scheme, name="w"), monkeypatch)
     with pytest.raises(NonFiniteError) as q_err:
         cz.quantize_tensor(x, scheme, name="w")
     assert str(codes_err.value) == str(torch_err.value) == str(q_err.value)
