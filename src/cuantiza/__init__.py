@@ -3,6 +3,7 @@
 The public API only; see DESIGN.md for the map.
 """
 
+from ._version import __version__
 from .errors import (CalibrationError, ConfigError, CorruptFileError, CuantizaError, NonFiniteError,
                      OutputExistsError, PlanError, ScaleOverflowError, ShapeError, UnsafeFileError,
                      UnsupportedDtypeError)
@@ -22,7 +23,6 @@ from .core.range_specs import MSE, Histogram, MinMax, MovingAverage, Percentile
 from .nn.workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat,
                            quantize_dynamic, quantize_weights, simulate)
 
-__version__ = "0.1.0"
 
 __all__ = [
     "QScheme", "PerTensor", "PerChannel", "PerGroup", "QParams", "choose_qparams",

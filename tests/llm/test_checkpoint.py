@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 import cuantiza as cz
-import cuantiza.llm.checkpoint as ckmod
+import cuantiza.llm.checkpoint_units as ckmod
 from cuantiza.llm.checkpoint import quantize_checkpoint
 from cuantiza.llm.shards import open_checkpoint
 from cuantiza.llm.writer import ShardedWriter
@@ -132,7 +132,7 @@ def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
     src = hf_llama(tmp_path / "src", model)
     wm = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
     first = {k.rpartition(".")[0] for k, v in wm.items() if v.startswith("model-00001")}
-    real = ckmod._quantize_weight
+    real = ckmod.quantize_layer_weight
     calls = []
 
     def stop_in_second_unit(w, lp):
@@ -140,7 +140,7 @@ def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(w, lp)
 
-    monkeypatch.setattr(ckmod, "_quantize_weight", stop_in_second_unit)
+    monkeypatch.setattr(ckmod, "quantize_layer_weight", stop_in_second_unit)
     with pytest.raises(KeyboardInterrupt):
         quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
     assert not (tmp_path / "q").exists() and (tmp_path / ".q.partial").is_dir()
@@ -149,10 +149,10 @@ def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
         calls.append(lp.name)
         return real(w, lp)
 
-    monkeypatch.setattr(ckmod, "_quantize_weight", record)
+    monkeypatch.setattr(ckmod, "quantize_layer_weight", record)
     s = quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
     assert s.units_resumed == 1 and calls and not set(calls) & first     # unit 1 not recomputed
-    monkeypatch.setattr(ckmod, "_quantize_weight", real)
+    monkeypatch.setattr(ckmod, "quantize_layer_weight", real)
     quantize_checkpoint(src, tmp_path / "fresh", G4, progress=False)
     assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
     assert not (tmp_path / ".q.partial").exists()
@@ -160,7 +160,7 @@ def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
 
 def test_changed_config_discards_the_partial_run(tmp_path, monkeypatch):
     src = hf_llama(tmp_path / "src", tiny_llama())
-    real = ckmod._quantize_weight
+    real = ckmod.quantize_layer_weight
     seen = []
 
     def stop(w, lp):
@@ -169,10 +169,10 @@ def test_changed_config_discards_the_partial_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(w, lp)
 
-    monkeypatch.setattr(ckmod, "_quantize_weight", stop)
+    monkeypatch.setattr(ckmod, "quantize_layer_weight", stop)
     with pytest.raises(KeyboardInterrupt):
         quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
-    monkeypatch.setattr(ckmod, "_quantize_weight", real)
+    monkeypatch.setattr(ckmod, "quantize_layer_weight", real)
     s = quantize_checkpoint(src, tmp_path / "q", C8, progress=False)
     assert s.units_resumed == 0
     quantize_checkpoint(src, tmp_path / "fresh", C8, progress=False)
@@ -425,6 +425,7 @@ CHILD = textwrap.dedent("""
     import torch
     import cuantiza as cz
     import cuantiza.llm.checkpoint as ck
+    import cuantiza.llm.checkpoint_units as ck_units
     torch.set_num_threads(2)
 
     def peak_rss():
@@ -438,12 +439,12 @@ CHILD = textwrap.dedent("""
     base = peak_rss()
     src, dst, mode = sys.argv[1:4]
     if mode == "crash":                          # die hard (no cleanup) inside the third shard
-        real = ck._quantize_weight
+        real = ck_units.quantize_layer_weight
         def crash(w, lp):
             if ".layers.2." in lp.name:
                 os._exit(3)
             return real(w, lp)
-        ck._quantize_weight = crash
+        ck_units.quantize_layer_weight = crash
     cfg = cz.QuantConfig(weight=cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(128)))
     s = ck.quantize_checkpoint(src, dst, cfg, progress=False)
     print(json.dumps({"delta": peak_rss() - base, "resumed": s.units_resumed,

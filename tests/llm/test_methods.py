@@ -64,9 +64,9 @@ def test_awq_fold_keeps_the_float_function():
     ref = run_layer(layer, hidden, kwargs)[0]
     s = torch.rand(64, generator=torch.Generator().manual_seed(3)) + 0.5
     mods = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
-    calibrated._fold(layer.input_layernorm, mods, s)
+    calibrated.fold_scales(layer.input_layernorm, mods, s)
     s2 = torch.rand(128, generator=torch.Generator().manual_seed(4)) + 0.5
-    calibrated._fold(layer.mlp.up_proj, [layer.mlp.down_proj], s2)
+    calibrated.fold_scales(layer.mlp.up_proj, [layer.mlp.down_proj], s2)
     out = run_layer(layer, hidden, kwargs)[0]
     assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
 

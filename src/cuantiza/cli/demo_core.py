@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..core.qtensor import QTensor
+from ..io.atomic import publish_file
 from ..report.stats import tensor_sqnr_db
 from ..core.scheme import PerChannel, PerGroup, QScheme
 from ..core.range_specs import MSE, MinMax
@@ -98,9 +99,7 @@ def write_outputs(rows: list[CoreRow], text: str, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     payload = json.dumps([asdict(r) for r in rows], indent=1)
     for name, content in (("demo_core.md", text + "\n"), ("demo_core.json", payload + "\n")):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+        publish_file(out / name, content.encode("utf-8"))
     return out
 
 

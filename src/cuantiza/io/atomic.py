@@ -1,4 +1,9 @@
-"""Atomic publication of output folders (FAULTS 28-29): nothing partial is ever visible.
+"""Atomic publication of output files and folders (FAULTS 28-29): nothing partial is ever
+visible. Every writer in cuantiza publishes through here.
+
+``publish_file(path, data)`` (or ``staged_file(path)`` for a caller that fills the file itself)
+writes a hidden temporary file next to ``path``, fsyncs it, ``os.replace``s it onto ``path`` and
+fsyncs the folder; on any error the temporary file is removed and a previous ``path`` stays.
 
 ``publish_folder(out, files)`` writes every file into a fresh hidden folder next to ``out``
 (same parent, so the final step is a rename on one file system), flushes and fsyncs each file
@@ -11,9 +16,11 @@ beforehand whether ``out`` may be replaced.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -39,7 +46,29 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sibling(out: Path, tag: str) -> Path:
+@contextlib.contextmanager
+def staged_file(path: Path, tag: str = "tmp") -> Iterator[Path]:
+    """Yield an unused hidden temporary path next to ``path`` for the caller to write (and
+    fsync); when the block ends cleanly it replaces ``path`` atomically, on any error it is
+    removed and a previous ``path`` stays as it was."""
+    path = Path(path)
+    tmp = sibling(path, tag)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def publish_file(path: Path, data: bytes) -> None:
+    """Write ``path`` holding ``data``, whole or not at all (``staged_file``)."""
+    with staged_file(path) as tmp:
+        write_synced(tmp, data)
+
+
+def sibling(out: Path, tag: str) -> Path:
     """An unused hidden name next to ``out`` (same folder, so os.replace stays a rename)."""
     while True:
         p = out.with_name(f".{out.name}.{tag}-{secrets.token_hex(4)}")
@@ -51,7 +80,7 @@ def fresh_sibling(out: Path, tag: str = "tmp") -> Path:
     """Create and return an empty hidden folder next to ``out``, for a caller that fills it
     itself (large files streamed in) and then calls ``publish_staged``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, tag)
+    tmp = sibling(out, tag)
     tmp.mkdir()
     return tmp
 
@@ -71,7 +100,7 @@ def publish_staged(tmp: Path, out: Path) -> None:
 def publish_folder(out: Path, files: dict) -> None:
     """Publish the folder ``out`` holding ``files`` (name -> bytes), atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
+    tmp = sibling(out, "tmp")
     tmp.mkdir()
     try:
         for name in sorted(files):
@@ -88,7 +117,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
     if not out.exists():
         os.replace(tmp, out)
         return
-    old = _sibling(out, "old")
+    old = sibling(out, "old")
     os.replace(out, old)
     try:
         os.replace(tmp, out)

@@ -43,6 +43,7 @@ from .atomic import publish_folder
 from ..errors import CorruptFileError, CuantizaError, OutputExistsError, PlanError, ShapeError
 from ..nn.surgery import copy_model, fold_bn_into_conv, get_module, set_module
 from ..nn.workflows import FAKE, QuantInfo
+from .._version import __version__
 
 TENSORS, MANIFEST = "model.safetensors", "cuantiza.json"
 
@@ -53,7 +54,7 @@ def save(qmodel: nn.Module, dir, overwrite: bool = False) -> Path:
     An existing non-empty folder is refused (``OutputExistsError``) unless ``overwrite=True``
     and it holds a previous cuantiza save, which is then replaced as a whole."""
     out = Path(os.path.abspath(dir))
-    _check_output(out, overwrite)
+    check_output_folder(out, overwrite)
     tensors, doc = _payload(qmodel)
     blob = safetensors.torch.save(tensors)
     doc["files"] = {TENSORS: {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}}
@@ -62,7 +63,7 @@ def save(qmodel: nn.Module, dir, overwrite: bool = False) -> Path:
     return out
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
+def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse a file, a non-empty folder (without ``overwrite``) or, even with it, a folder that
     is not a cuantiza save: replacing it would delete someone's files (say ``save(qm, ".")``)."""
     if out.exists() and not out.is_dir():
@@ -106,7 +107,6 @@ def _state_map(model: nn.Module, tensors: dict) -> dict:
 
 def _payload(qmodel: nn.Module) -> tuple[dict, dict]:
     """(contiguous CPU tensors by name, the JSON document without checksums)."""
-    from .. import __version__
     tensors, shared, modules = {}, {}, {}
     for name, mod in _quant_modules(qmodel):
         modules[name] = fmt.module_to_json(name, mod, tensors, shared)

@@ -103,10 +103,22 @@ def _qparams_from_entry(e: dict, tensors: dict) -> QParams:
     return QParams(scale, zp, scheme)
 
 
-def _weight_entry(qt: QTensor, prefix: str, tensors: dict) -> dict:
+def weight_entry(qt: QTensor, module_name: str, tensors: dict) -> dict:
+    """The ``weight`` entry of module ``module_name``'s QTensor; its tensors go into ``tensors``."""
+    prefix = f"{module_name}.weight_q"
     tensors[f"{prefix}.data"] = qt.data
     e = _qparams_entry(qt.qparams, prefix, tensors)
     return {**e, "shape": list(qt.shape), "data": f"{prefix}.data"}
+
+
+def embedding_entry(weight: dict, padding_idx: int | None) -> dict:
+    """The entry of a ``QuantEmbedding`` holding the weight entry ``weight``."""
+    return {"type": "QuantEmbedding", "weight": weight, "padding_idx": padding_idx}
+
+
+def weight_only_linear_entry(weight: dict, bias: str | None) -> dict:
+    """The entry of a weight-only ``QuantLinear`` (``bias``: the state key of its bias, or None)."""
+    return {"type": "QuantLinear", "weight": weight, "bias": bias, "kernel": "dequantize", "act": None}
 
 
 def module_to_json(name: str, mod: nn.Module, tensors: dict, shared: dict) -> dict:
@@ -114,13 +126,13 @@ def module_to_json(name: str, mod: nn.Module, tensors: dict, shared: dict) -> di
     id(QTensor) -> weight entry, so a QTensor used by several modules is stored once."""
     qt = mod.weight_q
     if id(qt) not in shared:
-        shared[id(qt)] = _weight_entry(qt, f"{name}.weight_q", tensors)
-    e = {"type": type(mod).__name__, "weight": shared[id(qt)]}
+        shared[id(qt)] = weight_entry(qt, name, tensors)
     if isinstance(mod, QuantEmbedding):
-        e["padding_idx"] = mod.padding_idx
-        return e
-    e["bias"] = None if mod.bias is None else f"{name}.bias"
-    e["kernel"] = mod.kernel
+        return embedding_entry(shared[id(qt)], mod.padding_idx)
+    bias = None if mod.bias is None else f"{name}.bias"
+    if isinstance(mod, QuantLinear) and mod.act is None:
+        return weight_only_linear_entry(shared[id(qt)], bias)
+    e = {"type": type(mod).__name__, "weight": shared[id(qt)], "bias": bias, "kernel": mod.kernel}
     if isinstance(mod, DynamicQuantLinear):
         e["dynamic"] = {"act_scheme": scheme_to_json(mod.act_scheme), "per_token": mod.per_token}
     else:

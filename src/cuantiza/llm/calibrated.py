@@ -53,7 +53,7 @@ def _set_weight(mod: nn.Linear, w: torch.Tensor) -> None:
     mod.weight.data = w.to(mod.weight.dtype).reshape(mod.weight.shape).contiguous()
 
 
-def _gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: dict) -> dict:
+def gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: dict) -> dict:
     from ..algorithms.gptq import Hessian, gptq
     mods = {n: layer.get_submodule(n) for n in names if plans.get(f"{prefix}.{n}") is not None}
     if not mods:
@@ -71,7 +71,7 @@ def _gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options:
     return out
 
 
-def _head_gptq(dec: Decoder, hidden, plans: dict, options: dict) -> dict:
+def head_gptq(dec: Decoder, hidden, plans: dict, options: dict) -> dict:
     from ..algorithms.gptq import Hessian, gptq
     lp = plans.get("lm_head")
     if lp is None or dec.lm_head.weight is dec.embed.weight:
@@ -94,7 +94,7 @@ def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _fold(prev: nn.Module, mods: list[nn.Linear], s: torch.Tensor) -> None:
+def fold_scales(prev: nn.Module, mods: list[nn.Linear], s: torch.Tensor) -> None:
     """Scale the group's input channels by s, and the op in front by 1/s (in place)."""
     from ..algorithms.awq import apply_scales
     bias = prev.bias if isinstance(prev, nn.Linear) else None
@@ -107,7 +107,7 @@ def _fold(prev: nn.Module, mods: list[nn.Linear], s: torch.Tensor) -> None:
         m.weight.data = w
 
 
-def _awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) -> str | None:
+def awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) -> str | None:
     from ..algorithms.awq import awq_scales
     mods = [layer.get_submodule(n) for n in names]
     lps = [plans.get(f"{prefix}.{n}") for n in names]
@@ -123,11 +123,11 @@ def _awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) 
     lp = next(lp for lp in lps if lp is not None)
     s = awq_scales(x, [m.weight.detach().float() for m in mods], lp.weight, name=f"{prefix}.{names[0]}",
                    range=lp.config.weight_range, **options)
-    _fold(prev, mods, s)
+    fold_scales(prev, mods, s)
     return None
 
 
-def _head_awq(dec: Decoder, hidden, plans: dict, options: dict) -> None:
+def head_awq(dec: Decoder, hidden, plans: dict, options: dict) -> None:
     from ..algorithms.awq import awq_scales
     lp = plans.get("lm_head")
     if lp is None or dec.lm_head.weight is dec.embed.weight or not hasattr(dec.norm, "weight"):
@@ -136,7 +136,7 @@ def _head_awq(dec: Decoder, hidden, plans: dict, options: dict) -> None:
         x = _rows(torch.cat([dec.norm(h).reshape(-1, h.shape[-1]) for h in hidden]).float(), AWQ_ROWS)
     s = awq_scales(x, [dec.lm_head.weight.detach().float()], lp.weight, name="lm_head",
                    range=lp.config.weight_range, **options)
-    _fold(dec.norm, [dec.lm_head], s)
+    fold_scales(dec.norm, [dec.lm_head], s)
 
 
 def _layers(dec: Decoder, m_cfg: QuantConfig, hidden, kwargs, plans: dict) -> tuple[dict, list]:
@@ -147,15 +147,15 @@ def _layers(dec: Decoder, m_cfg: QuantConfig, hidden, kwargs, plans: dict) -> tu
         prefix = f"{dec.prefix}.{i}"
         for names, prev in layer_groups(layer):
             if method == "gptq":
-                qts.update(_gptq_group(layer, names, hidden, kwargs, plans, prefix, options))
+                qts.update(gptq_group(layer, names, hidden, kwargs, plans, prefix, options))
             else:
-                note = _awq_group(layer, names, prev, hidden, kwargs, plans, prefix, options)
+                note = awq_group(layer, names, prev, hidden, kwargs, plans, prefix, options)
                 notes += [note] if note else []
         hidden = run_layer(layer, hidden, kwargs)
     if method == "gptq":
-        qts.update(_head_gptq(dec, hidden, plans, options))
+        qts.update(head_gptq(dec, hidden, plans, options))
     else:
-        _head_awq(dec, hidden, plans, options)
+        head_awq(dec, hidden, plans, options)
     return qts, notes
 
 

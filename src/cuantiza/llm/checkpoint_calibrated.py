@@ -26,8 +26,8 @@ from ..errors import PlanError
 from ..nn.plan import LayerPlan
 from ..progress import bar
 from .blocks import Decoder, decoder_parts, first_layer_inputs, layer_groups, run_layer
-from .calibrated import _awq_group, _gptq_group, _head_awq, _head_gptq, calibration_batches
-from .checkpoint import SIDE_FILES, Summary, _do_job, _fingerprint, _manifest, _summarize, _Unit
+from .calibrated import awq_group, calibration_batches, gptq_group, head_awq, head_gptq
+from .checkpoint_units import SIDE_FILES, Summary, Unit, do_job, fingerprint, manifest, summarize
 from .shards import Checkpoint, open_checkpoint
 from .tensorplan import plan_checkpoint
 from .writer import ShardedWriter
@@ -35,9 +35,9 @@ from .writer import ShardedWriter
 
 def _skeleton(ckpt: Checkpoint) -> Decoder:
     """The model on ``meta`` with a real rotary embedding (its buffers are computed, not saved)."""
-    from .evaluate import _config
+    from .evaluate import transformers_config
     from .text import require_transformers
-    cfg = _config(ckpt.dir)
+    cfg = transformers_config(ckpt.dir)
     with torch.device("meta"):
         model = require_transformers().AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     rot = getattr(model.model, "rotary_emb", None)
@@ -72,14 +72,14 @@ def _write(s, ckpt, names, jobs, tensors: dict, qts: dict, entries: dict) -> dic
     """Write the tensors ``names`` (current float32 values in ``tensors``) into unit ``s``:
     quantized weights from ``qts`` (GPTQ) or rounded to nearest from the float32 value (AWQ's
     scaled weights), float tensors back in their stored dtype; the unit meta."""
-    u = _Unit()
+    u = Unit()
     for name in names:
         info = ckpt.info(name)
         raw = tensors[name].contiguous() if name in tensors else None
         for job in jobs[name]:
             quantized = job.kind in ("linear", "embedding")
             t = raw if quantized or raw is None else raw.to(info.dtype)
-            _do_job(job, name, t, s, u, entries, qts)
+            do_job(job, name, t, s, u, entries, qts)
         u.params += info.numel
         u.bytes_in += info.nbytes
     return u.meta()
@@ -97,9 +97,9 @@ def _run_layer_unit(i, dec, ckpt, jobs, plans, config, hidden, kwargs, s, entrie
     qts, options = {}, dict(config.method_options)
     for names, prev in layer_groups(layer):
         if config.method == "gptq":
-            qts.update(_gptq_group(layer, names, hidden, kwargs, plans, prefix, options))
+            qts.update(gptq_group(layer, names, hidden, kwargs, plans, prefix, options))
         else:
-            _awq_group(layer, names, prev, hidden, kwargs, plans, prefix, options)
+            awq_group(layer, names, prev, hidden, kwargs, plans, prefix, options)
     own = [n for n in ckpt.names() if n.startswith(prefix + ".")]
     s.meta.update(_write(s, ckpt, own, jobs, _values(layer, prefix, own), qts, entries))
     hidden = run_layer(layer, hidden, kwargs)
@@ -115,9 +115,9 @@ def _run_head_unit(dec, ckpt, jobs, plans, config, hidden, s, entries) -> None:
         _materialize(dec.lm_head, "lm_head", ckpt)
     else:
         dec.lm_head.weight = dec.embed.weight                 # tied in the file: one tensor
-    qts = _head_gptq(dec, hidden, plans, options) if config.method == "gptq" else {}
+    qts = head_gptq(dec, hidden, plans, options) if config.method == "gptq" else {}
     if config.method == "awq":
-        _head_awq(dec, hidden, plans, options)
+        head_awq(dec, hidden, plans, options)
     rest = [n for n in ckpt.names() if not n.startswith(dec.prefix + ".")]
     tensors = _values(dec.model, "", rest)
     s.meta.update(_write(s, ckpt, rest, jobs, tensors, qts, entries))
@@ -138,7 +138,7 @@ def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *
     t0 = time.perf_counter()
     ckpt = open_checkpoint(src)
     batches = calibration_batches(calibration, seq_len, n_samples, batch_size)
-    fp = {**_fingerprint(ckpt, config), "calibration": _calibration_id(batches)}
+    fp = {**fingerprint(ckpt, config), "calibration": _calibration_id(batches)}
     writer = ShardedWriter(dst, src=ckpt.dir, fingerprint=fp, overwrite=overwrite)
     jobs = plan_checkpoint(ckpt, dataclasses.replace(config, method="rtn"))
     jobs = {n: [dataclasses.replace(j, cfg=dataclasses.replace(j.cfg, method="rtn")) if j.cfg else j
@@ -170,7 +170,7 @@ def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *
             metas.append(meta)
             pbar.update(1)
         side = {n: ckpt.dir / n for n in SIDE_FILES if (ckpt.dir / n).is_file()}
-        doc = _manifest(ckpt, metas, config)
+        doc = manifest(ckpt, metas, config)
         out = w.finish(doc, files=side)
     pbar.close()
-    return _summarize(summary, metas, out, t0)
+    return summarize(summary, metas, out, t0)

@@ -27,7 +27,7 @@ from .text import require_transformers
 MANIFEST = "cuantiza.json"
 
 
-def _config(folder: Path):
+def transformers_config(folder: Path):
     """The folder's transformers config, after ``shards.read_config`` checked the file."""
     read_config(folder / CONFIG)
     return require_transformers().AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -48,7 +48,7 @@ def load_causal_lm(dir) -> nn.Module:
     """The model in ``dir`` in eval mode, computing in float32."""
     from ..io import model_io as io
     folder = Path(dir)
-    cfg = _config(folder)
+    cfg = transformers_config(folder)
     tf = require_transformers()
     if is_quiet():
         tf.utils.logging.disable_progress_bar()

@@ -19,7 +19,7 @@ from ..algorithms.smoothquant import ActAbsMax, smooth_scales
 from ..progress import bar
 from ..nn.surgery import copy_model
 from .blocks import decoder_parts, feed, first_layer_inputs, layer_groups, run_layer
-from .calibrated import _fold, calibration_batches
+from .calibrated import calibration_batches, fold_scales
 
 
 def _smooth_group(layer, names, prev_name, hidden, kwargs, alpha: float, where: str) -> None:
@@ -32,7 +32,7 @@ def _smooth_group(layer, names, prev_name, hidden, kwargs, alpha: float, where: 
     stats = ActAbsMax(mods[0].in_features, name=f"{where}.{names[0]}")
     feed(layer, {names[0]: mods[0]}, hidden, kwargs, lambda _n, x: stats.add(x))
     s = smooth_scales(stats, [m.weight.detach().float() for m in mods], alpha, name=f"{where}.{names[0]}")
-    _fold(prev, mods, s)
+    fold_scales(prev, mods, s)
 
 
 @torch.no_grad()
@@ -52,5 +52,5 @@ def smooth_model(model: nn.Module, calibration, alpha: float = 0.5, *, seq_len: 
         stats = ActAbsMax(dec.lm_head.in_features, name="lm_head")
         for h in hidden:
             stats.add(dec.norm(h))
-        _fold(dec.norm, [dec.lm_head], smooth_scales(stats, [dec.lm_head.weight.float()], alpha, name="lm_head"))
+        fold_scales(dec.norm, [dec.lm_head], smooth_scales(stats, [dec.lm_head.weight.float()], alpha, name="lm_head"))
     return m

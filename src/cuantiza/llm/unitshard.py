@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from ..errors import PlanError
+from ..io.atomic import staged_file
 from .shards import DTYPES, NAMES
 
-_CHUNK = 8 * 2**20
+COPY_CHUNK = 8 * 2**20
 
 
 def canonical(obj) -> str:
@@ -76,24 +77,23 @@ class UnitShard:
             pos += size
         raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
         raw += b" " * (-len(raw) % 8)
-        tmp = self.staging / f".{final}.tmp"
-        self._tmp.append(tmp)
         h, total = hashlib.sha256(), 0
-        with open(tmp, "wb") as out, open(self._data_path, "rb") as src:
-            def emit(b):
-                nonlocal total
-                out.write(b)
-                h.update(b)
-                total += len(b)
-            emit(struct.pack("<Q", len(raw)) + raw)
-            for n in order:
-                if tensors is not None:
-                    emit(memoryview(_flat_bytes(tensors[n], n).numpy()))
-                else:
-                    _copy_range(src, entries[n][2], entries[n][3], emit)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.staging / final)
+        with staged_file(self.staging / final) as tmp:
+            self._tmp.append(tmp)
+            with open(tmp, "xb") as out, open(self._data_path, "rb") as src:
+                def emit(b):
+                    nonlocal total
+                    out.write(b)
+                    h.update(b)
+                    total += len(b)
+                emit(struct.pack("<Q", len(raw)) + raw)
+                for n in order:
+                    if tensors is not None:
+                        emit(memoryview(_flat_bytes(tensors[n], n).numpy()))
+                    else:
+                        _copy_range(src, entries[n][2], entries[n][3], emit)
+                out.flush()
+                os.fsync(out.fileno())
         return total, h.hexdigest()
 
     def abort(self) -> None:
@@ -123,7 +123,7 @@ def _memory_entries(tensors: dict) -> dict:
 
 def _copy_range(src, offset: int, size: int, emit) -> None:
     src.seek(offset)
-    buf = bytearray(min(_CHUNK, max(size, 1)))
+    buf = bytearray(min(COPY_CHUNK, max(size, 1)))
     view = memoryview(buf)
     left = size
     while left:

@@ -40,11 +40,11 @@ import re
 import shutil
 from pathlib import Path
 
-from ..io.atomic import fresh_sibling, fsync_dir, publish_staged, write_synced
+from ..io.atomic import fresh_sibling, fsync_dir, publish_file, publish_staged, write_synced
 from ..errors import CuantizaError, OutputExistsError, PlanError
-from ..io.model_io import MANIFEST, _check_output
+from ..io.model_io import MANIFEST, check_output_folder
 from .shards import INDEX, SafetensorsFile
-from .unitshard import _CHUNK, UnitShard, canonical
+from .unitshard import COPY_CHUNK, UnitShard, canonical
 
 PROGRESS = "progress.json"
 _UNIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
@@ -53,7 +53,7 @@ _UNIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
+        for block in iter(lambda: f.read(COPY_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
 
@@ -77,7 +77,7 @@ class ShardedWriter:
     def __init__(self, dst, *, src=None, fingerprint: dict, overwrite: bool = False):
         self.dst = Path(os.path.abspath(dst))
         check_paths(self.dst, src)
-        _check_output(self.dst, overwrite)
+        check_output_folder(self.dst, overwrite)
         self.staging = self.dst.with_name(f".{self.dst.name}.partial")
         self.fingerprint = json.loads(canonical(fingerprint))
         self._units: dict = {}                 # unit -> record, in the order they finished
@@ -137,11 +137,7 @@ class ShardedWriter:
 
     def _write_progress(self) -> None:
         doc = {"fingerprint": self.fingerprint, "units": list(self._units.values())}
-        tmp = self.staging / (PROGRESS + ".tmp")
-        tmp.unlink(missing_ok=True)
-        write_synced(tmp, (canonical(doc) + "\n").encode("ascii"))
-        os.replace(tmp, self.staging / PROGRESS)
-        fsync_dir(self.staging)
+        publish_file(self.staging / PROGRESS, (canonical(doc) + "\n").encode("ascii"))
 
     # ------------------------------------------------------------------------ the units
 
@@ -190,7 +186,7 @@ class ShardedWriter:
         missing = [u for u in units if u not in self._units]
         if missing:
             raise PlanError(f"finish: unit(s) {missing[:5]} were never finished")
-        _check_output(self.dst, self._overwrite)     # it may have appeared meanwhile
+        check_output_folder(self.dst, self._overwrite)     # it may have appeared meanwhile
         recs = [self._units[u] for u in units if self._units[u]["file"]]
         names = _final_names(len(recs))
         weight_map = _weight_map(recs, names)

@@ -55,12 +55,12 @@ class _WeightCache:
             return qt
         if any(k[0] == id(param) for k in self.done):
             notes[lp.name] = "shares a weight quantized with another scheme: untied"
-        qt = _quantize_weight(weight_2d(param.detach()), lp)
+        qt = quantize_layer_weight(weight_2d(param.detach()), lp)
         self.done[key] = (lp.name, qt)
         return qt
 
 
-def _quantize_weight(w: torch.Tensor, lp: LayerPlan) -> QTensor:
+def quantize_layer_weight(w: torch.Tensor, lp: LayerPlan) -> QTensor:
     """One weight by the layer's data-free method (``algorithms.quantize_weight``): round to
     nearest over ``weight_range``, or HQQ started from that range's rounding."""
     cfg = lp.config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from onnx import ModelProto, TensorProto
 
-from ..io.atomic import fsync_dir, write_synced
+from ..io.atomic import publish_file, staged_file, write_synced
 from ..errors import OutputExistsError
 from . import fileio
 
@@ -34,10 +34,6 @@ def check_output(dst, overwrite: bool, src=None) -> Path:
     if dst.exists() and not overwrite:
         raise OutputExistsError(f"{dst} exists; pass overwrite=True to replace it")
     return dst
-
-
-def _tmp(dst: Path, tag: str) -> Path:
-    return dst.with_name(f".{dst.name}.{tag}-{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def _old_data_files(dst: Path) -> set:
@@ -68,21 +64,10 @@ def save_model(model: ModelProto, dst: Path, feeds: dict) -> list[Path]:
     else:
         blob = model.SerializeToString(deterministic=True)
         fileio.validate(blob, model, feeds, dst)
-        _replace(dst, blob)
+        publish_file(dst, blob)
         files = [dst]
     _remove_stale(dst, old, files[1].name if len(files) > 1 else None)
     return files
-
-
-def _replace(dst: Path, blob: bytes) -> None:
-    tmp = _tmp(dst, "tmp")
-    try:
-        write_synced(tmp, blob)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dst.parent)
 
 
 def _externalize(model: ModelProto, dst: Path) -> tuple[ModelProto, list, str]:
@@ -111,36 +96,27 @@ def _externalize(model: ModelProto, dst: Path) -> tuple[ModelProto, list, str]:
 
 
 def _write_data(path: Path, chunks: list) -> None:
-    tmp = _tmp(path, "tmp")
-    try:
-        with open(tmp, "xb") as f:
-            for offset, data in chunks:
-                f.seek(offset)
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with staged_file(path) as tmp, open(tmp, "xb") as f:
+        for offset, data in chunks:
+            f.seek(offset)
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _save_external(model: ModelProto, dst: Path, feeds: dict) -> list[Path]:
     m, chunks, name = _externalize(model, dst)
     data = dst.parent / name
     existed = data.exists()
-    tmp = _tmp(dst, "tmp")
     try:
         _write_data(data, chunks)
-        write_synced(tmp, m.SerializeToString(deterministic=True))
-        fileio.validate(str(tmp), m, feeds, dst)
-        os.replace(tmp, dst)
+        with staged_file(dst) as tmp:          # checked from its temporary name, then renamed
+            write_synced(tmp, m.SerializeToString(deterministic=True))
+            fileio.validate(str(tmp), m, feeds, dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
         if not existed:
             data.unlink(missing_ok=True)
         raise
-    fsync_dir(dst.parent)
     return [dst, data]
 
 

@@ -11,6 +11,7 @@ file itself says which widths had no native ONNX form.
 from __future__ import annotations
 
 import json
+from .._version import __version__
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,6 @@ class OnnxSummary:
         return next(r for r in self.layers if r.name == name)
 
     def metadata(self) -> dict:
-        from .. import __version__
         return {"format": META_FORMAT, "format_version": META_VERSION, "cuantiza_version": __version__,
                 "workflow": self.workflow, "opset": self.opset, "notes": list(self.notes),
                 "layers": [{k: v for k, v in asdict(r).items() if k not in ("input", "codes", "output")}

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from torch import nn
 
+from ..io.atomic import publish_file
 from ..errors import CorruptFileError
 from .layers import Context, LayerReport, layer_names, probe, row, totals
 from .plots import render
@@ -102,10 +101,10 @@ class Report:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         pngs = render(self.worst(plots)) if plots > 0 else []   # before writing anything
-        _atomic_write(d / "report.md", self.to_markdown().encode())
-        _atomic_write(d / "report.json", self.to_json().encode())
+        publish_file(d / "report.md", self.to_markdown().encode())
+        publish_file(d / "report.json", self.to_json().encode())
         for filename, data in pngs:
-            _atomic_write(d / filename, data)
+            publish_file(d / filename, data)
         return d
 
     @classmethod
@@ -165,19 +164,6 @@ def _totals_lines(t: dict) -> list:
             ("layers quantized / kept in float", f"{t['n_quantized']} / {t['n_float']}"),
             ("model output SQNR", _fmt_db(t["output_sqnr_db"])),
             ("in-memory caches of the quantized model (not saved)", f"{t['quant_cache_bytes']:,} B")]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)                  # mkstemp makes 0600; reports are for reading
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def report(float_model: nn.Module, qmodel: nn.Module, sample) -> Report:
