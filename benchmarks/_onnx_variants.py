@@ -25,7 +25,7 @@ import torch
 import cuantiza as cz
 
 THREADS = 2
-logging.getLogger().setLevel(logging.ERROR)          # onnxruntime.quantization warns on the root logger
+logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
 
 
 def log(text: str) -> None:
@@ -42,7 +42,7 @@ class Variant:
     bytes: int = 0
 
     def __post_init__(self):
-        if self.path is not None:           # the model file and any external data next to it
+        if self.path is not None:  # the model file and any external data next to it
             self.bytes = sum(f.stat().st_size for f in self.path.parent.glob(self.path.name + "*"))
 
 
@@ -97,17 +97,28 @@ class Reader:
 def ort_dynamic(src: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    return lambda dst: quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    return lambda dst: quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True
+    )
 
 
 def ort_static(src: Path, feeds: list, method: str, weight: str = "QInt8"):
-    """QDQ, uint8 activations, per-channel signed weights: the format of cuantiza's static default."""
+    """QDQ, uint8 activations, per-channel signed weights: the format of cuantiza's static "
+    "default."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     def run(dst):
-        quantize_static(str(src), str(dst), Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weight),
-                        calibrate_method=getattr(CalibrationMethod, method))
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(feeds),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=getattr(QuantType, weight),
+            calibrate_method=getattr(CalibrationMethod, method),
+        )
+
     return run
 
 
@@ -115,30 +126,43 @@ def cz_onnx(src: Path, config, mode: str, feeds: list | None = None, **kw):
     return lambda dst: cz.quantize_onnx(src, dst, config, feeds, mode=mode, **kw)
 
 
-FLOAT_ACTS = {"session.qdq_matmulnbits_accuracy_level": "1"}    # MatMulNBits keeps float32 activations
+FLOAT_ACTS = {
+    "session.qdq_matmulnbits_accuracy_level": "1"
+}  # MatMulNBits keeps float32 activations
 
 
 def with_float_acts(v: Variant) -> Variant:
     """The same file, run with MatMulNBits' accuracy_level 1 (see cuantiza.onnx.summary)."""
     if v.path is None:
         return Variant(v.name + ", accuracy_level=1", error=v.error)
-    return Variant(v.name + ", session accuracy_level=1", v.path, v.seconds, sess=session(v.path, FLOAT_ACTS))
+    return Variant(
+        v.name + ", session accuracy_level=1", v.path, v.seconds, sess=session(v.path, FLOAT_ACTS)
+    )
 
 
 def w4(group: int, scale_dtype: str = "float32") -> cz.QuantConfig:
     """4-bit symmetric weights in groups of ``group``; layers whose reduction is not a multiple
     of it (the CNN's) per channel."""
-    return cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(group), scale_dtype=scale_dtype),
-                          group_remainder="per_channel")
+    return cz.QuantConfig(
+        weight=cz.QScheme(4, granularity=cz.PerGroup(group), scale_dtype=scale_dtype),
+        group_remainder="per_channel",
+    )
 
 
 def export_float(model, args: tuple, names: list, path: Path, output: str) -> Path:
     """The float model, torch's TorchScript exporter (opset 17), batch dimension dynamic."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), input_names=names, output_names=[output],
-                          opset_version=17, dynamo=False,
-                          dynamic_axes={k: {0: "b"} for k in names + [output]})
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=names,
+            output_names=[output],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={k: {0: "b"} for k in names + [output]},
+        )
     return path
 
 
@@ -165,7 +189,14 @@ def interleaved(rows: list, key: str, repeats: int, warmup: int = 1) -> list:
     return rows
 
 
-INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulNBits")
+INTEGER_OPS = (
+    "QLinearConv",
+    "QGemm",
+    "QLinearMatMul",
+    "MatMulIntegerToFloat",
+    "ConvInteger",
+    "MatMulNBits",
+)
 FLOAT_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
 
 
@@ -177,10 +208,14 @@ def fused_ops(path: Path) -> str:
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = THREADS, 1, 3
         so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        counts = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+        counts = collections.Counter(
+            n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node
+        )
     shown = [f"{counts[k]} {k}" for k in INTEGER_OPS if counts[k]]
     shown += [f"{counts[k]} float {k}" for k in FLOAT_OPS if counts[k]]
-    shown += [f"{counts['DequantizeLinear']} DequantizeLinear"] if counts["DequantizeLinear"] else []
+    shown += (
+        [f"{counts['DequantizeLinear']} DequantizeLinear"] if counts["DequantizeLinear"] else []
+    )
     return ", ".join(shown) or "no layer op"
 
 
@@ -195,16 +230,25 @@ def graph_ops(rows: list) -> list:
 # ------------------------------------------------------------------------------ report
 def table(rows: list, score: str, with_min: bool) -> str:
     base = rows[0]
-    head = f"| variant | bytes | vs fp32 | b1 ms | b32 ms | {score} |" + (" min cosine |" if with_min else "") \
+    head = (
+        f"| variant | bytes | vs fp32 | b1 ms | b32 ms | {score} |"
+        + (" min cosine |" if with_min else "")
         + " quantize s |"
+    )
     out = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     for r in rows:
         v = r["v"]
         if "score" not in r:
             out.append(f"| {v.name} | failed: `{v.error}` |")
             continue
-        cells = [v.name, f"{v.bytes:,}", f"{v.bytes / base['v'].bytes:.3f}", f"{r['t1'] * 1e3:.2f}",
-                 f"{r['t32'] * 1e3:.1f}", f"{r['score']:.4f}" if with_min else f"{r['score']:.2f}"]
+        cells = [
+            v.name,
+            f"{v.bytes:,}",
+            f"{v.bytes / base['v'].bytes:.3f}",
+            f"{r['t1'] * 1e3:.2f}",
+            f"{r['t32'] * 1e3:.1f}",
+            f"{r['score']:.4f}" if with_min else f"{r['score']:.2f}",
+        ]
         cells += [f"{r['score_min']:.4f}"] if with_min else []
         cells += [f"{v.seconds:.1f}" if v.seconds else "-"]
         out.append("| " + " | ".join(cells) + " |")
@@ -213,8 +257,9 @@ def table(rows: list, score: str, with_min: bool) -> str:
 
 def by_name(rows: list, name: str) -> dict | None:
     """The row called ``name``, else the first whose name starts with it."""
-    return next((r for r in rows if r["v"].name == name), None) or \
-        next((r for r in rows if r["v"].name.startswith(name)), None)
+    return next((r for r in rows if r["v"].name == name), None) or next(
+        (r for r in rows if r["v"].name.startswith(name)), None
+    )
 
 
 def ok(flag: bool) -> str:
@@ -236,5 +281,8 @@ def ort_size_verdict(rows: list) -> str:
     smallest = min(qdq, key=lambda r: r["v"].bytes, default=None)
     if smallest is None:
         return f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B, ORT's QDQ tool produced nothing: met"
-    return (f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B vs ORT's smallest QDQ {smallest['v'].bytes:,} B "
-            f"({smallest['v'].name}): {ok(w4row['v'].bytes < smallest['v'].bytes)}")
+    return (
+        f"cuantiza 4-bit g128 {w4row['v'].bytes:,} B vs ORT's smallest QDQ {smallest['v'].bytes:,} "
+        "B "
+        f"({smallest['v'].name}): {ok(w4row['v'].bytes < smallest['v'].bytes)}"
+    )

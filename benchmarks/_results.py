@@ -16,7 +16,10 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nWritten by the scripts in `benchmarks/`; each section is replaced when its script reruns.\n"
+HEADER = (
+    "# Benchmark results\n\n"
+    "Written by the scripts in `benchmarks/`; each section is replaced when its script reruns.\n"
+)
 
 
 def median_seconds(fn, repeats: int = 10, warmup: int = 2) -> float:
@@ -39,8 +42,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})")
+    return (
+        f"{datetime.date.today()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+    )
 
 
 def write_section(name: str, body: str) -> None:

@@ -34,8 +34,8 @@ from cuantiza.report.stats import tensor_sqnr_db
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
-ROWS, COLS = 4096, 11008               # LLaMA-7B FFN up/gate projection
-THREADS = 2                            # the issue's "2 cores"
+ROWS, COLS = 4096, 11008  # LLaMA-7B FFN up/gate projection
+THREADS = 2  # the issue's "2 cores"
 TARGET_GBS = 5.0
 # glibc returns freed blocks >= 32 MiB to the OS, so every 45-180 MB result is fresh memory
 # whose first touch page-faults (expensive in this VM); these settings keep freed memory.
@@ -43,7 +43,7 @@ WARM_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 # a timed run counts only if other processes used at most this many clock ticks (10 ms each,
 # both cores together) meanwhile; busier runs are repeated (this machine is shared)
 OTHERS_TICKS = 2
-TRIES = 30                             # repeats of one disturbed run before keeping it
+TRIES = 30  # repeats of one disturbed run before keeping it
 
 SPEED = [
     ("int8 sym per-channel (fp32 scales)", cz.QScheme(8, True, cz.PerChannel(0))),
@@ -78,8 +78,10 @@ def _ticks() -> tuple[int, int]:
         with open("/proc/stat") as f:
             v = [int(t) for t in f.readline().split()[1:]]
         with open("/proc/self/stat") as f:
-            own = f.read().rsplit(")", 1)[1].split()              # fields 3.. of proc(5)
-        return sum(v) - v[3] - v[4], int(own[11]) + int(own[12])  # minus idle, iowait; utime + stime
+            own = f.read().rsplit(")", 1)[1].split()  # fields 3.. of proc(5)
+        return sum(v) - v[3] - v[4], int(own[11]) + int(
+            own[12]
+        )  # minus idle, iowait; utime + stime
     except (OSError, IndexError, ValueError):
         return 0, 0
 
@@ -118,6 +120,7 @@ def round_robin(cases: list[tuple], rounds: int) -> tuple[list[list[float]], dic
 
 def torch_path(fn):
     """``fn`` run with the native kernels disabled (CUANTIZA_NATIVE=0), the setting restored."""
+
     def run():
         old = os.environ.get("CUANTIZA_NATIVE")
         os.environ["CUANTIZA_NATIVE"] = "0"
@@ -128,6 +131,7 @@ def torch_path(fn):
                 del os.environ["CUANTIZA_NATIVE"]
             else:
                 os.environ["CUANTIZA_NATIVE"] = old
+
     return run
 
 
@@ -140,25 +144,62 @@ def speed_rows(x: torch.Tensor, repeats: int) -> list[dict]:
 
     cases = []
     for label, scheme in SPEED:
-        cases.append((f"cuantiza quantize_tensor, {label}", lambda s=scheme: cz.quantize_tensor(x, s), repeats))
-        cases.append((f"cuantiza QTensor.from_float, {label}", lambda s=scheme: cz.QTensor.from_float(x, s), repeats))
+        cases.append(
+            (
+                f"cuantiza quantize_tensor, {label}",
+                lambda s=scheme: cz.quantize_tensor(x, s),
+                repeats,
+            )
+        )
+        cases.append(
+            (
+                f"cuantiza QTensor.from_float, {label}",
+                lambda s=scheme: cz.QTensor.from_float(x, s),
+                repeats,
+            )
+        )
     for label, scheme in SPEED if _native.available() else []:
-        cases.append((f"torch path (CUANTIZA_NATIVE=0): quantize_tensor, {label}",
-                      torch_path(lambda s=scheme: cz.quantize_tensor(x, s)), repeats))
-        cases.append((f"torch path (CUANTIZA_NATIVE=0): QTensor.from_float, {label}",
-                      torch_path(lambda s=scheme: cz.QTensor.from_float(x, s)), repeats))
+        cases.append(
+            (
+                f"torch path (CUANTIZA_NATIVE=0): quantize_tensor, {label}",
+                torch_path(lambda s=scheme: cz.quantize_tensor(x, s)),
+                repeats,
+            )
+        )
+        cases.append(
+            (
+                f"torch path (CUANTIZA_NATIVE=0): QTensor.from_float, {label}",
+                torch_path(lambda s=scheme: cz.QTensor.from_float(x, s)),
+                repeats,
+            )
+        )
     xn = x.numpy()
     for name in ("Q8_0", "Q4_0"):
         qt = getattr(gguf.GGMLQuantizationType, name)
-        cases.append((f"gguf quantize {name} (NumPy)", lambda t=qt: gq(xn, t), max(3, repeats // 3)))
+        cases.append(
+            (f"gguf quantize {name} (NumPy)", lambda t=qt: gq(xn, t), max(3, repeats // 3))
+        )
     cases.append(("floor: x.amax() (read 180 MB)", lambda: x.amax(), repeats))
-    cases.append(("floor: new 45 MB int8 tensor, filled", lambda: torch.empty(x.numel(), dtype=torch.int8).fill_(1), repeats))
+    cases.append(
+        (
+            "floor: new 45 MB int8 tensor, filled",
+            lambda: torch.empty(x.numel(), dtype=torch.int8).fill_(1),
+            repeats,
+        )
+    )
     rows = []
     times, noise = round_robin(cases, repeats)
-    for (name, _, _), t in zip(cases, times):
+    for (name, _, _), t in zip(cases, times, strict=False):
         med = t[len(t) // 2]
-        rows.append({"case": name, "median_ms": med * 1e3, "best_ms": t[0] * 1e3, "gbs": x.numel() * 4 / med / 1e9,
-                     **noise})
+        rows.append(
+            {
+                "case": name,
+                "median_ms": med * 1e3,
+                "best_ms": t[0] * 1e3,
+                "gbs": x.numel() * 4 / med / 1e9,
+                **noise,
+            }
+        )
     return rows
 
 
@@ -185,7 +226,13 @@ def sqnr_rows(mats: dict[str, torch.Tensor]) -> list[dict]:
     for mname, x in mats.items():
         for gname, scheme in PAIRS:
             g_db, g_bpw = gguf_sqnr(x, gname)
-            row = {"matrix": mname, "gguf": gname, "gguf_bpw": g_bpw, "gguf_db": g_db, "scheme": scheme.describe()}
+            row = {
+                "matrix": mname,
+                "gguf": gname,
+                "gguf_bpw": g_bpw,
+                "gguf_db": g_db,
+                "scheme": scheme.describe(),
+            }
             for rname, spec in (("minmax", cz.MinMax()), ("mse", cz.MSE())):
                 qt = cz.QTensor.from_float(x, scheme, range=spec)
                 row[f"{rname}_db"] = tensor_sqnr_db(x, qt.dequantize())
@@ -195,20 +242,29 @@ def sqnr_rows(mats: dict[str, torch.Tensor]) -> list[dict]:
 
 
 def speed_table(rows: list[dict], warm: list[dict] | None) -> str:
-    head = "| case | median ms | best ms | GB/s (median) |" + (" GB/s, malloc keeps freed memory |" if warm else "")
+    head = "| case | median ms | best ms | GB/s (median) |" + (
+        " GB/s, malloc keeps freed memory |" if warm else ""
+    )
     lines = [head, "|---|---:|---:|---:|" + ("---:|" if warm else "")]
     for i, r in enumerate(rows):
         extra = f" {warm[i]['gbs']:.2f} |" if warm else ""
-        lines.append(f"| {r['case']} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | {r['gbs']:.2f} |{extra}")
+        lines.append(
+            f"| {r['case']} | {r['median_ms']:.1f} | {r['best_ms']:.1f} | {r['gbs']:.2f} |{extra}"
+        )
     return "\n".join(lines)
 
 
 def sqnr_table(rows: list[dict]) -> str:
-    lines = ["| weights | gguf | bits/w | SQNR dB | cuantiza scheme | bits/w | MinMax dB | MSE dB |",
-             "|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "| weights | gguf | bits/w | SQNR dB | cuantiza scheme | bits/w | MinMax dB | MSE dB |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['matrix']} | {r['gguf']} | {r['gguf_bpw']:.2f} | {r['gguf_db']:.2f} | {r['scheme']} | "
-                     f"{r['bpw']:.2f} | {r['minmax_db']:.2f} | {r['mse_db']:.2f} |")
+        lines.append(
+            f"| {r['matrix']} | {r['gguf']} | {r['gguf_bpw']:.2f} | {r['gguf_db']:.2f} | "
+            f"{r['scheme']} | "
+            f"{r['bpw']:.2f} | {r['minmax_db']:.2f} | {r['mse_db']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -219,13 +275,19 @@ def verdicts(speed: list[dict], warm: list[dict] | None, sq: list[dict]) -> list
             continue
         ok = "met" if r["gbs"] >= TARGET_GBS else f"missed ({r['gbs'] / TARGET_GBS:.0%} of it)"
         w = f"; {warm[i]['gbs']:.2f} GB/s when malloc keeps freed memory" if warm else ""
-        out.append(f"- throughput >= {TARGET_GBS:g} GB/s, {r['case']}: {r['gbs']:.2f} GB/s, **{ok}**{w}")
+        out.append(
+            f"- throughput >= {TARGET_GBS:g} GB/s, {r['case']}: {r['gbs']:.2f} GB/s, **{ok}**{w}"
+        )
     for r in sq:
         d_mm, d_mse = r["minmax_db"] - r["gguf_db"], r["mse_db"] - r["gguf_db"]
-        head = f"- SQNR vs {r['gguf']} ({r['matrix']}, {r['gguf_bpw']:.2f} vs {r['bpw']:.2f} bits/w, {r['scheme']}): "
-        if "-sym-" in r["scheme"]:       # restricted range: 2^n - 1 levels against gguf's 2^n
-            out.append(head + f"MinMax {d_mm:+.2f} dB, MSE {d_mse:+.2f} dB (restricted range, one level "
-                       "fewer than gguf's: shown for reference; the like-for-like row is the full-range one)")
+        bpw = f"{r['gguf_bpw']:.2f} vs {r['bpw']:.2f} bits/w"
+        head = f"- SQNR vs {r['gguf']} ({r['matrix']}, {bpw}, {r['scheme']}): "
+        if "-sym-" in r["scheme"]:  # restricted range: 2^n - 1 levels against gguf's 2^n
+            out.append(
+                head + f"MinMax {d_mm:+.2f} dB, MSE {d_mse:+.2f} dB (restricted range, one level "
+                "fewer than gguf's: shown for reference; the like-for-like row is the full-range "
+                "one)"
+            )
             continue
         ok_mm = "met" if d_mm >= 0 else "missed"
         ok_mse = "met" if d_mse > 0 else "missed"
@@ -239,13 +301,23 @@ def _noise(row: dict) -> str:
 
 def _native_line() -> str:
     if not _native.available():
-        why = "disabled by CUANTIZA_NATIVE=0" if _native.built() else "not built (no C compiler at install)"
+        why = (
+            "disabled by CUANTIZA_NATIVE=0"
+            if _native.built()
+            else "not built (no C compiler at install)"
+        )
         return f"Native kernels (`cuantiza._native`): {why}; every row is the pure torch path."
-    return ("Native kernels (`cuantiza._native`) built: with a MinMax range `rtn_fused.c` takes each block row "
-            "once (min/max, the scale and zero point, the integers or their codes packed at 1/2/4 bits); other "
-            "ranges use `rtn.c` (a min/max pass, a divide-round-clamp pass, packing); huge pages are advised "
-            "for large results. The `cuantiza` rows use them, the `torch path` rows repeat the same calls "
-            "without them.")
+    return (
+        "Native kernels (`cuantiza._native`) built: with a MinMax range `rtn_fused.c` takes each "
+        "block row "
+        "once (min/max, the scale and zero point, the integers or their codes packed at 1/2/4 "
+        "bits); other "
+        "ranges use `rtn.c` (a min/max pass, a divide-round-clamp pass, packing); huge pages are "
+        "advised "
+        "for large results. The `cuantiza` rows use them, the `torch path` rows repeat the same "
+        "calls "
+        "without them."
+    )
 
 
 def _load() -> str:
@@ -267,23 +339,31 @@ def main(argv=None) -> int:
         return 0
     warm = warm_malloc_speed(args.repeats)
     sq = sqnr_rows(mats)
-    body = "\n\n".join([
-        "## Numeric core: 4096 x 11008 weight, throughput and SQNR vs gguf (`bench_core.py`)",
-        f"Machine: {machine()}. OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')} (irrelevant to torch). "
-        f"Load average before / after: {load_before} / {_load()} (other processes distort 2-thread timings).",
-        "### Throughput (normal weights; GB/s = 180.4 MB of float32 input / median time)",
-        _native_line(),
-        speed_table(speed, warm),
-        f"Runs during which other processes used the CPU were repeated ({_noise(speed[0])}"
-        + (f"; with the malloc setting {_noise(warm[0])}" if warm else "") + ").",
-        "The two floor rows show this machine's memory costs: a new tensor's first touch "
-        "page-faults, so results are cheaper to produce when malloc keeps freed memory "
-        f"({' '.join(f'{k}={v}' for k, v in WARM_MALLOC.items())}; jemalloc/tcmalloc do the same).",
-        "### SQNR at equal bits per weight (group of 32, fp16 scales; Q4_1 stores an fp16 min, cuantiza a uint8 zero point)",
-        sqnr_table(sq),
-        "### Verdicts",
-        "\n".join(verdicts(speed, warm, sq)),
-    ])
+    body = "\n\n".join(
+        [
+            "## Numeric core: 4096 x 11008 weight, throughput and SQNR vs gguf (`bench_core.py`)",
+            f"Machine: {machine()}. "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')} "
+            "(irrelevant to torch). "
+            f"Load average before / after: {load_before} / {_load()} (other processes distort "
+            "2-thread timings).",
+            "### Throughput (normal weights; GB/s = 180.4 MB of float32 input / median time)",
+            _native_line(),
+            speed_table(speed, warm),
+            f"Runs during which other processes used the CPU were repeated ({_noise(speed[0])}"
+            + (f"; with the malloc setting {_noise(warm[0])}" if warm else "")
+            + ").",
+            "The two floor rows show this machine's memory costs: a new tensor's first touch "
+            "page-faults, so results are cheaper to produce when malloc keeps freed memory "
+            f"({' '.join(f'{k}={v}' for k, v in WARM_MALLOC.items())}; jemalloc/tcmalloc do the "
+            "same).",
+            "### SQNR at equal bits per weight (group of 32, fp16 scales; Q4_1 stores an fp16 min, "
+            "cuantiza a uint8 zero point)",
+            sqnr_table(sq),
+            "### Verdicts",
+            "\n".join(verdicts(speed, warm, sq)),
+        ]
+    )
     if args.json:
         print(json.dumps({"speed": speed, "warm": warm, "sqnr": sq}, indent=1))
     else:

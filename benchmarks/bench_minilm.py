@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import minilm  # noqa: E402
+from _results import machine, write_section  # noqa: E402
 
 import cuantiza as cz  # noqa: E402
-from _results import machine, write_section  # noqa: E402
 
 # symmetric 7-bit per-token activations: exact on AVX2's u8 x s8 multiply-add without VNNI (no int16
 # saturation), the same reason torch.ao uses reduce_range (7-bit activations) on x86
@@ -35,7 +35,9 @@ def torch_ao(fp32):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_dynamic(fp32, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(
+            fp32, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        )
 
 
 def state_bytes(model) -> int:
@@ -61,19 +63,25 @@ class OrtEncoder:
 
         class Out:
             last_hidden_state = torch.from_numpy(hidden)
+
         return Out()
 
 
 def onnx_variants(fp32, enc, tmp: Path):
     """fp32 ONNX export (bench_onnx's traceable wrapper) and ORT's own dynamic quantization."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     from bench_onnx import TEXT_INPUTS, Encoder, export_float
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     args = tuple(enc[k] for k in TEXT_INPUTS)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                # tracing changes the model's state: export a copy
-        src = export_float(Encoder(copy.deepcopy(fp32)), args, TEXT_INPUTS, tmp / "minilm.onnx", "last_hidden_state")
+        warnings.simplefilter("ignore")  # tracing changes the model's state: export a copy
+        src = export_float(
+            Encoder(copy.deepcopy(fp32)),
+            args,
+            TEXT_INPUTS,
+            tmp / "minilm.onnx",
+            "last_hidden_state",
+        )
     dst = tmp / "minilm.int8.onnx"
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
     return OrtEncoder(src), OrtEncoder(dst)
@@ -82,8 +90,14 @@ def onnx_variants(fp32, enc, tmp: Path):
 def accuracy(name, model, size, enc_all, ref):
     emb = minilm.embed(model, enc_all)
     cos = minilm.cosine(ref, emb) if ref is not None else torch.ones(len(emb))
-    return {"name": name, "model": model, "bytes": size, "cos_mean": float(cos.mean()),
-            "cos_min": float(cos.min()), "emb": emb}
+    return {
+        "name": name,
+        "model": model,
+        "bytes": size,
+        "cos_mean": float(cos.mean()),
+        "cos_min": float(cos.min()),
+        "emb": emb,
+    }
 
 
 def interleaved_latency(rows, key: str, enc: dict, repeats: int, warmup: int = 2) -> None:
@@ -105,17 +119,24 @@ def interleaved_latency(rows, key: str, enc: dict, repeats: int, warmup: int = 2
 
 def paired_ratio(a: dict, b: dict, key: str) -> float:
     """Median over rounds of a's time / b's time in the same round."""
-    return statistics.median(x / y for x, y in zip(a[key + "_rounds"], b[key + "_rounds"]))
+    return statistics.median(
+        x / y for x, y in zip(a[key + "_rounds"], b[key + "_rounds"], strict=False)
+    )
 
 
 def table(rows) -> str:
     base = rows[0]
-    out = ["| variant | bytes | bytes vs fp32 | speed b1x128 | speed b32x128 | mean cosine | min cosine |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        "| variant | bytes | bytes vs fp32 | speed b1x128 | speed b32x128 | mean cosine | min "
+        "cosine |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        out.append(f"| {r['name']} | {r['bytes']:,} | {r['bytes'] / base['bytes']:.3f} | "
-                   f"{base['t1'] / r['t1']:.2f}x | {base['t32'] / r['t32']:.2f}x | "
-                   f"{r['cos_mean']:.4f} | {r['cos_min']:.4f} |")
+        out.append(
+            f"| {r['name']} | {r['bytes']:,} | {r['bytes'] / base['bytes']:.3f} | "
+            f"{base['t1'] / r['t1']:.2f}x | {base['t32'] / r['t32']:.2f}x | "
+            f"{r['cos_mean']:.4f} | {r['cos_min']:.4f} |"
+        )
     return "\n".join(out)
 
 
@@ -123,7 +144,7 @@ def main(repeats: int = 20) -> list:
     cz.progress.set_quiet(True)
     tok, fp32 = minilm.load()
     texts = minilm.sentences(200)
-    enc_all = minilm.batch(tok, texts, pad_to_max=True)     # 128 tokens: the ONNX export's length
+    enc_all = minilm.batch(tok, texts, pad_to_max=True)  # 128 tokens: the ONNX export's length
     b1 = minilm.batch(tok, texts[:1], pad_to_max=True)
     b32 = minilm.batch(tok, texts[:32], pad_to_max=True)
     ours = cz.quantize_dynamic(fp32, FAST_DYNAMIC)
@@ -133,13 +154,18 @@ def main(repeats: int = 20) -> list:
         cz.save(ours, Path(d) / "cz")
         ours_bytes = sum(f.stat().st_size for f in (Path(d) / "cz").iterdir())
         ort_fp32, ort_int8 = onnx_variants(fp32, b1, Path(d))
-    variants = [("fp32 PyTorch", fp32, state_bytes(fp32)),
-                ("torch.ao dynamic, per-channel", torch_ao(fp32), state_bytes(torch_ao(fp32))),
-                ("ONNX Runtime fp32", ort_fp32, ort_fp32.bytes),
-                ("ONNX Runtime dynamic QInt8, per-channel", ort_int8, ort_int8.bytes),
-                ("cuantiza dynamic, uint8 per-token act. (exact kernels)", ours_a8, ours_bytes),
-                ("cuantiza dynamic, int7 per-token act. (native GEMM)", ours, ours_bytes)]
-    rows = [accuracy(n, m, size, enc_all, None if i == 0 else ref) for i, (n, m, size) in enumerate(variants)]
+    variants = [
+        ("fp32 PyTorch", fp32, state_bytes(fp32)),
+        ("torch.ao dynamic, per-channel", torch_ao(fp32), state_bytes(torch_ao(fp32))),
+        ("ONNX Runtime fp32", ort_fp32, ort_fp32.bytes),
+        ("ONNX Runtime dynamic QInt8, per-channel", ort_int8, ort_int8.bytes),
+        ("cuantiza dynamic, uint8 per-token act. (exact kernels)", ours_a8, ours_bytes),
+        ("cuantiza dynamic, int7 per-token act. (native GEMM)", ours, ours_bytes),
+    ]
+    rows = [
+        accuracy(n, m, size, enc_all, None if i == 0 else ref)
+        for i, (n, m, size) in enumerate(variants)
+    ]
     interleaved_latency(rows, "t1", b1, repeats)
     interleaved_latency(rows, "t32", b32, max(3, repeats // 2))
     return rows
@@ -147,14 +173,20 @@ def main(repeats: int = 20) -> list:
 
 if __name__ == "__main__":
     rows = main()
-    body = (f"## all-MiniLM-L6-v2, dynamic int8 (`bench_minilm.py`)\n\n{machine()}; 200 sentences; "
-            "speed = fp32 PyTorch latency / variant latency (medians, all variants timed round-robin); "
-            "bytes = serialized model.\n\n" + table(rows))
+    body = (
+        f"## all-MiniLM-L6-v2, dynamic int8 (`bench_minilm.py`)\n\n{machine()}; 200 sentences; "
+        "speed = fp32 PyTorch latency / variant latency (medians, all variants timed round-robin); "
+        "bytes = serialized model.\n\n" + table(rows)
+    )
     ours, ao = rows[-1], rows[1]
-    body += (f"\n\nTargets: mean cosine >= 0.993 ({ours['cos_mean']:.4f}), min >= 0.96 ({ours['cos_min']:.4f}), "
-             f"latency <= torch.ao's (b1 {ours['t1'] / ao['t1']:.2f}x, b32 {ours['t32'] / ao['t32']:.2f}x of torch.ao's "
-             f"median; median of same-round ratios b1 {paired_ratio(ours, ao, 't1'):.2f}x, "
-             f"b32 {paired_ratio(ours, ao, 't32'):.2f}x), "
-             f"bytes <= 30% of fp32 ({ours['bytes'] / rows[0]['bytes']:.1%}).")
+    body += (
+        f"\n\nTargets: mean cosine >= 0.993 ({ours['cos_mean']:.4f}), min >= 0.96 "
+        f"({ours['cos_min']:.4f}), "
+        f"latency <= torch.ao's (b1 {ours['t1'] / ao['t1']:.2f}x, b32 "
+        f"{ours['t32'] / ao['t32']:.2f}x of torch.ao's "
+        f"median; median of same-round ratios b1 {paired_ratio(ours, ao, 't1'):.2f}x, "
+        f"b32 {paired_ratio(ours, ao, 't32'):.2f}x), "
+        f"bytes <= 30% of fp32 ({ours['bytes'] / rows[0]['bytes']:.1%})."
+    )
     write_section("bench_minilm", body)
     print(body)

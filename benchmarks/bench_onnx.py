@@ -25,16 +25,33 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import minilm  # noqa: E402
+from _onnx_variants import (
+    W4_G128,
+    Variant,
+    by_name,
+    cz_onnx,
+    export_float,
+    graph_ops,
+    interleaved,  # noqa: E402
+    make,
+    ok,
+    ops_lines,
+    ort_dynamic,
+    ort_size_verdict,
+    ort_static,
+    session,
+    table,
+    timed,
+    w4,
+    with_float_acts,
+)
+from _results import machine, write_section  # noqa: E402
 
 import cuantiza as cz  # noqa: E402
 from cuantiza.cli import digits  # noqa: E402
-from _onnx_variants import (W4_G128, Variant, by_name, cz_onnx, export_float, graph_ops, interleaved,  # noqa: E402
-                            make, ok, ops_lines, ort_dynamic, ort_size_verdict, ort_static, session, table, timed, w4,
-                            with_float_acts)
-from _results import machine, write_section  # noqa: E402
 
-TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]      # BertModel.forward's order
-PCT = cz.Percentile(99.999)                                          # ORT's default percentile
+TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]  # BertModel.forward's order
+PCT = cz.Percentile(99.999)  # ORT's default percentile
 
 
 class Encoder(torch.nn.Module):
@@ -45,8 +62,9 @@ class Encoder(torch.nn.Module):
         self.bert = bert
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                         token_type_ids=token_type_ids).last_hidden_state
+        return self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
 
 
 def feed(sess, arrays: dict) -> dict:
@@ -54,7 +72,7 @@ def feed(sess, arrays: dict) -> dict:
     names = [i.name for i in sess.get_inputs()]
     if set(names) <= set(arrays):
         return {n: arrays[n] for n in names}
-    return dict(zip(names, (arrays[k] for k in TEXT_INPUTS)))
+    return dict(zip(names, (arrays[k] for k in TEXT_INPUTS), strict=False))
 
 
 # ------------------------------------------------------------------------------ MiniLM
@@ -83,13 +101,22 @@ def minilm_variants(tmp: Path, fp32, enc1: dict, cal: list) -> list:
     torch_q = cz.quantize_dynamic(fp32)
     specs = ort_specs(src, cal) + [
         ("cuantiza quantize_onnx dynamic", cz_onnx(src, cz.QuantConfig(), "dynamic")),
-        ("cuantiza quantize_onnx dynamic, per-token", cz_onnx(src, cz.QuantConfig(dynamic="per_token"), "dynamic")),
+        (
+            "cuantiza quantize_onnx dynamic, per-token",
+            cz_onnx(src, cz.QuantConfig(dynamic="per_token"), "dynamic"),
+        ),
         ("cuantiza quantize_onnx static MinMax", cz_onnx(src, cz.QuantConfig(), "static", cal)),
-        ("cuantiza quantize_onnx static Percentile", cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal)),
+        (
+            "cuantiza quantize_onnx static Percentile",
+            cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal),
+        ),
         (W4_ROWS["g128"], cz_onnx(src, w4(128), "weight_only")),
         (W4_ROWS["g32"], cz_onnx(src, w4(32), "weight_only")),
         (W4_ROWS["g32 float16 scales"], cz_onnx(src, w4(32, "float16"), "weight_only")),
-        ("cuantiza export_onnx (PyTorch dynamic int8)", lambda d: cz.export_onnx(Encoder(torch_q), args, d)),
+        (
+            "cuantiza export_onnx (PyTorch dynamic int8)",
+            lambda d: cz.export_onnx(Encoder(torch_q), args, d),
+        ),
     ]
     base = Variant("ORT fp32", src, sess=session(src))
     check = lambda s: s.run(None, feed(s, enc1))  # noqa: E731
@@ -107,8 +134,12 @@ def measure_minilm(v: Variant, ref, enc_all: dict, b1: dict, b32: dict) -> dict:
     except Exception as e:  # noqa: BLE001  (a model that fails at run time: that is its result)
         v.error = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
         return row
-    row.update(score=float(cos.mean()), score_min=float(cos.min()),
-               t1=lambda: v.sess.run(None, feed(v.sess, b1)), t32=lambda: v.sess.run(None, feed(v.sess, b32)))
+    row.update(
+        score=float(cos.mean()),
+        score_min=float(cos.min()),
+        t1=lambda: v.sess.run(None, feed(v.sess, b1)),
+        t32=lambda: v.sess.run(None, feed(v.sess, b32)),
+    )
     return row
 
 
@@ -118,8 +149,10 @@ def run_minilm(tmp: Path, repeats: int) -> list:
     enc_all = np_enc(minilm.batch(tok, texts[:64], pad_to_max=True))
     b1 = np_enc(minilm.batch(tok, texts[:1], pad_to_max=True))
     b32 = np_enc(minilm.batch(tok, texts[:32], pad_to_max=True))
-    cal = [{k: v for k, v in np_enc(minilm.batch(tok, texts[s:s + 16], pad_to_max=True)).items()}
-           for s in range(64, 96, 16)]
+    cal = [
+        {k: v for k, v in np_enc(minilm.batch(tok, texts[s : s + 16], pad_to_max=True)).items()}
+        for s in range(64, 96, 16)
+    ]
     variants = minilm_variants(tmp, fp32, b1, cal)
     ref = ort_embed(variants[0].sess, enc_all)
     rows = [measure_minilm(variants[0], None, enc_all, b1, b32)]
@@ -141,11 +174,17 @@ def digits_variants(tmp: Path, fp32, x_cal: torch.Tensor) -> list:
     specs = ort_specs(src, cal) + [
         ("cuantiza quantize_onnx dynamic", cz_onnx(src, cz.QuantConfig(), "dynamic")),
         ("cuantiza quantize_onnx static MinMax", cz_onnx(src, cz.QuantConfig(), "static", cal)),
-        ("cuantiza quantize_onnx static Percentile", cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal)),
+        (
+            "cuantiza quantize_onnx static Percentile",
+            cz_onnx(src, cz.QuantConfig(observer=PCT), "static", cal),
+        ),
         (NONE_ROW, cz_onnx(src, cz.QuantConfig(), "static", cal, outputs="none")),
         (W4_ROWS["g128"], cz_onnx(src, w4(128), "weight_only")),
         (W4_ROWS["g32"], cz_onnx(src, w4(32), "weight_only")),
-        ("cuantiza export_onnx (PyTorch static int8)", lambda d: cz.export_onnx(torch_q, x_cal[:1], d)),
+        (
+            "cuantiza export_onnx (PyTorch static int8)",
+            lambda d: cz.export_onnx(torch_q, x_cal[:1], d),
+        ),
     ]
     base = Variant("ORT fp32", src, sess=session(src))
     check = lambda s: s.run(None, {s.get_inputs()[0].name: cal[0]["input"]})  # noqa: E731
@@ -162,8 +201,11 @@ def measure_digits(v: Variant, x_te: np.ndarray, y_te: np.ndarray) -> dict:
     except Exception as e:  # noqa: BLE001
         v.error = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
         return row
-    row.update(score=float((pred == y_te).mean() * 100), t1=lambda: v.sess.run(None, {name: x_te[:1]}),
-               t32=lambda: v.sess.run(None, {name: x_te[:32]}))
+    row.update(
+        score=float((pred == y_te).mean() * 100),
+        t1=lambda: v.sess.run(None, {name: x_te[:1]}),
+        t32=lambda: v.sess.run(None, {name: x_te[:32]}),
+    )
     return row
 
 
@@ -177,14 +219,22 @@ def run_digits(tmp: Path, repeats: int) -> list:
 
 # ------------------------------------------------------------------------------ report
 NONE_ROW = "cuantiza quantize_onnx static MinMax, outputs='none'"
-W4_ROWS = {"g128": W4_G128,
-           "g32": "cuantiza quantize_onnx 4-bit weight-only (g32)",
-           "g32 float16 scales": "cuantiza quantize_onnx 4-bit weight-only (g32, float16 scales)"}
+W4_ROWS = {
+    "g128": W4_G128,
+    "g32": "cuantiza quantize_onnx 4-bit weight-only (g32)",
+    "g32 float16 scales": "cuantiza quantize_onnx 4-bit weight-only (g32, float16 scales)",
+}
 
 
-PAIRS = [("dynamic int8", "ORT quantize_dynamic", "cuantiza quantize_onnx dynamic"),
-         ("static MinMax", "ORT quantize_static QDQ MinMax", "cuantiza quantize_onnx static MinMax"),
-         ("static Percentile", "ORT quantize_static QDQ Percentile", "cuantiza quantize_onnx static Percentile")]
+PAIRS = [
+    ("dynamic int8", "ORT quantize_dynamic", "cuantiza quantize_onnx dynamic"),
+    ("static MinMax", "ORT quantize_static QDQ MinMax", "cuantiza quantize_onnx static MinMax"),
+    (
+        "static Percentile",
+        "ORT quantize_static QDQ Percentile",
+        "cuantiza quantize_onnx static Percentile",
+    ),
+]
 
 
 def accuracy_verdict(rows: list, fmt: str) -> str:
@@ -196,8 +246,10 @@ def accuracy_verdict(rows: list, fmt: str) -> str:
         elif "score" not in t:
             parts.append(f"{label}: {fmt.format(o['score'])} vs ORT failed, met")
         else:
-            parts.append(f"{label}: {fmt.format(o['score'])} vs {fmt.format(t['score'])}, "
-                         f"{ok(o['score'] >= t['score'] - 1e-4)}")
+            parts.append(
+                f"{label}: {fmt.format(o['score'])} vs {fmt.format(t['score'])}, "
+                f"{ok(o['score'] >= t['score'] - 1e-4)}"
+            )
     return "; ".join(parts)
 
 
@@ -215,49 +267,83 @@ def speed_verdict(rows: list) -> str:
 def size_verdict(rows: list) -> str:
     """4-bit bytes / the smallest 8-bit cuantiza export of the run (conservative: static files
     also hold activation Q/DQ nodes), judged on g128; g32 (and with float16 scales) shown."""
-    eights = [r for r in rows if r["v"].name.startswith("cuantiza") and "4-bit" not in r["v"].name
-              and "score" in r]
+    eights = [
+        r
+        for r in rows
+        if r["v"].name.startswith("cuantiza") and "4-bit" not in r["v"].name and "score" in r
+    ]
     target = by_name(rows, W4_ROWS["g128"])
     if "score" not in target or not eights:
         return f"cuantiza 4-bit g128 or every 8-bit export failed ({target['v'].error}): MISSED"
     s8 = min(eights, key=lambda r: r["v"].bytes)["v"]
-    ratio = {k: by_name(rows, n)["v"].bytes / s8.bytes for k, n in W4_ROWS.items()
-             if by_name(rows, n) is not None and "score" in by_name(rows, n)}
-    text = (f"g128 {target['v'].bytes:,} B = {ratio['g128']:.1%} of the smallest 8-bit export "
-            f"({s8.name}, {s8.bytes:,} B): {ok(ratio['g128'] <= 0.60)}")
+    ratio = {
+        k: by_name(rows, n)["v"].bytes / s8.bytes
+        for k, n in W4_ROWS.items()
+        if by_name(rows, n) is not None and "score" in by_name(rows, n)
+    }
+    text = (
+        f"g128 {target['v'].bytes:,} B = {ratio['g128']:.1%} of the smallest 8-bit export "
+        f"({s8.name}, {s8.bytes:,} B): {ok(ratio['g128'] <= 0.60)}"
+    )
     if "g32" in ratio:
-        text += (f"; g32 {ratio['g32']:.1%} (float32 group scales cost 32/g bits per weight: g32 stores 5 "
-                 "bits/weight, 62.5% of 8, on its grouped layers, g128 4.25"
-                 + (", so g32 cannot reach 60% with float32 scales)"
-                    if ratio["g32"] > 0.60 else "; here layers not a multiple of 32 keep per-channel scales)"))
+        text += (
+            f"; g32 {ratio['g32']:.1%} (float32 group scales cost 32/g bits per weight: g32 stores "
+            "5 "
+            "bits/weight, 62.5% of 8, on its grouped layers, g128 4.25"
+            + (
+                ", so g32 cannot reach 60% with float32 scales)"
+                if ratio["g32"] > 0.60
+                else "; here layers not a multiple of 32 keep per-channel scales)"
+            )
+        )
     if "g32 float16 scales" in ratio:
-        text += (f"; g32 with float16 scales (4.5 bits/weight, Cast to float32 and folded by ORT) "
-                 f"{ratio['g32 float16 scales']:.1%}")
+        text += (
+            f"; g32 with float16 scales (4.5 bits/weight, Cast to float32 and folded by ORT) "
+            f"{ratio['g32 float16 scales']:.1%}"
+        )
     return text
 
 
 def verdicts(name: str, rows: list, fmt: str) -> str:
-    return (f"- {name}, accuracy at the same width/format: {accuracy_verdict(rows, fmt)}\n"
-            f"- {name}, ORT latency ratio cuantiza/ORT (target <= 1.0): {speed_verdict(rows)}\n"
-            f"- {name}, 4-bit export <= 60% of the 8-bit export (judged on g128): {size_verdict(rows)}\n"
-            f"- {name}, 4-bit smaller than any ORT QDQ output: {ort_size_verdict(rows)}")
+    return (
+        f"- {name}, accuracy at the same width/format: {accuracy_verdict(rows, fmt)}\n"
+        f"- {name}, ORT latency ratio cuantiza/ORT (target <= 1.0): {speed_verdict(rows)}\n"
+        f"- {name}, 4-bit export <= 60% of the 8-bit export (judged on g128): "
+        f"{size_verdict(rows)}\n"
+        f"- {name}, 4-bit smaller than any ORT QDQ output: {ort_size_verdict(rows)}"
+    )
 
 
-NOTES = ("Notes: ORT's dynamic CNN row runs (ConvInteger u8 x s8 did not fail in onnxruntime 1.32). Static outputs: "
-         "with Q/DQ on layer inputs only (`outputs='none'`) ORT leaves the CNN's depthwise Conv (Relu -> Flatten -> "
-         "QuantizeLinear) and last Gemm (graph output, float bias) in float; the default `outputs='auto'` adds the "
-         "Q/DQ ORT needs where no value changes (after that Relu, with the qparams the Gemm's input gets anyway) and "
-         "an INT32 bias at s_x s_w, so that Gemm fuses into a QGemm with a float32 output (ORT quantizes the "
-         "output to 8 bits; `outputs='all'` does too). MiniLM's weight MatMuls fuse without output Q/DQ "
-         "(MatMulIntegerToFloat); its 12 float MatMuls are attention's activation x activation products, which "
-         "ORT quantizes and cuantiza does not. The CNN's remaining static gap is the kernel: cuantiza stores int8 "
-         "weights as UINT8 + 128 (u8 x u8, exact), ORT as INT8 (u8 x s8, faster, but int16 pair sums saturate "
-         "without VNNI; this CPU has AVX2 only). Measured separately in this session: cuantiza's static CNN "
-         "re-stored as INT8 ran at 0.98 / 0.95 of ORT (b1 / b32) but moved outputs by up to 30 LSB and flipped "
-         "0.6% of the test predictions. 4-bit sizes: MatMulNBits keeps float32 scales in memory, but float16 "
-         "scales in the file (`scale_dtype`, Cast to float32 before DequantizeLinear, exact) are folded by ORT at "
-         "load: MatMulNBits still fuses. The `session accuracy_level=1` row shows the 4-bit cosine loss is the "
-         "weights', not MatMulNBits' int8 activations.\n")
+NOTES = (
+    "Notes: ORT's dynamic CNN row runs (ConvInteger u8 x s8 did not fail in onnxruntime 1.32). "
+    "Static outputs: "
+    "with Q/DQ on layer inputs only (`outputs='none'`) ORT leaves the CNN's depthwise Conv (Relu "
+    "-> Flatten -> "
+    "QuantizeLinear) and last Gemm (graph output, float bias) in float; the default "
+    "`outputs='auto'` adds the "
+    "Q/DQ ORT needs where no value changes (after that Relu, with the qparams the Gemm's input "
+    "gets anyway) and "
+    "an INT32 bias at s_x s_w, so that Gemm fuses into a QGemm with a float32 output (ORT "
+    "quantizes the "
+    "output to 8 bits; `outputs='all'` does too). MiniLM's weight MatMuls fuse without output Q/DQ "
+    "(MatMulIntegerToFloat); its 12 float MatMuls are attention's activation x activation "
+    "products, which "
+    "ORT quantizes and cuantiza does not. The CNN's remaining static gap is the kernel: cuantiza "
+    "stores int8 "
+    "weights as UINT8 + 128 (u8 x u8, exact), ORT as INT8 (u8 x s8, faster, but int16 pair sums "
+    "saturate "
+    "without VNNI; this CPU has AVX2 only). Measured separately in this session: cuantiza's static "
+    "CNN "
+    "re-stored as INT8 ran at 0.98 / 0.95 of ORT (b1 / b32) but moved outputs by up to 30 LSB and "
+    "flipped "
+    "0.6% of the test predictions. 4-bit sizes: MatMulNBits keeps float32 scales in memory, but "
+    "float16 "
+    "scales in the file (`scale_dtype`, Cast to float32 before DequantizeLinear, exact) are folded "
+    "by ORT at "
+    "load: MatMulNBits still fuses. The `session accuracy_level=1` row shows the 4-bit cosine loss "
+    "is the "
+    "weights', not MatMulNBits' int8 activations.\n"
+)
 
 
 def main(repeats: int = 10) -> str:
@@ -266,22 +352,40 @@ def main(repeats: int = 10) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as d:
         text = run_minilm(Path(d), repeats)
         cnn = run_digits(Path(d), repeats)
-    return (f"## ONNX: ONNX Runtime's quantizer vs cuantiza (`bench_onnx.py`)\n\n{machine()}; onnxruntime "
-            f"{__import__('onnxruntime').__version__}, {2} threads, default graph optimizations, the same session "
-            "options for every row except the one marked `session accuracy_level=1` (MatMulNBits keeps float32 "
-            "activations instead of re-quantizing them to int8); latency = median `session.run`, timed round-robin over the "
-            "variants; ORT static = QDQ, uint8 activations, "
-            "per-channel weights; cuantiza static = per-channel int8 weights, uint8 per-tensor activations, "
-            "`outputs='auto'` unless marked.\n\n"
-            "### all-MiniLM-L6-v2 (opset-17 export; 64 sentences padded to 128 tokens; cosine of mean-pooled "
-            "embeddings vs ORT fp32; b1 = 1x128, b32 = 32x128 tokens)\n\n"
-            + table(text, "mean cosine", True) + "\n\n"
-            "### digits CNN (8 epochs; accuracy % on the 540-image test split; b1 / b32 images)\n\n"
-            + table(cnn, "accuracy %", False) + "\n\n"
-            "### Layer ops of ORT's optimized graphs (static rows; `optimized_model_filepath`, the same session "
-            "options)\n\n" + ops_lines("MiniLM", text) + "\n" + ops_lines("digits", cnn) + "\n\n### Targets\n\n"
-            + verdicts("MiniLM", text, "{:.4f}") + "\n" + verdicts("digits", cnn, "{:.2f}%") + "\n\n"
-            + NOTES)
+    return (
+        f"## ONNX: ONNX Runtime's quantizer vs cuantiza (`bench_onnx.py`)\n\n{machine()}; "
+        "onnxruntime "
+        f"{__import__('onnxruntime').__version__}, {2} threads, default graph optimizations, the "
+        "same session "
+        "options for every row except the one marked `session accuracy_level=1` (MatMulNBits keeps "
+        "float32 "
+        "activations instead of re-quantizing them to int8); latency = median `session.run`, timed "
+        "round-robin over the "
+        "variants; ORT static = QDQ, uint8 activations, "
+        "per-channel weights; cuantiza static = per-channel int8 weights, uint8 per-tensor "
+        "activations, "
+        "`outputs='auto'` unless marked.\n\n"
+        "### all-MiniLM-L6-v2 (opset-17 export; 64 sentences padded to 128 tokens; cosine of "
+        "mean-pooled "
+        "embeddings vs ORT fp32; b1 = 1x128, b32 = 32x128 tokens)\n\n"
+        + table(text, "mean cosine", True)
+        + "\n\n"
+        "### digits CNN (8 epochs; accuracy % on the 540-image test split; b1 / b32 images)\n\n"
+        + table(cnn, "accuracy %", False)
+        + "\n\n"
+        "### Layer ops of ORT's optimized graphs (static rows; `optimized_model_filepath`, the "
+        "same session "
+        "options)\n\n"
+        + ops_lines("MiniLM", text)
+        + "\n"
+        + ops_lines("digits", cnn)
+        + "\n\n### Targets\n\n"
+        + verdicts("MiniLM", text, "{:.4f}")
+        + "\n"
+        + verdicts("digits", cnn, "{:.2f}%")
+        + "\n\n"
+        + NOTES
+    )
 
 
 if __name__ == "__main__":

@@ -13,21 +13,37 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SUBJECTS = ["The old fisherman", "A curious student", "My neighbour's dog", "The city council",
-            "An experienced surgeon", "The small startup", "Our football team", "The orchestra",
-            "A tired nurse", "The volcano"]
-ACTIONS = ["repaired the leaking roof before the storm arrived",
-           "published a report on rising sea levels",
-           "celebrated the victory late into the night",
-           "refused to sign the new contract",
-           "discovered a rare species of orchid in the forest",
-           "lost the keys somewhere near the train station",
-           "explained quantum computing to a room of children",
-           "cooked a spicy soup with fresh vegetables",
-           "won an award for clean energy research",
-           "erupted without warning, covering the valley in ash"]
-EXTRAS = ["", " Nobody expected it.", " The weather was terrible.", " It cost far more than planned.",
-          " Everyone in town talked about it for weeks."]
+SUBJECTS = [
+    "The old fisherman",
+    "A curious student",
+    "My neighbour's dog",
+    "The city council",
+    "An experienced surgeon",
+    "The small startup",
+    "Our football team",
+    "The orchestra",
+    "A tired nurse",
+    "The volcano",
+]
+ACTIONS = [
+    "repaired the leaking roof before the storm arrived",
+    "published a report on rising sea levels",
+    "celebrated the victory late into the night",
+    "refused to sign the new contract",
+    "discovered a rare species of orchid in the forest",
+    "lost the keys somewhere near the train station",
+    "explained quantum computing to a room of children",
+    "cooked a spicy soup with fresh vegetables",
+    "won an award for clean energy research",
+    "erupted without warning, covering the valley in ash",
+]
+EXTRAS = [
+    "",
+    " Nobody expected it.",
+    " The weather was terrible.",
+    " It cost far more than planned.",
+    " Everyone in town talked about it for weeks.",
+]
 
 
 def sentences(n: int = 200) -> list[str]:
@@ -50,8 +66,15 @@ def load():
 
 
 def batch(tok, texts: list[str], max_length: int = 128, pad_to_max: bool = False) -> dict:
-    return dict(tok(texts, padding="max_length" if pad_to_max else True, truncation=True,
-                    max_length=max_length, return_tensors="pt"))
+    return dict(
+        tok(
+            texts,
+            padding="max_length" if pad_to_max else True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+    )
 
 
 @torch.no_grad()
@@ -80,9 +103,11 @@ def main() -> None:
     cos = cosine(embed(fp32, enc), embed(qm, enc))
     totals = cz.report(fp32, qm, enc).totals
     print("dynamic int8 (per-channel weights, per-token activations, int8 embeddings):")
-    print(f"  bytes {totals['quant_bytes']:,} vs fp32 {totals['float_bytes']:,} "
-          f"({totals['quant_bytes'] / totals['float_bytes']:.1%}), "
-          f"embedding cosine mean {cos.mean():.4f} min {cos.min():.4f}")
+    print(
+        f"  bytes {totals['quant_bytes']:,} vs fp32 {totals['float_bytes']:,} "
+        f"({totals['quant_bytes'] / totals['float_bytes']:.1%}), "
+        f"embedding cosine mean {cos.mean():.4f} min {cos.min():.4f}"
+    )
 
 
 if __name__ == "__main__":

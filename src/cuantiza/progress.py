@@ -22,6 +22,10 @@ def is_quiet() -> bool:
     return _quiet if _quiet is not None else os.environ.get("CUANTIZA_QUIET") == "1"
 
 
-def bar(iterable=None, desc: str = "", total: int | None = None, unit: str = "it", disable: bool = False):
+def bar(
+    iterable=None, desc: str = "", total: int | None = None, unit: str = "it", disable: bool = False
+):
     """A tqdm bar, off in quiet mode or when the caller asks (``disable``, e.g. progress=False)."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable or is_quiet(), leave=False)
+    return tqdm(
+        iterable, desc=desc, total=total, unit=unit, disable=disable or is_quiet(), leave=False
+    )

@@ -43,23 +43,23 @@ def test_awq_lowers_the_output_error(qkv, bits, group):
     x = activations()
     s = awq_scales(x, qkv, scheme)
     assert s.shape == (D,) and s.dtype == torch.float32
-    assert float(s[OUTLIERS].min()) > float(s.median())               # outlier channels scaled up
+    assert float(s[OUTLIERS].min()) > float(s.median())  # outlier channels scaled up
     ones = torch.ones(D)
     assert output_error(x, qkv, s, scheme) < 0.6 * output_error(x, qkv, ones, scheme)
-    held_out = activations(seed=7)                                   # the gain is not overfit
+    held_out = activations(seed=7)  # the gain is not overfit
     assert output_error(held_out, qkv, s, scheme) < 0.6 * output_error(held_out, qkv, ones, scheme)
 
 
 def test_awq_never_worse_than_rtn_and_degenerate_inputs(qkv):
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32))
-    x = torch.randn(256, D)                                          # no outliers: little to gain
+    x = torch.randn(256, D)  # no outliers: little to gain
     s = awq_scales(x, qkv, scheme, grid=10)
     assert output_error(x, qkv, s, scheme) <= output_error(x, qkv, torch.ones(D), scheme)
     assert torch.equal(awq_scales(torch.zeros(16, D), qkv, scheme), torch.ones(D))
-    x[:, 5] = 0.0                                                    # a dead channel: finite scale
+    x[:, 5] = 0.0  # a dead channel: finite scale
     s = awq_scales(x, qkv[0], scheme, grid=4)
     assert bool(torch.isfinite(s).all() & (s > 0).all())
-    assert torch.equal(awq_scales(x, qkv, scheme, grid=1), torch.ones(D))   # alpha = 0 only
+    assert torch.equal(awq_scales(x, qkv, scheme, grid=1), torch.ones(D))  # alpha = 0 only
 
 
 def test_awq_errors_name_the_layer(qkv):
@@ -87,12 +87,14 @@ def _rel(a, b):
 def test_folding_into_a_norm_keeps_the_function(qkv):
     h = torch.randn(32, D) * 3
     gamma, beta = torch.rand(D) + 0.5, torch.randn(D) * 0.1
-    s = awq_scales(activations(), qkv, cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(128)))
-    rms = h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()       # RMSNorm (no bias)
+    s = awq_scales(
+        activations(), qkv, cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(128))
+    )
+    rms = h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # RMSNorm (no bias)
     f = apply_scales(gamma, qkv, s)
-    for w, w2 in zip(qkv, f.weights):
+    for w, w2 in zip(qkv, f.weights, strict=False):
         assert _rel((rms * f.prev) @ w2.T, (rms * gamma) @ w.T) < 1e-5
-    ln = torch.nn.functional.layer_norm(h, (D,))                     # LayerNorm (with bias)
+    ln = torch.nn.functional.layer_norm(h, (D,))  # LayerNorm (with bias)
     f = apply_scales(gamma, qkv, s, prev_bias=beta)
     assert _rel((ln * f.prev + f.prev_bias) @ f.weights[0].T, (ln * gamma + beta) @ qkv[0].T) < 1e-5
     assert torch.equal(gamma, gamma.clone()) and f.prev.dtype == gamma.dtype
@@ -101,7 +103,7 @@ def test_folding_into_a_norm_keeps_the_function(qkv):
 def test_folding_into_a_previous_linear_keeps_the_function():
     g = torch.Generator().manual_seed(3)
     prev_w, prev_b = torch.randn(D, 48, generator=g), torch.randn(D, generator=g)  # e.g. v_proj
-    nxt = torch.randn(40, D, generator=g)                                          # e.g. o_proj
+    nxt = torch.randn(40, D, generator=g)  # e.g. o_proj
     s = torch.rand(D, generator=g) * 4 + 0.1
     u = torch.randn(16, 48, generator=g)
     f = apply_scales(prev_w, [nxt], s, prev_bias=prev_b)
@@ -109,7 +111,11 @@ def test_folding_into_a_previous_linear_keeps_the_function():
     after = (u @ f.prev.T + f.prev_bias) @ f.weights[0].T
     assert _rel(after, before) < 1e-5
     f16 = apply_scales(prev_w.half(), nxt.half(), s)
-    assert f16.prev.dtype == torch.float16 and f16.weights[0].dtype == torch.float16 and f16.prev_bias is None
+    assert (
+        f16.prev.dtype == torch.float16
+        and f16.weights[0].dtype == torch.float16
+        and f16.prev_bias is None
+    )
 
 
 # ------------------------------------------------------------------------------ SmoothQuant
@@ -129,7 +135,7 @@ def test_smoothquant_lowers_w8a8_error_and_folds_exactly():
     for chunk in x.split(100):
         acc.add(chunk)
     s = smooth_scales(acc, [w[:48], w[48:]], alpha=0.5)
-    assert torch.equal(s, smooth_scales(x.abs().amax(0), w))         # max over all weights' rows
+    assert torch.equal(s, smooth_scales(x.abs().amax(0), w))  # max over all weights' rows
     ratio = w8a8_error(x, w, s) / w8a8_error(x, w, torch.ones(D))
     assert ratio < 0.3, ratio
     gamma = torch.rand(D) + 0.5
@@ -142,7 +148,7 @@ def test_smooth_scales_guards_zeros_and_alpha():
     a = torch.tensor([4.0, 0.0, 2.0, float("inf")])
     w = torch.tensor([[1.0, 1.0, 0.0, 1.0], [-2.0, 3.0, 0.0, 1.0]])
     s = smooth_scales(a, [w], alpha=0.5)
-    assert s.tolist() == [pytest.approx(2.0 / 2 ** 0.5), 1.0, 1.0, 1.0]
+    assert s.tolist() == [pytest.approx(2.0 / 2**0.5), 1.0, 1.0, 1.0]
     assert torch.equal(smooth_scales(a[:3], w[:, :3], alpha=1.0), torch.tensor([4.0, 1.0, 1.0]))
     with pytest.raises(cz.ConfigError, match="mlp"):
         smooth_scales(a, [w], alpha=1.5, name="mlp")

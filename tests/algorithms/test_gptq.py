@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import cuantiza as cz
-from cuantiza.algorithms import Hessian, gptq, quantize_weight
+from cuantiza.algorithms import Hessian, quantize_weight
+from cuantiza.algorithms.gptq import gptq
 from cuantiza.core.quantize import tensor_qparams
 
 # Tie flips between the two implementations (float64 sums in another order) are allowed on at
@@ -36,7 +37,9 @@ def reference_gptq(w, h, scheme, damp=0.01, act_order=False):
     dynamic = isinstance(scheme.granularity, cz.PerGroup) and not act_order
     qp = tensor_qparams(W.float(), scheme)
     S, Z = _expand(qp.scale, scheme, out, n), _expand(qp.zero_point, scheme, out, n)
-    perm = torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else torch.arange(n)
+    perm = (
+        torch.argsort(H.diagonal(), descending=True, stable=True) if act_order else torch.arange(n)
+    )
     W, H, S, Z = W[:, perm], H[perm][:, perm], S[:, perm], Z[:, perm]
     H += damp * H.diagonal().mean() * torch.eye(n, dtype=torch.float64)
     U = torch.linalg.cholesky(torch.linalg.inv(H), upper=True)
@@ -44,13 +47,13 @@ def reference_gptq(w, h, scheme, damp=0.01, act_order=False):
     row_scheme = dataclasses.replace(scheme, granularity=cz.PerChannel(0))
     for j in range(n):
         if dynamic and j % scheme.granularity.size == 0:
-            gp = tensor_qparams(W[:, j:j + scheme.granularity.size].float(), row_scheme)
+            gp = tensor_qparams(W[:, j : j + scheme.granularity.size].float(), row_scheme)
             S[:, j:] = gp.scale.float()[:, None]
             Z[:, j:] = gp.zero_point.float()[:, None]
         x = W[:, j].float()
         q = torch.clamp(torch.round(x / S[:, j]) + Z[:, j], scheme.qmin, scheme.qmax)
         err = (W[:, j] - ((q - Z[:, j]) * S[:, j]).double()) / U[j, j]
-        W[:, j + 1:] -= err[:, None] * U[j, j + 1:][None, :]
+        W[:, j + 1 :] -= err[:, None] * U[j, j + 1 :][None, :]
         Q[:, j] = q
     return Q[:, torch.argsort(perm)]
 
@@ -75,7 +78,7 @@ def test_blocked_matches_column_by_column_reference(bits, gran, symmetric, act_o
     ref = reference_gptq(w, h, scheme, act_order=act_order)
     mismatch = float((t.int_repr().float() != ref).float().mean())
     assert mismatch <= TIE_FRACTION
-    assert mismatch == 0.0          # what we observe: identical codes
+    assert mismatch == 0.0  # what we observe: identical codes
 
 
 def test_result_does_not_depend_on_block_size():
@@ -86,13 +89,17 @@ def test_result_does_not_depend_on_block_size():
     assert all(torch.equal(codes[0], c) for c in codes[1:])
 
 
-@pytest.mark.parametrize("scheme", [
-    cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)),
-    cz.QScheme(bits=3, granularity=cz.PerChannel(0), scale_dtype="float16"),
-    cz.QScheme(bits=4, granularity=cz.PerGroup(16), restricted=False),
-    cz.QScheme(bits=8, symmetric=False, granularity=cz.PerTensor()),
-    cz.QScheme(bits=1, granularity=cz.PerChannel(0)),
-], ids=lambda s: s.describe())
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)),
+        cz.QScheme(bits=3, granularity=cz.PerChannel(0), scale_dtype="float16"),
+        cz.QScheme(bits=4, granularity=cz.PerGroup(16), restricted=False),
+        cz.QScheme(bits=8, symmetric=False, granularity=cz.PerTensor()),
+        cz.QScheme(bits=1, granularity=cz.PerChannel(0)),
+    ],
+    ids=lambda s: s.describe(),
+)
 def test_identity_hessian_gives_rtn(scheme):
     w = torch.randn(32, 96)
     t = gptq(w, torch.eye(96), scheme, damp=0.0)
@@ -106,12 +113,16 @@ def _layer_error(x, w, wq):
 
 
 @pytest.mark.parametrize("act_order", [False, True])
-@pytest.mark.parametrize("scheme", [
-    cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(32)),
-    cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)),
-    cz.QScheme(bits=3, granularity=cz.PerChannel(0)),
-    cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
-], ids=lambda s: s.describe())
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(32)),
+        cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)),
+        cz.QScheme(bits=3, granularity=cz.PerChannel(0)),
+        cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
+    ],
+    ids=lambda s: s.describe(),
+)
 def test_gptq_beats_rtn_on_the_layer_objective(scheme, act_order):
     x, w = _correlated_inputs(1024, 128, rank=16), torch.randn(64, 128)
     g = gptq(w, Hessian(128).add(x), scheme, act_order=act_order).dequantize()
@@ -121,7 +132,7 @@ def test_gptq_beats_rtn_on_the_layer_objective(scheme, act_order):
 
 
 def test_non_pd_hessian_raises_calibration_error_naming_the_layer():
-    x = _correlated_inputs(256, 32, rank=4, noise=0.0)                 # rank 4 of 32
+    x = _correlated_inputs(256, 32, rank=4, noise=0.0)  # rank 4 of 32
     h = Hessian(32, name="blocks.0.mlp.down").add(x)
     name = "blocks.0.mlp.down.weight"
     with pytest.raises(cz.CalibrationError, match=r"blocks\.0\.mlp\.down\.weight.*damp") as e:
@@ -139,12 +150,17 @@ def test_dead_columns():
     w = torch.randn(16, 64)
     h = Hessian(64).add(x).value()
     assert float(h[3, 3]) == 0.0
-    for scheme in (cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(16)), cz.QScheme(bits=3)):
+    for scheme in (
+        cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(16)),
+        cz.QScheme(bits=3),
+    ):
         for act_order in (False, True):
             wq = gptq(w, h, scheme, act_order=act_order).dequantize()
             assert bool(torch.isfinite(wq).all())
             assert bool((wq[:, [3, 10, 40]] == 0).all())
-            assert _layer_error(x, w, wq) < _layer_error(x, w, cz.QTensor.from_float(w, scheme).dequantize())
+            assert _layer_error(x, w, wq) < _layer_error(
+                x, w, cz.QTensor.from_float(w, scheme).dequantize()
+            )
 
 
 def test_deterministic_and_input_untouched():
@@ -160,7 +176,7 @@ def test_deterministic_and_input_untouched():
 
 def test_act_order_keeps_the_ordinary_group_layout():
     x, w = _correlated_inputs(256, 64), torch.randn(8, 64)
-    x[:, 50] *= 30                                                     # a dominant input channel
+    x[:, 50] *= 30  # a dominant input channel
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(16))
     t = gptq(w, Hessian(64).add(x), scheme, act_order=True)
     assert t.qparams.scale.shape == (8, 4) and t.scheme == scheme
@@ -208,8 +224,10 @@ def test_quantize_weight_dispatch():
     w, x = torch.randn(8, 32), torch.randn(128, 32)
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(16))
     h = Hessian(32).add(x)
-    assert torch.equal(quantize_weight(w, scheme, "gptq", hessian=h, act_order=True).data,
-                       gptq(w, h, scheme, act_order=True).data)
+    assert torch.equal(
+        quantize_weight(w, scheme, "gptq", hessian=h, act_order=True).data,
+        gptq(w, h, scheme, act_order=True).data,
+    )
     assert torch.equal(quantize_weight(w, scheme).data, cz.QTensor.from_float(w, scheme).data)
     with pytest.raises(cz.ConfigError, match="hessian"):
         quantize_weight(w, scheme, "gptq")

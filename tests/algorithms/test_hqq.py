@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import cuantiza as cz
-from cuantiza.algorithms import hqq, quantize_weight
+from cuantiza.algorithms import quantize_weight
+from cuantiza.algorithms.hqq import hqq
 from cuantiza.core.blocking import to_blocks
 
 
@@ -14,7 +15,7 @@ def llama_like(out=128, inf=512, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out, inf, generator=g) * 0.02
     chi2 = torch.randn(out // 2, inf, 4, generator=g).square().mean(-1)
-    w[out // 2:] = torch.randn(out // 2, inf, generator=g) / chi2.sqrt() * 0.015
+    w[out // 2 :] = torch.randn(out // 2, inf, generator=g) / chi2.sqrt() * 0.015
     idx = torch.randint(0, out * inf, (out * inf // 1000,), generator=g)
     w.view(-1)[idx] *= 8
     return w
@@ -42,7 +43,7 @@ def test_hqq_beats_minmax_rtn_on_llama_like_weights(weight, bits, group):
     h, r = hqq(weight, scheme), cz.QTensor.from_float(weight, scheme)
     eh, er = block_errors(h, weight), block_errors(r, weight)
     assert float(eh.sum()) < BOUND[bits] * float(er.sum())
-    assert bool((eh <= er * (1 + 1e-6)).all())                      # never worse, block by block
+    assert bool((eh <= er * (1 + 1e-6)).all())  # never worse, block by block
 
 
 # From MinMax, HQQ is within ~1% of RTN with the MSE clipping search (better at 4 bits / group
@@ -56,15 +57,19 @@ def test_started_from_the_mse_search_hqq_beats_rtn_mse(bits):
     assert bool((eh <= em * (1 + 1e-6)).all()) and float(eh.sum()) < 0.999 * float(em.sum())
 
 
-@pytest.mark.parametrize("scheme", [
-    cz.QScheme(bits=3, granularity=cz.PerGroup(64)),
-    cz.QScheme(bits=4, granularity=cz.PerGroup(32), restricted=False),
-    cz.QScheme(bits=4, symmetric=False, granularity=cz.PerChannel(0)),
-    cz.QScheme(bits=4, symmetric=False, granularity=cz.PerTensor()),
-    cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(48)),      # ragged last group
-    cz.QScheme(bits=2, symmetric=False, granularity=cz.PerGroup(64), scale_dtype="float16"),
-    cz.QScheme(bits=8, symmetric=False, granularity=cz.PerGroup(128), scale_dtype="bfloat16"),
-], ids=lambda s: s.describe() + "-" + s.scale_dtype)
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        cz.QScheme(bits=3, granularity=cz.PerGroup(64)),
+        cz.QScheme(bits=4, granularity=cz.PerGroup(32), restricted=False),
+        cz.QScheme(bits=4, symmetric=False, granularity=cz.PerChannel(0)),
+        cz.QScheme(bits=4, symmetric=False, granularity=cz.PerTensor()),
+        cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(48)),  # ragged last group
+        cz.QScheme(bits=2, symmetric=False, granularity=cz.PerGroup(64), scale_dtype="float16"),
+        cz.QScheme(bits=8, symmetric=False, granularity=cz.PerGroup(128), scale_dtype="bfloat16"),
+    ],
+    ids=lambda s: s.describe() + "-" + s.scale_dtype,
+)
 def test_never_worse_and_an_ordinary_qtensor(scheme):
     weight = llama_like(64, 256, seed=2)
     h, r = hqq(weight, scheme), cz.QTensor.from_float(weight, scheme)
@@ -96,26 +101,30 @@ def test_binary_is_rtn_and_degenerate_blocks_are_finite():
     w[0] = 0.0
     w[1] = 0.5
     w[2, :32] = -1.0
-    for scheme in (cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(32)), cz.QScheme(bits=3)):
+    for scheme in (
+        cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(32)),
+        cz.QScheme(bits=3),
+    ):
         t = hqq(w, scheme)
         assert bool(torch.isfinite(t.dequantize()).all())
         assert bool((t.dequantize()[0] == 0).all())
 
 
 def test_medium_weight_runs_in_several_chunks_and_is_deterministic():
-    w = llama_like(512, 1024, seed=1)                     # 17 row chunks
+    w = llama_like(512, 1024, seed=1)  # 17 row chunks
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(128))
     a, b = hqq(w, scheme), hqq(w, scheme)
     assert torch.equal(a.data, b.data) and torch.equal(a.qparams.scale, b.qparams.scale)
-    e = lambda t: float(((t.dequantize() - w) ** 2).sum())   # noqa: E731
+    e = lambda t: float(((t.dequantize() - w) ** 2).sum())  # noqa: E731
     assert e(a) < 0.97 * e(cz.QTensor.from_float(w, scheme))
 
 
 def test_options_and_errors():
     w = torch.randn(8, 64)
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32))
-    assert torch.equal(quantize_weight(w, scheme, "hqq", iters=5, p=0.5).data,
-                       hqq(w, scheme, iters=5, p=0.5).data)
+    assert torch.equal(
+        quantize_weight(w, scheme, "hqq", iters=5, p=0.5).data, hqq(w, scheme, iters=5, p=0.5).data
+    )
     assert torch.equal(hqq(w, scheme, iters=0, refit=0).data, cz.QTensor.from_float(w, scheme).data)
     assert hqq(w, scheme, p=1.0).shape == (8, 64)
     for bad in ({"p": 1.5}, {"p": 0.0}, {"iters": -1}, {"beta": 0.0}, {"kappa": 0.5}):

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from cuantiza.backends import layers as kernels
+from cuantiza.backends import layers_reference as reference
+from cuantiza.backends import layers_torch as fast
 from cuantiza.backends.layers import ActInfo, IntWeight
-from cuantiza.backends import layers_torch as fast, layers_reference as reference
 
 
 def _acts(shape, asym: bool, per_row: bool = False):
@@ -43,9 +44,14 @@ def test_reference_linear_is_plain_integer_matmul():
     assert torch.equal(kernels.linear_acc("reference", q, z, w), want.int())
 
 
-@pytest.mark.parametrize("groups,stride,padding,dilation", [
-    (1, (1, 1), (1, 1), (1, 1)), (2, (2, 1), (0, 2), (1, 1)), (4, (1, 1), (1, 1), (2, 2)),
-])
+@pytest.mark.parametrize(
+    "groups,stride,padding,dilation",
+    [
+        (1, (1, 1), (1, 1), (1, 1)),
+        (2, (2, 1), (0, 2), (1, 1)),
+        (4, (1, 1), (1, 1), (2, 2)),
+    ],
+)
 @pytest.mark.parametrize("asym", [True, False])
 def test_conv_kernels_match_reference(groups, stride, padding, dilation, asym):
     n, c, h, wd, o = 2, 8, 7, 6, 12
@@ -75,7 +81,7 @@ A8_PER_TOKEN = ActInfo(256, symmetric=False, scalar_zp=False)
 def test_choose_respects_exactness_bounds():
     w8 = _weights(4, 8)
     w16 = IntWeight(w8.w.to(torch.int16), w8.rowsum, 255)
-    assert kernels.choose(64, U8, w8) == "f32exact"              # u8 saturates oneDNN on AVX2
+    assert kernels.choose(64, U8, w8) == "f32exact"  # u8 saturates oneDNN on AVX2
     assert kernels.choose(4096, U8, w8) == ("int_mm_vnni" if fast.has_vnni() else "f32split")
     assert kernels.choose(4096, U8, w16) == "f32split"
     if fast.onednn_available():
@@ -92,11 +98,11 @@ def test_choose_respects_exactness_bounds():
 @pytest.mark.parametrize("m,k,o", [(1, 16, 8), (9, 100, 24), (64, 1536, 48)])
 def test_onednn_matches_reference_for_7bit_codes(m, k, o):
     w = _weights(o, k)
-    q_sym = torch.randint(-63, 64, (m, k), dtype=torch.int8)           # symmetric 7-bit codes
+    q_sym = torch.randint(-63, 64, (m, k), dtype=torch.int8)  # symmetric 7-bit codes
     zero = torch.zeros((), dtype=torch.int32)
     ref = kernels.linear_acc("reference", q_sym, zero, w)
     assert torch.equal(kernels.linear_acc("onednn", q_sym, zero, w), ref.to(torch.float32))
-    q_asym = torch.randint(0, 128, (m, k), dtype=torch.uint8)          # asymmetric 7-bit codes
+    q_asym = torch.randint(0, 128, (m, k), dtype=torch.uint8)  # asymmetric 7-bit codes
     z = torch.tensor(37, dtype=torch.int32)
     ref = kernels.linear_acc("reference", q_asym, z, w)
     assert torch.equal(kernels.linear_acc("onednn", q_asym, z, w), ref.to(torch.float32))
@@ -106,9 +112,11 @@ def test_onednn_matches_reference_for_7bit_codes(m, k, o):
 def test_onednn_rounds_large_accumulators_like_int32_to_float32():
     """|acc| > 2^24 is not exact in float32: oneDNN must round it as int32 -> float32 does."""
     k = 4096
-    w = IntWeight(torch.full((3, k), 127, dtype=torch.int8), torch.full((3,), 127 * k, dtype=torch.int32), 127)
+    w = IntWeight(
+        torch.full((3, k), 127, dtype=torch.int8), torch.full((3,), 127 * k, dtype=torch.int32), 127
+    )
     q = torch.full((2, k), 63, dtype=torch.int8)
-    q[1, :7] = -63                                       # an odd sum, not a multiple of 2^k
+    q[1, :7] = -63  # an odd sum, not a multiple of 2^k
     zero = torch.zeros((), dtype=torch.int32)
     ref = kernels.linear_acc("reference", q, zero, w)
     assert int(ref.abs().max()) > 2**24
@@ -137,8 +145,10 @@ def test_fused_onednn_exit_equals_reference_exit(per_row):
 
 
 def test_f32split_is_exact_where_float32_alone_is_not():
-    k = 6000                                             # 255 * 127 * 6000 >> 2^24
-    w = IntWeight(torch.full((2, k), 127, dtype=torch.int8), torch.full((2,), 127 * k, dtype=torch.int32), 127)
+    k = 6000  # 255 * 127 * 6000 >> 2^24
+    w = IntWeight(
+        torch.full((2, k), 127, dtype=torch.int8), torch.full((2,), 127 * k, dtype=torch.int32), 127
+    )
     q = torch.full((3, k), 255, dtype=torch.uint8)
     q[1, ::7] = 0
     z = torch.zeros((), dtype=torch.int32)

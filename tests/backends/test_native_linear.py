@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 import cuantiza as cz
-from cuantiza.backends.native import rtn as _native
 from cuantiza.backends.native import linear as native_linear
+from cuantiza.backends.native import rtn as _native
 from tests.helpers.data import activation_rows
 
-needs_layer = pytest.mark.skipif(not native_linear.built() or not _native.available(),
-                                 reason="native layer not built")
+needs_layer = pytest.mark.skipif(
+    not native_linear.built() or not _native.available(), reason="native layer not built"
+)
 
 
 def _layer(k: int, n: int, bits: int = 7, bias: bool = True, seed: int = 0):
@@ -39,7 +40,7 @@ def _general(layer, x: torch.Tensor) -> torch.Tensor:
 def test_packing_layout_and_column_sums():
     w = torch.randint(-127, 128, (21, 12), dtype=torch.int8)
     p = native_linear.NativeLinear(w, 63)
-    blocks = p.packed.reshape(2, 3, 16, 4)                      # (blocks, K/4, 16 columns, 4 k)
+    blocks = p.packed.reshape(2, 3, 16, 4)  # (blocks, K/4, 16 columns, 4 k)
     want = torch.zeros(32, 12, dtype=torch.int8)
     want[:21] = w
     assert torch.equal(blocks.permute(0, 2, 1, 3).reshape(32, 12), want)
@@ -100,8 +101,8 @@ def test_non_finite_rows_raise_the_typed_error(bad):
 def test_only_exact_cases_are_taken(monkeypatch):
     w = torch.zeros(8, 64, dtype=torch.int8)
     assert native_linear.supports(w, 63)
-    assert not native_linear.supports(w, 127)                   # u = q + 64 would pass 127
-    assert not native_linear.supports(w[:, :62], 63)            # K not a multiple of 4
+    assert not native_linear.supports(w, 127)  # u = q + 64 would pass 127
+    assert not native_linear.supports(w[:, :62], 63)  # K not a multiple of 4
     assert not native_linear.supports(w.to(torch.int16), 63)
     assert not native_linear.supports(w[:, :0], 63)
     monkeypatch.setenv("CUANTIZA_NATIVE", "0")
@@ -124,7 +125,7 @@ def test_bias_and_scale_changes_are_seen():
 @needs_layer
 def test_leading_dims_and_non_contiguous_input():
     layer = _layer(64, 24)
-    x = torch.randn(3, 64, 7).transpose(1, 2)                   # (3, 7, 64), not contiguous
+    x = torch.randn(3, 64, 7).transpose(1, 2)  # (3, 7, 64), not contiguous
     with torch.no_grad():
         got = layer(x)
     assert got.shape == (3, 7, 24)
@@ -135,7 +136,9 @@ def test_built_when_a_compiler_is_present():
     """As test_native's check for _rtn: a missing _gemm library must not pass unnoticed."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler: the optional extension is legitimately absent")
-    assert native_linear.built(), "a C compiler exists but cuantiza/backends/native/_gemm*.so was not built or failed to load"
+    assert native_linear.built(), (
+        "a C compiler exists but cuantiza/backends/native/_gemm*.so was not built or failed to load"
+    )
 
 
 @needs_layer
@@ -145,7 +148,7 @@ def test_accumulators_past_float32_precision(tile):
     torch.manual_seed(3)
     lin = nn.Linear(4096, 20)
     with torch.no_grad():
-        lin.weight.copy_(torch.sign(torch.randn(20, 1)) * 0.5)     # one sign per row
+        lin.weight.copy_(torch.sign(torch.randn(20, 1)) * 0.5)  # one sign per row
         lin.weight[:, ::7] *= 0.9
     cfg = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
     layer = cz.quantize_dynamic(nn.Sequential(lin), cfg)[0]
@@ -153,7 +156,7 @@ def test_accumulators_past_float32_precision(tile):
     x[1] = -1.0
     x[2, ::3] = -1.0
     x[3:] = torch.randn(3, 4096)
-    acc_row0 = 63 * layer.w_int.w.to(torch.int64).sum(dim=1)   # x = 1: every code is qmax = 63
+    acc_row0 = 63 * layer.w_int.w.to(torch.int64).sum(dim=1)  # x = 1: every code is qmax = 63
     assert int(acc_row0.abs().max()) > 2**24
     with torch.no_grad():
         assert torch.equal(layer(x), _general(layer, x))

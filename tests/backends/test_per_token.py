@@ -9,13 +9,12 @@ import torch
 from torch import nn
 
 import cuantiza as cz
-from tests.helpers.data import activation_rows
+from cuantiza.backends import layers_torch as fast
 from cuantiza.backends.native import rtn as _native
 from cuantiza.backends.native import threads as native_threads
-from cuantiza.backends import layers_torch as fast
-from cuantiza.nn.layer_math import dynamic_qparams, fused_rows_ok, quantize_sym_rows
 from cuantiza.core.quantize import quantize_2d
-
+from cuantiza.nn.layer_math import dynamic_qparams, fused_rows_ok, quantize_sym_rows
+from tests.helpers.data import activation_rows
 
 
 @pytest.fixture(params=["native", "native-threads", "torch"])
@@ -42,13 +41,15 @@ def test_fused_codes_and_scales_equal_the_general_path(bits, seed, path):
     qp = dynamic_qparams(x, scheme, per_token=True)
     want = quantize_2d(x, qp)
     q, s = quantize_sym_rows(x, scheme)
-    nonzero = x.abs().amax(dim=1) > 0                     # all-zero rows: tiny instead of 1, codes 0
+    nonzero = x.abs().amax(dim=1) > 0  # all-zero rows: tiny instead of 1, codes 0
     assert torch.equal(s.reshape(-1)[nonzero], qp.scale.to(torch.float32).reshape(-1)[nonzero])
     assert bool((s.reshape(-1)[~nonzero] > 0).all())
     assert q.dtype == want.dtype and torch.equal(q, want)
     q_off, _ = quantize_sym_rows(x, scheme, offset=64)
     if bits <= 7:
-        assert q_off.dtype == torch.uint8 and torch.equal(q_off.to(torch.int16), want.to(torch.int16) + 64)
+        assert q_off.dtype == torch.uint8 and torch.equal(
+            q_off.to(torch.int16), want.to(torch.int16) + 64
+        )
 
 
 def test_fused_only_takes_the_schemes_it_computes_exactly():
@@ -64,7 +65,9 @@ def test_non_finite_rows_leave_the_fused_path_for_the_typed_error(bad, path):
     x[5, 7] = bad
     assert quantize_sym_rows(x, cz.QScheme(bits=7, symmetric=True)) is None
     m = nn.Sequential(nn.Linear(160, 16))
-    qm = cz.quantize_dynamic(m, cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token"))
+    qm = cz.quantize_dynamic(
+        m, cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dynamic="per_token")
+    )
     with pytest.raises(cz.errors.NonFiniteError):
         qm(x)
 

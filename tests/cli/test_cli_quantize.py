@@ -26,12 +26,19 @@ def tiny_model(path):
     w1 = numpy_helper.from_array(RNG.standard_normal((64, 32)).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(RNG.standard_normal(32).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(RNG.standard_normal((32, 8)).astype(np.float32), "w2")
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
-             helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
-             helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
-             helper.make_node("MatMul", ["h2", "w2"], ["y"], name="head")]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w1, b1, w2])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
+        helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+        helper.make_node("MatMul", ["h2", "w2"], ["y"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        [w1, b1, w2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -73,28 +80,64 @@ def test_dynamic_default_writes_a_working_model_and_a_summary(capsys, src, tmp_p
 
 def test_static_calibrates_with_a_progress_bar(capsys, src, tmp_path):
     np.savez(tmp_path / "cal.npz", x=RNG.standard_normal((96, 64)).astype(np.float32))
-    code, out, err = run(capsys, "quantize", src, "-o", tmp_path / "q.onnx", "--static",
-                         "--calibration", tmp_path / "cal.npz", "--per-channel")
+    code, out, err = run(
+        capsys,
+        "quantize",
+        src,
+        "-o",
+        tmp_path / "q.onnx",
+        "--static",
+        "--calibration",
+        tmp_path / "cal.npz",
+        "--per-channel",
+    )
     assert code == 0, err
-    assert "calibrate" in err                                   # the tqdm bar, on stderr
+    assert "calibrate" in err  # the tqdm bar, on stderr
     assert "mode static" in out and "static" in out.split("quantized:")[1]
 
 
 def test_quiet_prints_one_line_and_no_bar(capsys, src, tmp_path):
     np.savez(tmp_path / "cal.npz", x=RNG.standard_normal((64, 64)).astype(np.float32))
-    code, out, err = run(capsys, "quantize", src, "-o", tmp_path / "q.onnx", "--static",
-                         "--calibration", tmp_path / "cal.npz", "--quiet")
+    code, out, err = run(
+        capsys,
+        "quantize",
+        src,
+        "-o",
+        tmp_path / "q.onnx",
+        "--static",
+        "--calibration",
+        tmp_path / "cal.npz",
+        "--quiet",
+    )
     assert code == 0
     assert len(out.splitlines()) == 1 and "calibrate" not in err
 
 
 def test_4bit_groups_are_smaller_than_8bit(capsys, src, tmp_path):
-    assert run(capsys, "quantize", src, "-o", tmp_path / "q8.onnx", "--weight-only", "--per-channel")[0] == 0
-    code, out, _ = run(capsys, "quantize", src, "-o", tmp_path / "q4.onnx", "--weight-only", "--bits", "4",
-                       "--group-size", "16", "--asymmetric")
+    assert (
+        run(capsys, "quantize", src, "-o", tmp_path / "q8.onnx", "--weight-only", "--per-channel")[
+            0
+        ]
+        == 0
+    )
+    code, out, _ = run(
+        capsys,
+        "quantize",
+        src,
+        "-o",
+        tmp_path / "q4.onnx",
+        "--weight-only",
+        "--bits",
+        "4",
+        "--group-size",
+        "16",
+        "--asymmetric",
+    )
     assert code == 0
     assert "int4-asym-group16" in out and "UINT4" in out
-    assert init_bytes(tmp_path / "q4.onnx") < 0.8 * init_bytes(tmp_path / "q8.onnx")   # file: metadata-bound
+    assert init_bytes(tmp_path / "q4.onnx") < 0.8 * init_bytes(
+        tmp_path / "q8.onnx"
+    )  # file: metadata-bound
     x = RNG.standard_normal((2, 64)).astype(np.float32)
     assert ort_run(tmp_path / "q4.onnx", x).shape == (2, 8)
 
@@ -106,16 +149,21 @@ def test_exclude_keeps_a_layer_float_and_says_why(capsys, src, tmp_path):
     assert "kept float:" in out and "1 x excluded by config: head" in out
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--static"], "--static needs --calibration"),
-    (["--calibration", "cal.npz"], "add --static"),
-    (["--bits", "9"], "bits must be an integer in 1..8"),
-    (["--group-size", "0"], "PerGroup size"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--static"], "--static needs --calibration"),
+        (["--calibration", "cal.npz"], "add --static"),
+        (["--bits", "9"], "bits must be an integer in 1..8"),
+        (["--group-size", "0"], "PerGroup size"),
+    ],
+)
 def test_bad_options_print_one_line_and_exit_2(capsys, src, tmp_path, extra, message):
     code, out, err = run(capsys, "quantize", src, "-o", tmp_path / "q.onnx", *extra)
     assert code == 2 and out == ""
-    assert err.startswith("cuantiza: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert (
+        err.startswith("cuantiza: error:") and message in err and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -137,7 +185,9 @@ def test_missing_model_and_quantized_input_are_refused(capsys, src, tmp_path):
 
 
 def test_exclusive_flags_and_help(capsys, src, tmp_path):
-    code, _, err = run(capsys, "quantize", src, "-o", tmp_path / "q.onnx", "--per-channel", "--group-size", "16")
+    code, _, err = run(
+        capsys, "quantize", src, "-o", tmp_path / "q.onnx", "--per-channel", "--group-size", "16"
+    )
     assert code == 2 and "not allowed with" in err
     code, out, _ = run(capsys, "quantize", "--help")
     assert code == 0 and "--calibration" in out and "--exclude" in out

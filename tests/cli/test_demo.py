@@ -18,7 +18,7 @@ def test_quick_demo_meets_targets(tmp_path, capsys):
     assert rows["QAT w2 a8 (ternary)"].accuracy >= fp32 - 3
     assert rows["QAT w1 a8 (binary)"].accuracy >= fp32 - 10
     assert rows["QAT w1 a8 (binary)"].bpw < 2.0 and rows["static int8, min/max"].bpw < 8.5
-    for name, r in rows.items():                   # promise 1: the simulated model runs as is
+    for name, r in rows.items():  # promise 1: the simulated model runs as is
         if name.startswith(("static", "QAT")):
             assert r.exact == "yes", name
     for f in ("report.md", "report.json"):

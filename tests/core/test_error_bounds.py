@@ -26,9 +26,15 @@ import cuantiza as cz
 from tests import reference as ref
 from tests.thresholds import THRESHOLDS
 
-BOUND_FOR_BITS = {8: "llama_total_error", 7: "llama_total_error", 6: "llama_total_error",
-                  5: "llama_total_error", 4: "llama_total_error",
-                  3: "llama_total_error_3bits", 2: "llama_total_error_2bits"}
+BOUND_FOR_BITS = {
+    8: "llama_total_error",
+    7: "llama_total_error",
+    6: "llama_total_error",
+    5: "llama_total_error",
+    4: "llama_total_error",
+    3: "llama_total_error_3bits",
+    2: "llama_total_error_2bits",
+}
 RANGES = {"minmax": cz.MinMax(), "mse": cz.MSE()}
 
 
@@ -45,10 +51,23 @@ def _cases():
             for name in RANGES:
                 marks = []
                 if (bits, symmetric, name) == (2, True, "minmax"):
-                    marks = [pytest.mark.xfail(strict=True, reason=(
-                        "ternary min/max: 0.00865 > 0.0075 (2-bit bound); meets the ternary 0.01"))]
-                yield pytest.param(bits, symmetric, name, bound, marks=marks,
-                                   id=f"{bits}bit-{'sym' if symmetric else 'asym'}-{name}")
+                    marks = [
+                        pytest.mark.xfail(
+                            strict=True,
+                            reason=(
+                                "ternary min/max: 0.00865 > 0.0075 (2-bit bound); meets the "
+                                "ternary 0.01"
+                            ),
+                        )
+                    ]
+                yield pytest.param(
+                    bits,
+                    symmetric,
+                    name,
+                    bound,
+                    marks=marks,
+                    id=f"{bits}bit-{'sym' if symmetric else 'asym'}-{name}",
+                )
 
 
 @pytest.mark.parametrize("bits, symmetric, range_name, bound", list(_cases()))
@@ -61,7 +80,9 @@ def test_llama_cpp_ternary_bound(range_name):
     assert _total_error(2, True, RANGES[range_name]) <= THRESHOLDS["llama_total_error_ternary"]
 
 
-@pytest.mark.parametrize("symmetric, range_name", [(True, "minmax"), (False, "minmax"), (False, "mse")])
+@pytest.mark.parametrize(
+    "symmetric, range_name", [(True, "minmax"), (False, "minmax"), (False, "mse")]
+)
 def test_llama_cpp_binary_bound(symmetric, range_name):
     assert _total_error(1, symmetric, RANGES[range_name]) <= THRESHOLDS["llama_total_error_binary"]
 
@@ -70,4 +91,6 @@ def test_llama_cpp_binary_bound(symmetric, range_name):
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_mse_search_never_worse_than_minmax_on_llama_data(bits, symmetric):
     minmax = _total_error(bits, symmetric, RANGES["minmax"])
-    assert _total_error(bits, symmetric, RANGES["mse"]) <= minmax * (1 + THRESHOLDS["sum_order_rtol"])
+    assert _total_error(bits, symmetric, RANGES["mse"]) <= minmax * (
+        1 + THRESHOLDS["sum_order_rtol"]
+    )

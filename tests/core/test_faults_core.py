@@ -5,8 +5,13 @@ import pytest
 import torch
 
 import cuantiza as cz
-from cuantiza.errors import (CalibrationError, ConfigError, NonFiniteError, ScaleOverflowError,
-                             UnsupportedDtypeError)
+from cuantiza.errors import (
+    CalibrationError,
+    ConfigError,
+    NonFiniteError,
+    ScaleOverflowError,
+    UnsupportedDtypeError,
+)
 from tests import reference as ref
 from tests.thresholds import THRESHOLDS
 
@@ -37,7 +42,10 @@ def test_fault_01_nan_in_weights(spec):
 def test_fault_02_inf_in_weights(spec):
     w = _weight()
     w[0, 0], w[7, 31] = float("inf"), float("-inf")
-    for scheme in (cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0)), cz.QScheme(bits=1)):
+    for scheme in (
+        cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0)),
+        cz.QScheme(bits=1),
+    ):
         with pytest.raises(NonFiniteError, match="0 NaN and 2 Inf"):
             cz.quantize_tensor(w, scheme, range=spec, name="fc.weight")
 
@@ -70,11 +78,13 @@ def test_fault_04_mask_values_in_activations():
         obs.observe(masked)
         assert obs.n_inf == 2 * 28 + 1 and obs.n_seen == 128 - obs.n_inf
         lo, hi = obs.range(cz.QScheme(bits=8))
-        assert -10 < float(lo) and float(hi) < 10                # the mask never enters the range
+        assert -10 < float(lo) and float(hi) < 10  # the mask never enters the range
 
 
 # 5. All-zero tensor -> scale 1 (or smallest normal), q = zero point, dequantizes to exactly 0.
-@pytest.mark.parametrize("scheme", [s for s in ALL_SCHEMES if not s.binary], ids=lambda s: s.describe())
+@pytest.mark.parametrize(
+    "scheme", [s for s in ALL_SCHEMES if not s.binary], ids=lambda s: s.describe()
+)
 def test_fault_05_all_zero_tensor(scheme):
     x = torch.zeros(4, 16)
     for spec in (cz.MinMax(), cz.MSE(), cz.Percentile(99.0), cz.Histogram(64)):
@@ -89,7 +99,7 @@ def test_fault_05_all_zero_tensor_binary():
     so it dequantizes to within that of 0 (not to ±1)."""
     for scale_dtype in ("float32", "float16", "bfloat16"):
         scheme = cz.QScheme(bits=1, granularity=cz.PerGroup(8), scale_dtype=scale_dtype)
-        x = torch.cat([torch.zeros(2, 8), torch.randn(2, 8)], dim=1)   # one zero group per row
+        x = torch.cat([torch.zeros(2, 8), torch.randn(2, 8)], dim=1)  # one zero group per row
         q, qp = cz.quantize_tensor(x, scheme)
         tiny = torch.finfo(scheme.torch_scale_dtype).tiny
         assert torch.all(qp.scale[:, 0].float() == tiny)
@@ -100,13 +110,13 @@ def test_fault_05_all_zero_tensor_binary():
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_fault_06_one_sided_range(bits, sign):
-    x = sign * (torch.rand(4, 32) + 0.5)                         # |x| in [0.5, 1.5)
+    x = sign * (torch.rand(4, 32) + 0.5)  # |x| in [0.5, 1.5)
     x[:, 0] = 0.0
     q, qp = cz.quantize_tensor(x, cz.QScheme(bits, False, cz.PerChannel(0)))
     assert torch.all(qp.zero_point == (0 if sign > 0 else 2**bits - 1))
     assert torch.all(cz.dequantize(q, qp)[:, 0] == 0.0)
     top = (qp.scale * (2**bits - 1)).double()
-    rtol = THRESHOLDS["float32_rel_slack"]                      # s is one float32 rounding
+    rtol = THRESHOLDS["float32_rel_slack"]  # s is one float32 rounding
     assert torch.allclose(top, x.abs().amax(dim=1).double(), rtol=rtol, atol=0)
 
 
@@ -118,8 +128,10 @@ def test_fault_07_tiny_and_denormal_ranges(scale_dtype):
         scheme = cz.QScheme(8, symmetric, cz.PerChannel(0), scale_dtype)
         q, qp = cz.quantize_tensor(x, scheme)
         tiny = torch.finfo(scheme.torch_scale_dtype).tiny
-        assert float(qp.scale[0]) == tiny                         # float32 denormals
-        assert torch.all(qp.scale.float() >= tiny) and torch.all(torch.isfinite(cz.dequantize(q, qp)))
+        assert float(qp.scale[0]) == tiny  # float32 denormals
+        assert torch.all(qp.scale.float() >= tiny) and torch.all(
+            torch.isfinite(cz.dequantize(q, qp))
+        )
         rq, rs, rz = ref.quantize_tensor(x.numpy(), 8, symmetric, ("channel", 0), scale_dtype)
         np.testing.assert_array_equal(qp.scale.float().numpy(), rs)
         np.testing.assert_array_equal(q.numpy().astype(np.int64), rq)
@@ -128,7 +140,7 @@ def test_fault_07_tiny_and_denormal_ranges(scale_dtype):
 # 8. Huge outliers -> qparams computed in fp32 or wider; percentile / MSE clipping available.
 def test_fault_08_huge_outliers():
     x = torch.randn(4, 256)
-    x[0, 0], x[1, 1] = 3e38, -3e38                               # hi - lo overflows float32
+    x[0, 0], x[1, 1] = 3e38, -3e38  # hi - lo overflows float32
     q, qp = cz.quantize_tensor(x, cz.QScheme(8, False, cz.PerTensor()))
     s, z = ref.qparams_from_range(-3e38, 3e38, 8, False)
     assert float(qp.scale) == float(s) and int(qp.zero_point) == int(z)
@@ -136,8 +148,8 @@ def test_fault_08_huge_outliers():
     y = torch.randn(4096)
     y[0] = 1e4
     _, clipped = cz.quantize_tensor(y, cz.QScheme(bits=4), range=cz.Percentile(99.9))
-    assert float(clipped.scale) * 7 < 10.0                       # the outlier no longer sets the range
-    y[0] = 20.0                      # MSE shrinks the range by at most max_shrink = 75 %
+    assert float(clipped.scale) * 7 < 10.0  # the outlier no longer sets the range
+    y[0] = 20.0  # MSE shrinks the range by at most max_shrink = 75 %
     _, clipped = cz.quantize_tensor(y, cz.QScheme(bits=4), range=cz.MSE())
     assert float(clipped.scale) * 7 < 20.0 / 2
 
@@ -150,8 +162,11 @@ def test_fault_09_scale_overflows_storage():
     q, qp = cz.quantize_tensor(x, cz.QScheme(bits=8, scale_dtype="float32"))
     assert float(qp.scale) == np.float32(1e7 / 127)
     with pytest.raises(ScaleOverflowError, match="bfloat16"):
-        cz.choose_qparams(torch.tensor(-1e41, dtype=torch.float64), torch.tensor(1e41, dtype=torch.float64),
-                          cz.QScheme(bits=8, symmetric=False, scale_dtype="bfloat16"))
+        cz.choose_qparams(
+            torch.tensor(-1e41, dtype=torch.float64),
+            torch.tensor(1e41, dtype=torch.float64),
+            cz.QScheme(bits=8, symmetric=False, scale_dtype="bfloat16"),
+        )
     with pytest.raises(ScaleOverflowError):
         cz.quantize_tensor(torch.full((4,), 3.4e38), cz.QScheme(bits=1, scale_dtype="bfloat16"))
 

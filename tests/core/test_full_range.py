@@ -43,7 +43,10 @@ def test_full_range_has_one_more_level_and_beats_restricted():
     full = cz.QScheme(bits=4, granularity=cz.PerGroup(32), restricted=False)
     assert (full.qmin, full.qmax, full.levels) == (-8, 7, 16)
     sq = {}
-    for name, s in (("full", full), ("restricted", cz.QScheme(bits=4, granularity=cz.PerGroup(32)))):
+    for name, s in (
+        ("full", full),
+        ("restricted", cz.QScheme(bits=4, granularity=cz.PerGroup(32))),
+    ):
         xh = cz.QTensor.from_float(x, s).dequantize()
         sq[name] = float(20 * torch.log10(x.norm() / (x - xh).norm()))
     assert sq["full"] > sq["restricted"] + 0.3
@@ -63,7 +66,9 @@ def test_full_range_config_errors_and_nan():
 def test_full_range_weights_run_exactly_and_round_trip(tmp_path):
     m = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
     w = cz.QScheme(bits=4, granularity=cz.PerChannel(0), restricted=False)
-    p = cz.calibrate(cz.prepare(m, cz.QuantConfig(weight=w)), [torch.randn(8, 64) for _ in range(3)])
+    p = cz.calibrate(
+        cz.prepare(m, cz.QuantConfig(weight=w)), [torch.randn(8, 64) for _ in range(3)]
+    )
     qm = cz.convert(p)
     x = torch.randn(5, 64)
     with torch.no_grad():
@@ -80,11 +85,11 @@ def test_full_range_exports_to_onnx_with_signed_scales(tmp_path):
     m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).eval()
     w = cz.QScheme(bits=4, granularity=cz.PerGroup(32), restricted=False)
     qm = cz.quantize_weights(m, cz.QuantConfig(weight=w))
-    assert bool((qm[0].weight_q.qparams.scale < 0).any())          # the case under test
+    assert bool((qm[0].weight_q.qparams.scale < 0).any())  # the case under test
     x = torch.randn(5, 64)
     cz.export_onnx(qm, x, tmp_path / "m.onnx")
     so = ort.SessionOptions()
-    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")   # float activations
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")  # float activations
     s = ort.InferenceSession(str(tmp_path / "m.onnx"), so, providers=["CPUExecutionProvider"])
     y = s.run(None, {s.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():

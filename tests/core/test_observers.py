@@ -32,7 +32,9 @@ def _feed(obs, batches):
 def _state_equal(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
-    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+    return all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
 
 
 def _qparams_equal(a: cz.QParams, b: cz.QParams) -> bool:
@@ -40,7 +42,11 @@ def _qparams_equal(a: cz.QParams, b: cz.QParams) -> bool:
 
 
 def _state_bytes(obs) -> int:
-    return sum(v.numel() * v.element_size() for v in obs.state_dict().values() if isinstance(v, torch.Tensor))
+    return sum(
+        v.numel() * v.element_size()
+        for v in obs.state_dict().values()
+        if isinstance(v, torch.Tensor)
+    )
 
 
 MERGEABLE = {
@@ -61,8 +67,12 @@ def test_merge_of_split_data_equals_one_pass(kind, axis, grow):
     for cut in (1, 3, 5):
         left = _feed(MERGEABLE[kind](axis), batches[:cut])
         right = _feed(MERGEABLE[kind](axis), batches[cut:])
-        for merged in (left.merge(right), _feed(MERGEABLE[kind](axis), batches[cut:]).merge(
-                _feed(MERGEABLE[kind](axis), batches[:cut]))):
+        for merged in (
+            left.merge(right),
+            _feed(MERGEABLE[kind](axis), batches[cut:]).merge(
+                _feed(MERGEABLE[kind](axis), batches[:cut])
+            ),
+        ):
             assert _state_equal(merged.state_dict(), whole.state_dict())
             scheme = SCHEME8 if axis is None else PER_CHANNEL8
             assert _qparams_equal(merged.qparams(scheme), whole.qparams(scheme))
@@ -76,7 +86,7 @@ def test_histogram_merge_when_second_part_has_much_larger_range():
     a, b = cz.HistogramObserver(512), cz.HistogramObserver(512)
     a.observe(small)
     b.observe(large)
-    assert a.radius < b.radius / 2**15                       # the radius really has to grow
+    assert a.radius < b.radius / 2**15  # the radius really has to grow
     a.merge(b)
     assert a.radius == one.radius and torch.equal(a.counts, one.counts)
     for method in ("mse", "percentile", "entropy"):
@@ -85,10 +95,12 @@ def test_histogram_merge_when_second_part_has_much_larger_range():
 
 
 def test_histogram_equals_reference_histogram_whatever_the_batching():
-    x = torch.cat([torch.randn(500) * 0.1, torch.randn(500) * 30.0, torch.tensor([0.0, -0.0, 2.0**-50])])
+    x = torch.cat(
+        [torch.randn(500) * 0.1, torch.randn(500) * 30.0, torch.tensor([0.0, -0.0, 2.0**-50])]
+    )
     x = x[torch.randperm(x.numel())]
     obs = cz.HistogramObserver(128)
-    for chunk in x.split(37):                                # radius grows many times on the way
+    for chunk in x.split(37):  # radius grows many times on the way
         obs.observe(chunk)
     radius = ref.histogram_radius(x.numpy())
     assert obs.radius == radius
@@ -121,7 +133,9 @@ def test_moving_average_update_rule():
         blo, bhi = float(b.min()), float(b.max())
         lo, hi = (blo, bhi) if lo is None else (lo + m * (blo - lo), hi + m * (bhi - hi))
     rtol = THRESHOLDS["float32_formula_rtol"]
-    assert float(obs.lo) == pytest.approx(lo, rel=rtol) and float(obs.hi) == pytest.approx(hi, rel=rtol)
+    assert float(obs.lo) == pytest.approx(lo, rel=rtol) and float(obs.hi) == pytest.approx(
+        hi, rel=rtol
+    )
     assert obs.n_batches == 6
 
 
@@ -146,10 +160,16 @@ def test_moving_average_merge_of_equal_states_is_identity():
 
 
 # ---------------------------------------------------------------------------- bounded memory
-@pytest.mark.parametrize("make", [
-    lambda: cz.MinMaxObserver(), lambda: cz.MovingAverageObserver(0.1),
-    lambda: cz.HistogramObserver(256), lambda: cz.HistogramObserver(256, channel_axis=1),
-], ids=["minmax", "moving_average", "histogram", "histogram-per-channel"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: cz.MinMaxObserver(),
+        lambda: cz.MovingAverageObserver(0.1),
+        lambda: cz.HistogramObserver(256),
+        lambda: cz.HistogramObserver(256, channel_axis=1),
+    ],
+    ids=["minmax", "moving_average", "histogram", "histogram-per-channel"],
+)
 def test_state_size_independent_of_number_of_batches(make):
     obs = make()
     obs.observe(_batches(n=1)[0])
@@ -162,8 +182,16 @@ def test_state_size_independent_of_number_of_batches(make):
 # ---------------------------------------------------------------------------- NaN / Inf / masks
 def _dirty_batch():
     clean = torch.linspace(-2.0, 3.0, 50)
-    dirt = torch.tensor([float("nan")] * 3 + [float("inf"), float("-inf"),
-                        torch.finfo(torch.float32).min, torch.finfo(torch.float32).max, -1e31])
+    dirt = torch.tensor(
+        [float("nan")] * 3
+        + [
+            float("inf"),
+            float("-inf"),
+            torch.finfo(torch.float32).min,
+            torch.finfo(torch.float32).max,
+            -1e31,
+        ]
+    )
     return clean, torch.cat([clean[:20], dirt, clean[20:]])
 
 
@@ -209,7 +237,7 @@ def test_state_dict_round_trip(kind, axis):
     obs = _feed(make(axis), batches[:3])
     copy = make(axis).load_state_dict(obs.state_dict())
     assert _state_equal(copy.state_dict(), obs.state_dict())
-    _feed(obs, batches[3:])                                  # both continue identically
+    _feed(obs, batches[3:])  # both continue identically
     _feed(copy, batches[3:])
     assert _state_equal(copy.state_dict(), obs.state_dict())
     scheme = SCHEME8 if axis is None else PER_CHANNEL8
@@ -260,13 +288,22 @@ def test_merge_requires_same_kind():
         cz.HistogramObserver(64).merge(cz.HistogramObserver(128))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: cz.HistogramObserver(bins=10), lambda: cz.HistogramObserver(bins=4),
-    lambda: cz.HistogramObserver(method="kl"), lambda: cz.Histogram(bins=6),
-    lambda: cz.Histogram(method="percentile"), lambda: cz.Percentile(50.0), lambda: cz.Percentile(101),
-    lambda: cz.MovingAverage(0.0), lambda: cz.MovingAverage(1.5), lambda: cz.MSE(grid=0),
-    lambda: cz.MSE(max_shrink=1.0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: cz.HistogramObserver(bins=10),
+        lambda: cz.HistogramObserver(bins=4),
+        lambda: cz.HistogramObserver(method="kl"),
+        lambda: cz.Histogram(bins=6),
+        lambda: cz.Histogram(method="percentile"),
+        lambda: cz.Percentile(50.0),
+        lambda: cz.Percentile(101),
+        lambda: cz.MovingAverage(0.0),
+        lambda: cz.MovingAverage(1.5),
+        lambda: cz.MSE(grid=0),
+        lambda: cz.MSE(max_shrink=1.0),
+    ],
+)
 def test_invalid_observer_configuration_rejected(make):
     with pytest.raises(ConfigError):
         make()
@@ -284,7 +321,9 @@ def test_histogram_percentile_within_one_bin_of_numpy(p):
     for chunk in x.split(4000):
         obs.observe(chunk)
     lo, hi = obs.range(SCHEME8)
-    exact_lo, exact_hi = np.percentile(x.numpy().astype(np.float64), [100 - p, p], method="inverted_cdf")
+    exact_lo, exact_hi = np.percentile(
+        x.numpy().astype(np.float64), [100 - p, p], method="inverted_cdf"
+    )
     tol = THRESHOLDS["histogram_percentile_bins"] * 2 * obs.radius / obs.bins
     assert abs(float(lo) - exact_lo) <= tol and abs(float(hi) - exact_hi) <= tol
 
@@ -311,8 +350,8 @@ def test_histogram_range_clips_a_heavy_outlier(method):
     obs = cz.HistogramObserver(2048, method)
     obs.observe(x)
     lo, hi = obs.range(cz.QScheme(bits=4))
-    assert float(hi) < 10.0                                  # the outlier at 50 is clipped
-    assert float(hi) > 2.0 and float(lo) < -2.0              # the bulk of N(0, 1) is kept
+    assert float(hi) < 10.0  # the outlier at 50 is clipped
+    assert float(hi) > 2.0 and float(lo) < -2.0  # the bulk of N(0, 1) is kept
 
 
 @pytest.mark.parametrize("method", ["mse", "entropy"])
@@ -320,14 +359,19 @@ def test_histogram_range_beats_minmax_with_an_outlier(method):
     x = _one_heavy_outlier()
     scheme = cz.QScheme(bits=4)
     sqnr = {}
-    for name, obs in [("minmax", cz.MinMaxObserver()), ("hist", cz.HistogramObserver(2048, method))]:
+    for name, obs in [
+        ("minmax", cz.MinMaxObserver()),
+        ("hist", cz.HistogramObserver(2048, method)),
+    ]:
         obs.observe(x)
-        sqnr[name] = ref.sqnr_db(x.numpy(), cz.fake_quantize(x, obs.qparams(scheme)).detach().numpy())
+        sqnr[name] = ref.sqnr_db(
+            x.numpy(), cz.fake_quantize(x, obs.qparams(scheme)).detach().numpy()
+        )
     assert sqnr["hist"] >= sqnr["minmax"] + THRESHOLDS["histogram_vs_minmax_sqnr_gain_db"]
 
 
 def test_histogram_mse_keeps_full_range_without_outliers():
-    x = torch.rand(4000) * 2 - 1                             # uniform: clipping only hurts
+    x = torch.rand(4000) * 2 - 1  # uniform: clipping only hurts
     obs = cz.HistogramObserver(1024, "mse")
     obs.observe(x)
     lo, hi = obs.range(cz.QScheme(bits=8))

@@ -22,7 +22,7 @@ def test_pack_matches_bit_by_bit_reference(bits):
         codes = _codes(n, bits)
         packed = cz.pack(codes, bits)
         assert packed.dtype == torch.uint8
-        assert packed.numel() == (n * bits + 7) // 8              # dense: n * bits bits, rounded up
+        assert packed.numel() == (n * bits + 7) // 8  # dense: n * bits bits, rounded up
         assert bytes(packed.tolist()) == ref.pack(codes.tolist(), bits)
 
 
@@ -37,15 +37,21 @@ def test_unpack_matches_reference_and_round_trips(bits):
 
 
 def test_documented_examples():
-    assert cz.pack(torch.tensor([1, 2, 3], dtype=torch.uint8), 4).tolist() == [33, 3]   # low nibble first
+    assert cz.pack(torch.tensor([1, 2, 3], dtype=torch.uint8), 4).tolist() == [
+        33,
+        3,
+    ]  # low nibble first
     assert cz.unpack(torch.tensor([33, 3], dtype=torch.uint8), 4, 3).tolist() == [1, 2, 3]
     # 1 bit: LSB first; the ninth value starts the second byte
-    assert cz.pack(torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1], dtype=torch.uint8), 1).tolist() == [0x81, 1]
+    assert cz.pack(torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 1], dtype=torch.uint8), 1).tolist() == [
+        0x81,
+        1,
+    ]
 
 
 def test_five_bits_take_five_bits():
     codes = torch.full((8,), 31, dtype=torch.uint8)
-    assert cz.pack(codes, 5).tolist() == [255] * 5              # eight values fill five bytes
+    assert cz.pack(codes, 5).tolist() == [255] * 5  # eight values fill five bytes
     assert cz.pack(torch.tensor([0b10101], dtype=torch.uint8), 5).tolist() == [0b10101]
     # value 1 of 3 bits spans bytes: bits 3..5 of byte 0
     assert cz.pack(torch.tensor([0, 7], dtype=torch.uint8), 3).tolist() == [0b111000]
@@ -92,10 +98,10 @@ def test_invalid_bits_rejected(bits):
 
 
 def test_unpack_rejects_wrong_byte_count():
-    packed = cz.pack(_codes(10, 3), 3)                          # 30 bits -> 4 bytes
+    packed = cz.pack(_codes(10, 3), 3)  # 30 bits -> 4 bytes
     assert packed.numel() == 4
     with pytest.raises(ShapeError, match="need 5 bytes"):
-        cz.unpack(packed, 3, 11)                                # 33 bits need 5 bytes
+        cz.unpack(packed, 3, 11)  # 33 bits need 5 bytes
     with pytest.raises(ShapeError):
         cz.unpack(packed[:3], 3, 10)
 

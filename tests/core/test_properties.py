@@ -33,7 +33,12 @@ def schemes_for(draw, shape):
         "group": cz.PerGroup(draw(st.integers(1, cols)), axis=-1),
         "group0": cz.PerGroup(draw(st.integers(1, rows)), axis=0),
     }[gran]
-    return cz.QScheme(draw(BITS), draw(st.booleans()), g, draw(st.sampled_from(["float32", "float16", "bfloat16"])))
+    return cz.QScheme(
+        draw(BITS),
+        draw(st.booleans()),
+        g,
+        draw(st.sampled_from(["float32", "float16", "bfloat16"])),
+    )
 
 
 @st.composite
@@ -41,7 +46,7 @@ def cases(draw):
     x = draw(matrices())
     scheme = draw(schemes_for(x.shape))
     if scheme.scale_dtype == "float16":
-        x = np.clip(x, -1000, 1000)              # keep fp16 scales (<= 65504) representable
+        x = np.clip(x, -1000, 1000)  # keep fp16 scales (<= 65504) representable
     return x, scheme
 
 
@@ -66,8 +71,9 @@ def test_pack_unpack_round_trip(bits, n, data):
 def test_matches_reference_bit_for_bit(case):
     x, scheme = case
     q, qp = cz.quantize_tensor(torch.from_numpy(x), scheme)
-    rq, rs, rz = ref.quantize_tensor(x, scheme.bits, scheme.symmetric,
-                                     ref.gran_tuple(scheme.granularity), scheme.scale_dtype)
+    rq, rs, rz = ref.quantize_tensor(
+        x, scheme.bits, scheme.symmetric, ref.gran_tuple(scheme.granularity), scheme.scale_dtype
+    )
     assert np.array_equal(qp.scale.float().numpy(), rs)
     assert np.array_equal(qp.zero_point.numpy(), rz)
     assert np.array_equal(q.numpy().astype(np.int64), rq)
@@ -86,7 +92,7 @@ def test_q_within_qmin_qmax(case):
 def test_error_at_most_half_a_step_inside_the_range(case):
     x, scheme = case
     if scheme.binary:
-        return                                   # {-s, +s} has no step; its error is not bounded by s/2
+        return  # {-s, +s} has no step; its error is not bounded by s/2
     q, qp = cz.quantize_tensor(torch.from_numpy(x), scheme)
     x_hat = cz.dequantize(q, qp).numpy().astype(np.float64)
     s, z = _elementwise(qp, x)
@@ -112,9 +118,9 @@ def test_quantize_dequantize_quantize_is_stable(case):
 def test_zero_is_exact(case):
     x, scheme = case
     if scheme.binary:
-        return                                   # binary has no zero level
+        return  # binary has no zero level
     x = x.copy()
-    x.reshape(-1)[:: 3] = 0.0                    # zeros in (almost) every block
+    x.reshape(-1)[::3] = 0.0  # zeros in (almost) every block
     q, qp = cz.quantize_tensor(torch.from_numpy(x), scheme)
     x_hat = cz.dequantize(q, qp).numpy()
     assert np.all(x_hat[x == 0] == 0)
@@ -124,7 +130,9 @@ def test_zero_is_exact(case):
 @given(cases(), st.floats(0.25, 1.0))
 def test_ste_gradient_one_inside_zero_outside(case, shrink):
     x, scheme = case
-    _, qp = cz.quantize_tensor(torch.from_numpy(x * np.float32(shrink)), scheme)   # some values clamp
+    _, qp = cz.quantize_tensor(
+        torch.from_numpy(x * np.float32(shrink)), scheme
+    )  # some values clamp
     xt = torch.from_numpy(x).requires_grad_(True)
     cz.fake_quantize(xt, qp).sum().backward()
     s, z = _elementwise(qp, x)

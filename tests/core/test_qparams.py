@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import cuantiza as cz
-from cuantiza.errors import NonFiniteError, ScaleOverflowError, ShapeError
 from cuantiza.core.blocking import from_blocks, plan_blocks, rows_to_scale, to_blocks
 from cuantiza.core.qparams import check_qparams_shape
+from cuantiza.errors import NonFiniteError, ScaleOverflowError, ShapeError
 from tests import reference as ref
 
 SCALE_DTYPES = ["float32", "float16", "bfloat16"]
@@ -21,19 +21,23 @@ def _ranges(seed: int = 0, n: int = 400) -> tuple[np.ndarray, np.ndarray]:
     a = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 4, n)
     b = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 4, n)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    lo[:20], hi[:20] = 0.0, 0.0                      # zero ranges
-    lo[20:40] = np.abs(lo[20:40])                    # positive only
-    hi[40:60] = -np.abs(hi[40:60])                   # negative only
+    lo[:20], hi[:20] = 0.0, 0.0  # zero ranges
+    lo[20:40] = np.abs(lo[20:40])  # positive only
+    hi[40:60] = -np.abs(hi[40:60])  # negative only
     lo[40:60] = np.minimum(lo[40:60], hi[40:60])
-    lo[60:80], hi[60:80] = -1e-41, 1e-40             # float32 denormal range
+    lo[60:80], hi[60:80] = -1e-41, 1e-40  # float32 denormal range
     return lo.astype(np.float32), hi.astype(np.float32)
 
 
-@pytest.mark.parametrize("bits, symmetric, scale_dtype",
-                         list(itertools.product(range(1, 9), [True, False], SCALE_DTYPES)))
+@pytest.mark.parametrize(
+    "bits, symmetric, scale_dtype",
+    list(itertools.product(range(1, 9), [True, False], SCALE_DTYPES)),
+)
 def test_choose_qparams_bit_exact(bits, symmetric, scale_dtype):
     lo, hi = _ranges(bits)
-    scheme = cz.QScheme(bits=bits, symmetric=symmetric, granularity=cz.PerChannel(0), scale_dtype=scale_dtype)
+    scheme = cz.QScheme(
+        bits=bits, symmetric=symmetric, granularity=cz.PerChannel(0), scale_dtype=scale_dtype
+    )
     qp = cz.choose_qparams(torch.from_numpy(lo), torch.from_numpy(hi), scheme)
     s, z = ref.qparams_from_range(lo, hi, bits, symmetric, scale_dtype)
     assert qp.scale.dtype == scheme.torch_scale_dtype
@@ -43,9 +47,11 @@ def test_choose_qparams_bit_exact(bits, symmetric, scale_dtype):
 
 
 def test_docstring_example():
-    qp = cz.choose_qparams(torch.tensor(-1.0), torch.tensor(3.0), cz.QScheme(bits=8, symmetric=False))
+    qp = cz.choose_qparams(
+        torch.tensor(-1.0), torch.tensor(3.0), cz.QScheme(bits=8, symmetric=False)
+    )
     assert float(qp.scale) == np.float32(4 / 255)
-    assert int(qp.zero_point) == 64                  # round(1 / (4 / 255)) = round(63.75)
+    assert int(qp.zero_point) == 64  # round(1 / (4 / 255)) = round(63.75)
 
 
 def test_symmetric_scale_uses_the_restricted_range():
@@ -84,9 +90,11 @@ def test_tiny_range_clamped_to_smallest_normal(scale_dtype):
     tiny = torch.finfo(scheme.torch_scale_dtype).tiny
     amax = torch.tensor([1e-45, 1e-40, 1e-38, 1e-30, 1e-9])
     qp = cz.choose_qparams(-amax, amax, scheme)
-    np.testing.assert_array_equal(qp.scale.float().numpy(),
-                                  ref.qparams_from_range(-amax.numpy(), amax.numpy(), 8, True, scale_dtype)[0])
-    assert float(qp.scale.min()) == tiny                 # 1e-45 / 127 is below every dtype's tiny
+    np.testing.assert_array_equal(
+        qp.scale.float().numpy(),
+        ref.qparams_from_range(-amax.numpy(), amax.numpy(), 8, True, scale_dtype)[0],
+    )
+    assert float(qp.scale.min()) == tiny  # 1e-45 / 127 is below every dtype's tiny
     assert torch.all(qp.scale.float() >= tiny)
 
 
@@ -110,7 +118,7 @@ def test_scale_computed_in_float64():
 def test_fp16_overflow_raises():
     scheme = cz.QScheme(bits=8, scale_dtype="float16")
     with pytest.raises(ScaleOverflowError, match="float16"):
-        cz.choose_qparams(torch.tensor(-1e7), torch.tensor(1e7), scheme)   # s = 78740 > 65504
+        cz.choose_qparams(torch.tensor(-1e7), torch.tensor(1e7), scheme)  # s = 78740 > 65504
 
 
 def test_non_finite_range_raises():
@@ -119,29 +127,35 @@ def test_non_finite_range_raises():
             cz.choose_qparams(torch.tensor(lo), torch.tensor(hi), cz.QScheme())
 
 
-@pytest.mark.parametrize("scheme, per_block", [
-    (cz.QScheme(bits=8), 4),
-    (cz.QScheme(bits=8, symmetric=False), 5),
-    (cz.QScheme(bits=4, symmetric=False, scale_dtype="float16"), 3),
-    (cz.QScheme(bits=4, scale_dtype="bfloat16"), 2),
-])
+@pytest.mark.parametrize(
+    "scheme, per_block",
+    [
+        (cz.QScheme(bits=8), 4),
+        (cz.QScheme(bits=8, symmetric=False), 5),
+        (cz.QScheme(bits=4, symmetric=False, scale_dtype="float16"), 3),
+        (cz.QScheme(bits=4, scale_dtype="bfloat16"), 2),
+    ],
+)
 def test_qparams_nbytes(scheme, per_block):
     qp = cz.choose_qparams(-torch.ones(10), torch.ones(10), scheme)
     assert qp.nbytes == 10 * per_block
 
 
 # ---------------------------------------------------------------------------- layout
-@pytest.mark.parametrize("shape, gran, scale_shape", [
-    ((6, 70), cz.PerTensor(), ()),
-    ((6, 70), cz.PerChannel(0), (6,)),
-    ((6, 70), cz.PerChannel(1), (70,)),
-    ((6, 70), cz.PerChannel(-1), (70,)),
-    ((6, 70), cz.PerGroup(32), (6, 3)),
-    ((6, 64), cz.PerGroup(32), (6, 2)),
-    ((12, 7), cz.PerGroup(5, axis=0), (3, 7)),
-    ((3, 5, 7), cz.PerGroup(2, axis=1), (3, 3, 7)),
-    ((3, 5, 7), cz.PerChannel(1), (5,)),
-])
+@pytest.mark.parametrize(
+    "shape, gran, scale_shape",
+    [
+        ((6, 70), cz.PerTensor(), ()),
+        ((6, 70), cz.PerChannel(0), (6,)),
+        ((6, 70), cz.PerChannel(1), (70,)),
+        ((6, 70), cz.PerChannel(-1), (70,)),
+        ((6, 70), cz.PerGroup(32), (6, 3)),
+        ((6, 64), cz.PerGroup(32), (6, 2)),
+        ((12, 7), cz.PerGroup(5, axis=0), (3, 7)),
+        ((3, 5, 7), cz.PerGroup(2, axis=1), (3, 3, 7)),
+        ((3, 5, 7), cz.PerChannel(1), (5,)),
+    ],
+)
 def test_scale_shapes_follow_the_tensor(shape, gran, scale_shape):
     _, expected = ref.block_ids(shape, ref.gran_tuple(gran))
     assert expected == scale_shape
@@ -160,7 +174,7 @@ def test_scale_rows_map_to_the_right_elements():
     ids, sshape = ref.block_ids(shape, ref.gran_tuple(gran))
     # row-major block order in cuantiza is (*lead, groups); map scale positions -> rows
     row_of = torch.arange(b.n_blocks)
-    pos = rows_to_scale(row_of, b).reshape(-1).numpy()      # scale position -> block row
+    pos = rows_to_scale(row_of, b).reshape(-1).numpy()  # scale position -> block row
     for flat, v in enumerate(x.reshape(-1).tolist()):
         assert v in xb[pos[ids.reshape(-1)[flat]]].tolist()
 

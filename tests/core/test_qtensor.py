@@ -11,7 +11,13 @@ from cuantiza.errors import ShapeError
 from tests import reference as ref
 from tests.thresholds import THRESHOLDS
 
-GRANULARITIES = [cz.PerTensor(), cz.PerChannel(0), cz.PerChannel(1), cz.PerGroup(32), cz.PerGroup(24)]
+GRANULARITIES = [
+    cz.PerTensor(),
+    cz.PerChannel(0),
+    cz.PerChannel(1),
+    cz.PerGroup(32),
+    cz.PerGroup(24),
+]
 
 
 @pytest.mark.parametrize("bits, symmetric", list(itertools.product(range(1, 9), [True, False])))
@@ -43,18 +49,23 @@ def test_binary_codes_are_one_bit_each():
 
 def test_docstring_example_bytes():
     t = cz.QTensor.from_float(torch.randn(64, 64), cz.QScheme(bits=4, granularity=cz.PerGroup(32)))
-    assert t.nbytes == 64 * 64 // 2 + 128 * 4                 # nibbles + 128 float32 scales
+    assert t.nbytes == 64 * 64 // 2 + 128 * 4  # nibbles + 128 float32 scales
     assert t.bits_per_weight == 5.0
 
 
-@pytest.mark.parametrize("scheme, expected", [
-    (cz.QScheme(bits=8), 100 + 4),                                           # one fp32 scale
-    (cz.QScheme(bits=8, symmetric=False), 100 + 4 + 1),                      # + one zero point
-    (cz.QScheme(bits=5, granularity=cz.PerChannel(0)), 63 + 4 * 4),          # 500 bits -> 63 B
-    (cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(8), scale_dtype="float16"),
-     38 + 4 * 4 * 2 + 4 * 4),                                                # 4 rows x 4 groups (last ragged)
-    (cz.QScheme(bits=1, scale_dtype="bfloat16"), 13 + 2),
-])
+@pytest.mark.parametrize(
+    "scheme, expected",
+    [
+        (cz.QScheme(bits=8), 100 + 4),  # one fp32 scale
+        (cz.QScheme(bits=8, symmetric=False), 100 + 4 + 1),  # + one zero point
+        (cz.QScheme(bits=5, granularity=cz.PerChannel(0)), 63 + 4 * 4),  # 500 bits -> 63 B
+        (
+            cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(8), scale_dtype="float16"),
+            38 + 4 * 4 * 2 + 4 * 4,
+        ),  # 4 rows x 4 groups (last ragged)
+        (cz.QScheme(bits=1, scale_dtype="bfloat16"), 13 + 2),
+    ],
+)
 def test_nbytes_counts_data_and_metadata(scheme, expected):
     t = cz.QTensor.from_float(torch.randn(4, 25), scheme)
     assert t.nbytes == expected
@@ -72,7 +83,7 @@ def test_wrong_data_length_rejected():
 def test_qparams_that_do_not_fit_the_shape_rejected():
     t = cz.QTensor.from_float(torch.randn(4, 24), cz.QScheme(bits=8, granularity=cz.PerChannel(0)))
     with pytest.raises(ShapeError):
-        cz.QTensor(t.data, t.qparams, (8, 12))                 # same numel, 8 channels
+        cz.QTensor(t.data, t.qparams, (8, 12))  # same numel, 8 channels
 
 
 def test_dequantize_dtype_and_repr():
@@ -85,7 +96,10 @@ def test_dequantize_dtype_and_repr():
 def test_sqnr_floor_gaussian_group32(bits):
     x = torch.randn(64, 256)
     t = cz.QTensor.from_float(x, cz.QScheme(bits=bits, granularity=cz.PerGroup(32)))
-    assert ref.sqnr_db(x.numpy(), t.dequantize().numpy()) >= THRESHOLDS["sqnr_gaussian_group32_db"][bits]
+    assert (
+        ref.sqnr_db(x.numpy(), t.dequantize().numpy())
+        >= THRESHOLDS["sqnr_gaussian_group32_db"][bits]
+    )
 
 
 def test_empty_tensor():

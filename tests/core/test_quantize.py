@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import cuantiza as cz
-from tests.helpers.data import planted
 from cuantiza.errors import UnsupportedDtypeError
 from tests import reference as ref
+from tests.helpers.data import planted
 from tests.thresholds import THRESHOLDS
 
 # (granularity, shape): PerGroup(32) on 96 columns is even; on 70 columns the last group has 6
@@ -24,10 +24,17 @@ GRANULARITIES = [
     (cz.PerChannel(1), (3, 5, 7)),
     (cz.PerGroup(3, axis=1), (3, 5, 7)),
 ]
-GRAN_IDS = ["tensor", "channel0", "channel1", "group32", "group32-ragged", "group5-axis0",
-            "channel1-3d", "group3-axis1-3d"]
+GRAN_IDS = [
+    "tensor",
+    "channel0",
+    "channel1",
+    "group32",
+    "group32-ragged",
+    "group5-axis0",
+    "channel1-3d",
+    "group3-axis1-3d",
+]
 SCALE_DTYPES = ["float32", "float16", "bfloat16"]
-
 
 
 def _assert_matches_reference(x: np.ndarray, scheme: cz.QScheme):
@@ -61,7 +68,9 @@ def test_quantize_with_given_qparams_bit_exact(bits, symmetric):
     qp = cz.choose_qparams(lo, hi, scheme)
     s, z = qp.scale.numpy()[:, None], qp.zero_point.numpy()[:, None]
     q = cz.quantize(torch.from_numpy(x), qp)
-    np.testing.assert_array_equal(q.numpy().astype(np.int64), ref.quantize(x, s, z, bits, symmetric))
+    np.testing.assert_array_equal(
+        q.numpy().astype(np.int64), ref.quantize(x, s, z, bits, symmetric)
+    )
     np.testing.assert_array_equal(cz.dequantize(q, qp).numpy(), ref.dequantize(q.numpy(), s, z))
 
 
@@ -80,10 +89,10 @@ def test_division_is_true_division():
 
 
 def test_binary_scale_is_mean_abs_of_real_elements():
-    x = torch.tensor([[1.0, -3.0, 2.0, 0.0, -4.0]])          # groups of 2: [1,-3] [2,0] [-4]
+    x = torch.tensor([[1.0, -3.0, 2.0, 0.0, -4.0]])  # groups of 2: [1,-3] [2,0] [-4]
     q, qp = cz.quantize_tensor(x, cz.QScheme(bits=1, granularity=cz.PerGroup(2)))
-    assert qp.scale.tolist() == [[2.0, 1.0, 4.0]]            # the ragged group divides by 1
-    assert q.tolist() == [[1, -1, 1, 1, -1]]                 # x >= 0 -> +1, so 0 -> +1
+    assert qp.scale.tolist() == [[2.0, 1.0, 4.0]]  # the ragged group divides by 1
+    assert q.tolist() == [[1, -1, 1, 1, -1]]  # x >= 0 -> +1, so 0 -> +1
     assert cz.dequantize(q, qp).tolist() == [[2.0, -2.0, 1.0, 1.0, -4.0]]
 
 
@@ -100,7 +109,10 @@ def test_other_float_inputs_are_upcast(dtype):
 def test_input_never_modified():
     x = torch.randn(8, 64)
     before = x.clone()
-    for scheme in [cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)), cz.QScheme(bits=1)]:
+    for scheme in [
+        cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)),
+        cz.QScheme(bits=1),
+    ]:
         q, qp = cz.quantize_tensor(x, scheme, range=cz.MSE())
         cz.fake_quantize(x, qp)
         cz.quantize(x, qp)
@@ -112,11 +124,13 @@ def test_input_never_modified():
 def test_fake_quantize_forward_equals_dequantize_quantize(bits, symmetric):
     x = torch.from_numpy(planted((6, 70), seed=bits))
     scheme = cz.QScheme(bits, symmetric, cz.PerGroup(32))
-    _, qp = cz.quantize_tensor(x * 0.5, scheme)              # narrower range: some values clamp
+    _, qp = cz.quantize_tensor(x * 0.5, scheme)  # narrower range: some values clamp
     assert torch.equal(cz.fake_quantize(x, qp), cz.dequantize(cz.quantize(x, qp), qp))
 
 
-@pytest.mark.parametrize("bits, symmetric", [(8, True), (4, False), (2, True), (1, True), (1, False)])
+@pytest.mark.parametrize(
+    "bits, symmetric", [(8, True), (4, False), (2, True), (1, True), (1, False)]
+)
 def test_fake_quantize_straight_through_gradient(bits, symmetric):
     x_np = planted((4, 50), seed=3)
     scheme = cz.QScheme(bits, symmetric, cz.PerChannel(0))
@@ -126,7 +140,7 @@ def test_fake_quantize_straight_through_gradient(bits, symmetric):
     cz.fake_quantize(x, qp).backward(g)
     s, z = qp.scale.numpy()[:, None], qp.zero_point.numpy()[:, None]
     mask = ref.ste_mask(x_np, s, z, bits, symmetric)
-    assert 0 < mask.sum() < mask.size                        # both cases are exercised
+    assert 0 < mask.sum() < mask.size  # both cases are exercised
     assert torch.equal(x.grad, g * torch.from_numpy(mask))
 
 
@@ -140,7 +154,7 @@ def test_fake_quantize_keeps_dtype_and_shape():
 @pytest.mark.parametrize("bits, symmetric", [(8, True), (4, False), (3, True), (2, False)])
 def test_mse_range_never_worse_than_minmax(bits, symmetric):
     x = torch.randn(16, 64)
-    x[::3, 5] *= 8                                           # outliers in some rows
+    x[::3, 5] *= 8  # outliers in some rows
     scheme = cz.QScheme(bits, symmetric, cz.PerChannel(0))
     errors = []
     for spec in (cz.MinMax(), cz.MSE()):
@@ -148,7 +162,7 @@ def test_mse_range_never_worse_than_minmax(bits, symmetric):
         errors.append((cz.dequantize(q, qp) - x).double().pow(2).sum(dim=1))
     minmax, mse = errors
     assert torch.all(mse <= minmax * (1 + THRESHOLDS["sum_order_rtol"]))
-    if bits <= 4:                                            # coarse grids: clipping pays off
+    if bits <= 4:  # coarse grids: clipping pays off
         assert torch.any(mse < minmax)
 
 
@@ -157,11 +171,14 @@ def test_percentile_range_clips_outlier():
     x[0] = 100.0
     q, qp = cz.quantize_tensor(x, cz.QScheme(bits=8), range=cz.Percentile(99.0))
     assert float(qp.scale) * 127 < 10.0
-    assert int(q[0]) == 127                                  # the outlier is clipped
+    assert int(q[0]) == 127  # the outlier is clipped
 
 
-@pytest.mark.parametrize("spec", [cz.Percentile(99.9), cz.Histogram(256), cz.Histogram(256, "entropy"),
-                                  cz.MovingAverage(0.1)], ids=["percentile", "hist-mse", "hist-entropy", "ema"])
+@pytest.mark.parametrize(
+    "spec",
+    [cz.Percentile(99.9), cz.Histogram(256), cz.Histogram(256, "entropy"), cz.MovingAverage(0.1)],
+    ids=["percentile", "hist-mse", "hist-entropy", "ema"],
+)
 def test_every_range_spec_quantizes_weights(spec):
     x = torch.randn(2, 64)
     scheme = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerChannel(0))
@@ -169,7 +186,7 @@ def test_every_range_spec_quantizes_weights(spec):
     assert q.shape == x.shape and qp.scale.shape == (2,)
     assert torch.all(qp.scale > 0)
     x_hat = cz.dequantize(q, qp)
-    assert torch.all((x_hat - x).abs() <= x.abs().max())       # sane, not garbage
+    assert torch.all((x_hat - x).abs() <= x.abs().max())  # sane, not garbage
 
 
 def test_quantize_rejects_integer_and_complex():
@@ -185,10 +202,16 @@ def test_empty_tensor():
     assert cz.dequantize(q, qp).shape == (0,)
 
 
-@pytest.mark.parametrize("scheme", [cz.QScheme(bits=8, symmetric=False), cz.QScheme(bits=7),
-                                    cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
-                                    cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0))],
-                         ids=lambda s: s.describe())
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        cz.QScheme(bits=8, symmetric=False),
+        cz.QScheme(bits=7),
+        cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
+        cz.QScheme(bits=8, symmetric=False, granularity=cz.PerChannel(0)),
+    ],
+    ids=lambda s: s.describe(),
+)
 def test_quantize_2d_fast_path_equals_quantize(scheme):
     from cuantiza.core.quantize import quantize_2d
 

@@ -12,4 +12,6 @@ def test_quickstart_runs(tmp_path, capsys, monkeypatch):
     runpy.run_path(str(EXAMPLES / "quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "model output SQNR" in out
-    assert (tmp_path / "out" / "cuantiza.json").exists() and (tmp_path / "out" / "model.safetensors").exists()
+    assert (tmp_path / "out" / "cuantiza.json").exists() and (
+        tmp_path / "out" / "model.safetensors"
+    ).exists()

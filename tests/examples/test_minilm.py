@@ -19,11 +19,13 @@ FAST_DYNAMIC = cz.QuantConfig(activation=cz.QScheme(bits=7, symmetric=True), dyn
 @pytest.fixture(scope="module")
 def model():
     tok, fp32 = minilm.load()
-    enc = minilm.batch(tok, minilm.sentences(200)[::6])          # 34 sentences
+    enc = minilm.batch(tok, minilm.sentences(200)[::6])  # 34 sentences
     return fp32, enc, minilm.embed(fp32, enc)
 
 
-@pytest.mark.parametrize("cfg", [cz.QuantConfig(dynamic="per_token"), FAST_DYNAMIC], ids=["a8", "s7"])
+@pytest.mark.parametrize(
+    "cfg", [cz.QuantConfig(dynamic="per_token"), FAST_DYNAMIC], ids=["a8", "s7"]
+)
 def test_dynamic_int8_embeddings_stay_close_and_small(model, cfg):
     fp32, enc, ref = model
     qm = cz.quantize_dynamic(fp32, cfg)

@@ -23,7 +23,7 @@ def planted_with_denormals(shape, seed: int) -> torch.Tensor:
     """``planted`` (Gaussian, ties of small half-integers, zeros of both signs, a planted
     extreme, an all-zero last slab) plus denormals."""
     x = planted(shape, seed)
-    x.reshape(-1)[9:12] = [1e-40, -3e-39, 1e-45]                 # denormals
+    x.reshape(-1)[9:12] = [1e-40, -3e-39, 1e-45]  # denormals
     return torch.from_numpy(x)
 
 
@@ -31,8 +31,8 @@ def activation_rows(seed: int) -> torch.Tensor:
     """37 x 160 (enough elements for the native kernels) at scales from 1e-40 to 1e30."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(37, 160, generator=g) * torch.logspace(-40, 30, 37)[:, None]
-    x[0] = 0.0                                            # all-zero row: s = 1
+    x[0] = 0.0  # all-zero row: s = 1
     x[1] = -0.0
-    x[2, :] = 1e-44                                       # denormal range: s clamps to tiny
+    x[2, :] = 1e-44  # denormal range: s clamps to tiny
     x[3, :5] = torch.tensor([3.5, -3.5, 2.5, 0.5, 63.0])  # exact ties of s = 1
     return x

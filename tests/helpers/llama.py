@@ -15,8 +15,15 @@ transformers = pytest.importorskip("transformers")
 def tiny_llama(tie=False, seed=0):
     """A 2-layer LLaMA (hidden 64, vocabulary 96), random weights from ``seed``, in eval mode."""
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -28,10 +35,12 @@ def write_hf(folder: Path, tensors: dict, config: dict, n_shards: int = 3) -> Pa
     wm = {}
     for i in range(n_shards):
         shard = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
-        part = {n: tensors[n].detach().clone().contiguous() for n in names[i * per:(i + 1) * per]}
+        part = {n: tensors[n].detach().clone().contiguous() for n in names[i * per : (i + 1) * per]}
         safetensors.torch.save_file(part, folder / shard, metadata={"format": "pt"})
         wm.update({n: shard for n in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": wm})
+    )
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 

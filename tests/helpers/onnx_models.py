@@ -17,9 +17,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from cuantiza.core.quantize import quantize
 from cuantiza.nn import DynamicQuantLinear
 from cuantiza.nn.layer_math import dynamic_qparams
-from cuantiza.core.quantize import quantize
 from tests.thresholds import THRESHOLDS
 
 
@@ -30,11 +30,17 @@ class ConvNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4), nn.ReLU(),     # grouped, 4x4
-            nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU())             # depthwise
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=4),
+            nn.ReLU(),  # grouped, 4x4
+            nn.Conv2d(16, 16, 3, padding=1, groups=16),
+            nn.ReLU(),
+        )  # depthwise
         self.c1d = nn.Conv1d(16, 8, 3, padding=1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(8 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(8 * 16, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
 
     def forward(self, x):
         x = self.features(x)
@@ -67,9 +73,16 @@ def float_onnx(model: nn.Module, x: torch.Tensor, path, input_name: str = "input
     """The float model exported by torch (dynamo=False), batch dimension dynamic."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[input_name], output_names=["output"],
-                          dynamic_axes={input_name: {0: "batch"}, "output": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=["output"],
+            dynamic_axes={input_name: {0: "batch"}, "output": {0: "batch"}},
+        )
     return path
 
 
@@ -87,9 +100,13 @@ def run_ort(path, feeds: dict, extra: list) -> dict:
     """Run ``path`` (float32 activations) with the tensors ``extra`` exposed as outputs."""
     model = onnx.load(str(path))
     have = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(extra) if n not in have)
+    model.graph.output.extend(
+        helper.make_empty_tensor_value_info(n) for n in dict.fromkeys(extra) if n not in have
+    )
     names = [o.name for o in model.graph.output]
-    return dict(zip(names, float_session(model.SerializeToString()).run(names, feeds)))
+    return dict(
+        zip(names, float_session(model.SerializeToString()).run(names, feeds), strict=False)
+    )
 
 
 def capture(qmodel: nn.Module, x: torch.Tensor, names: list) -> dict:
@@ -97,8 +114,11 @@ def capture(qmodel: nn.Module, x: torch.Tensor, names: list) -> dict:
     caps, hooks = {}, []
     for name in names:
         mod = qmodel.get_submodule(name)
-        hooks.append(mod.register_forward_hook(
-            lambda m, i, o, n=name: caps.__setitem__(n, (i[0].detach(), o.detach()))))
+        hooks.append(
+            mod.register_forward_hook(
+                lambda m, i, o, n=name: caps.__setitem__(n, (i[0].detach(), o.detach()))
+            )
+        )
     try:
         with torch.no_grad():
             qmodel(x)
@@ -156,9 +176,14 @@ def compare(path, summary, qmodel: nn.Module, x: torch.Tensor, module_of=lambda 
         if r.op == "MatMul" and not summary.workflow.startswith("export"):
             y, y_iso = _without_bias(y, mod), _without_bias(y_iso, mod)
         lsb = output_lsb(y)
-        s = {"lsb": float(np.abs(outs[r.output] - y).max() / lsb),
-             "iso_lsb": float(np.abs(outs[r.output] - y_iso).max() / lsb),
-             "mismatch": 0, "iso_mismatch": 0, "codes": 0, "max_code_diff": 0}
+        s = {
+            "lsb": float(np.abs(outs[r.output] - y).max() / lsb),
+            "iso_lsb": float(np.abs(outs[r.output] - y_iso).max() / lsb),
+            "mismatch": 0,
+            "iso_mismatch": 0,
+            "codes": 0,
+            "max_code_diff": 0,
+        }
         ref = reference_codes(mod, xin)
         if r.codes and ref is not None:
             s["mismatch"], s["max_code_diff"] = _codes_diff(outs[r.codes], ref)
@@ -177,7 +202,10 @@ def check_numerics(stats, exact_codes: bool = True, end_to_end_lsb: bool = True)
         assert s["iso_lsb"] <= THRESHOLDS["onnx_isolated_output_lsb"], (name, s)
         assert s["lsb"] <= THRESHOLDS["onnx_layer_output_lsb"] or not end_to_end_lsb, (name, s)
         assert s["max_code_diff"] <= THRESHOLDS["onnx_code_mismatch_max"], (name, s)
-        assert s["mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(s["codes"], 1), (name, s)
+        assert s["mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(s["codes"], 1), (
+            name,
+            s,
+        )
         if exact_codes:
             assert s["iso_mismatch"] == 0, (name, s)
 
@@ -194,12 +222,19 @@ def foreign_graph(dtype=TensorProto.FLOAT) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((16, 16)).astype(npd), "W/shared:0")
     w2 = numpy_helper.from_array(rng.standard_normal((16, 4)).astype(npd), "héad weight")
-    nodes = [helper.make_node("MatMul", ["in put:0", "W/shared:0"], ["h 1"], ""),
-             helper.make_node("Relu", ["h 1"], ["h 2"], "dup"),
-             helper.make_node("MatMul", ["h 2", "W/shared:0"], ["h 3"], "dup"),
-             helper.make_node("ReduceMean", ["W/shared:0"], ["w mean"], axes=[0], keepdims=0),
-             helper.make_node("Add", ["h 3", "w mean"], ["h 4"]),
-             helper.make_node("MatMul", ["h 4", "héad weight"], ["out/put:0"], "")]
-    g = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("in put:0", dtype, ["b", "s", 16])],
-                          [helper.make_tensor_value_info("out/put:0", dtype, ["b", "s", 4])], [w, w2])
+    nodes = [
+        helper.make_node("MatMul", ["in put:0", "W/shared:0"], ["h 1"], ""),
+        helper.make_node("Relu", ["h 1"], ["h 2"], "dup"),
+        helper.make_node("MatMul", ["h 2", "W/shared:0"], ["h 3"], "dup"),
+        helper.make_node("ReduceMean", ["W/shared:0"], ["w mean"], axes=[0], keepdims=0),
+        helper.make_node("Add", ["h 3", "w mean"], ["h 4"]),
+        helper.make_node("MatMul", ["h 4", "héad weight"], ["out/put:0"], ""),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "foreign",
+        [helper.make_tensor_value_info("in put:0", dtype, ["b", "s", 16])],
+        [helper.make_tensor_value_info("out/put:0", dtype, ["b", "s", 4])],
+        [w, w2],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])

@@ -26,8 +26,8 @@ class Net(nn.Module):
         self.fc = nn.Linear(hidden * 16, 5)
 
     def forward(self, x):
-        x = torch.relu(self.c2(torch.relu(self.bn(self.c1(x)))))   # (N, 8, 4, 4)
-        return self.fc(self.c1d(x.flatten(2)).flatten(1))          # (N, 6, 16) -> (N, 5)
+        x = torch.relu(self.c2(torch.relu(self.bn(self.c1(x)))))  # (N, 8, 4, 4)
+        return self.fc(self.c1d(x.flatten(2)).flatten(1))  # (N, 6, 16) -> (N, 5)
 
 
 class TinyLM(nn.Module):
@@ -64,7 +64,7 @@ BATCHES = [torch.randn(8, 2, 8, 8, generator=G) for _ in range(3)]
 IDX = torch.randint(0, 40, (4, 7), generator=G)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _static_once():
     return cz.convert(cz.calibrate(cz.prepare(_net(), cz.QuantConfig()), BATCHES))
 
@@ -123,7 +123,7 @@ def test_weight_only_round_trip(tmp_path, w):
     assert t["fc.weight_q.scale"].dtype == w.torch_scale_dtype
     assert ("fc.weight_q.zero_point" in t) == (not w.symmetric)
     stored = [v for k, v in t.items() if k.startswith("fc.weight_q.")]
-    assert sum(v.numel() * v.element_size() for v in stored) == qm.fc.weight_q.nbytes   # as counted
+    assert sum(v.numel() * v.element_size() for v in stored) == qm.fc.weight_q.nbytes  # as counted
     assert torch.equal(q2.fc.weight_q.data, qm.fc.weight_q.data)
 
 
@@ -132,10 +132,13 @@ def test_tied_embedding_and_lm_head_stored_once_and_retied(tmp_path):
     assert qm.emb.weight_q is qm.lm_head.weight_q
     q2 = _round_trip(qm, _lm(), IDX, tmp_path)
     t = safetensors.torch.load((tmp_path / "q" / "model.safetensors").read_bytes())
-    assert sum(k.endswith("weight_q.data") for k in t) == 2          # emb (shared) and mix
+    assert sum(k.endswith("weight_q.data") for k in t) == 2  # emb (shared) and mix
     assert q2.emb.weight_q is q2.lm_head.weight_q
     assert isinstance(q2.emb, cz.nn.QuantEmbedding)
-    assert q2.cuantiza_info.notes == qm.cuantiza_info.notes and "tied" in q2.cuantiza_info.notes["lm_head"]
+    assert (
+        q2.cuantiza_info.notes == qm.cuantiza_info.notes
+        and "tied" in q2.cuantiza_info.notes["lm_head"]
+    )
 
 
 def test_tied_float_parameters_stored_once(tmp_path):
@@ -150,7 +153,7 @@ def test_same_model_gives_identical_bytes(tmp_path):
     qm = _static()
     cz.save(qm, tmp_path / "a")
     cz.save(copy.deepcopy(qm), tmp_path / "b")
-    cz.save(cz.load(tmp_path / "a", _net()), tmp_path / "c")          # save(load(x)) == x
+    cz.save(cz.load(tmp_path / "a", _net()), tmp_path / "c")  # save(load(x)) == x
     assert _snapshot(tmp_path / "a") == _snapshot(tmp_path / "b") == _snapshot(tmp_path / "c")
 
 
@@ -170,11 +173,11 @@ def test_existing_output_refused_without_overwrite(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(cz.OutputExistsError, match="not a cuantiza save"):
-        cz.save(other, tmp_path / "mine", overwrite=True)                # never wipes other files
+        cz.save(other, tmp_path / "mine", overwrite=True)  # never wipes other files
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path)) == ["f", "mine", "q"]
     (tmp_path / "empty").mkdir()
-    cz.save(other, tmp_path / "empty")                               # an empty folder is fine
+    cz.save(other, tmp_path / "empty")  # an empty folder is fine
 
 
 @pytest.mark.parametrize("where", ["fsync", "replace"])
@@ -182,14 +185,18 @@ def test_interrupted_save_keeps_previous_save(tmp_path, monkeypatch, where):
     out = tmp_path / "q"
     cz.save(_static(), out)
     old = _snapshot(out)
+
     def boom(*args):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(os, "fsync" if where == "fsync" else "replace", boom)   # fsync: after a write
+
+    monkeypatch.setattr(
+        os, "fsync" if where == "fsync" else "replace", boom
+    )  # fsync: after a write
     with pytest.raises(OSError):
         cz.save(cz.quantize_dynamic(_net()), out, overwrite=True)
     monkeypatch.undo()
     assert _snapshot(out) == old
-    assert os.listdir(tmp_path) == ["q"]                              # no temporary folders left
+    assert os.listdir(tmp_path) == ["q"]  # no temporary folders left
     with torch.no_grad():
         assert torch.equal(cz.load(out, _net())(X), _static()(X))
 
@@ -204,6 +211,7 @@ def test_failed_second_rename_puts_the_previous_save_back(tmp_path, monkeypatch)
         if len(calls) == 2:
             raise OSError("interrupted")
         real(src, dst)
+
     monkeypatch.setattr(os, "replace", second_fails)
     with pytest.raises(OSError, match="interrupted"):
         cz.save(cz.quantize_dynamic(_net()), out, overwrite=True)
@@ -236,8 +244,9 @@ def test_changed_tensor_bytes_fail_the_checksum(saved):
         cz.load(saved, _net())
 
 
-@pytest.mark.parametrize("text", [b"{not json", b"\xff\xfe", b"[1, 2]",
-                                  b'{"format": "cuantiza", "format_version": 1}'])
+@pytest.mark.parametrize(
+    "text", [b"{not json", b"\xff\xfe", b"[1, 2]", b'{"format": "cuantiza", "format_version": 1}']
+)
 def test_garbage_json_is_corrupt(saved, text):
     (saved / "cuantiza.json").write_bytes(text)
     with pytest.raises(cz.CorruptFileError, match="cuantiza.json"):
@@ -278,19 +287,22 @@ class Renamed(Net):
         del self.fc
 
 
-@pytest.mark.parametrize("skeleton, error, where", [
-    (lambda: _net(hidden=4), cz.ShapeError, "c1d"),
-    (lambda: Renamed(), cz.PlanError, "fc"),
-    (lambda: nn.Sequential(), cz.PlanError, r"BatchNorm \(bn\)"),
-    (lambda: {"fc.weight": None}, cz.PlanError, "nn.Module"),
-])
+@pytest.mark.parametrize(
+    "skeleton, error, where",
+    [
+        (lambda: _net(hidden=4), cz.ShapeError, "c1d"),
+        (lambda: Renamed(), cz.PlanError, "fc"),
+        (lambda: nn.Sequential(), cz.PlanError, r"BatchNorm \(bn\)"),
+        (lambda: {"fc.weight": None}, cz.PlanError, "nn.Module"),
+    ],
+)
 def test_mismatched_architecture_is_a_typed_error(saved, skeleton, error, where):
     with pytest.raises(error, match=where):
         cz.load(saved, skeleton())
 
 
 def test_float_layer_dtype_mismatch_is_a_typed_error(tmp_path):
-    cz.save(cz.quantize_weights(_lm()), tmp_path / "q")                 # LayerNorm stays float
+    cz.save(cz.quantize_weights(_lm()), tmp_path / "q")  # LayerNorm stays float
     msg = "norm.weight: the model holds torch.float64, the save torch.float32"
     with pytest.raises(cz.PlanError, match=msg):
         cz.load(tmp_path / "q", _lm().double())
@@ -315,7 +327,7 @@ class _Marker:
 
 def test_pickle_files_in_the_folder_are_never_loaded(saved, tmp_path, monkeypatch):
     probe = tmp_path / "probe"
-    pickle.loads(pickle.dumps(_Marker(probe)))                         # the payload does work
+    pickle.loads(pickle.dumps(_Marker(probe)))  # the payload does work
     assert probe.is_dir()
     marker = tmp_path / "pwned"
     for name in ("pytorch_model.bin", "model.pt", "model.pkl"):
@@ -323,6 +335,7 @@ def test_pickle_files_in_the_folder_are_never_loaded(saved, tmp_path, monkeypatc
 
     def forbidden(*a, **k):
         raise AssertionError("load unpickled something")
+
     for mod, fn in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
         monkeypatch.setattr(mod, fn, forbidden)
     q2 = cz.load(saved, _net())
@@ -331,10 +344,10 @@ def test_pickle_files_in_the_folder_are_never_loaded(saved, tmp_path, monkeypatc
 
 def test_non_contiguous_weights_are_saved(tmp_path):
     m = _net()
-    m.fc.weight = nn.Parameter(m.fc.weight.detach().t().contiguous().t())       # transposed
+    m.fc.weight = nn.Parameter(m.fc.weight.detach().t().contiguous().t())  # transposed
     m.c1d.weight = nn.Parameter(m.c1d.weight.detach().transpose(0, 2).contiguous().transpose(0, 2))
     assert not m.fc.weight.is_contiguous() and not m.c1d.weight.is_contiguous()
-    qm = cz.quantize_weights(m, cz.QuantConfig(exclude=("c1d",)))             # c1d stays float
+    qm = cz.quantize_weights(m, cz.QuantConfig(exclude=("c1d",)))  # c1d stays float
     assert not qm.c1d.weight.is_contiguous()
     _round_trip(qm, _net(), X, tmp_path)
 
@@ -347,6 +360,7 @@ def test_layer_left_in_float_by_convert(tmp_path):
 
         def forward(self, x):
             return self.a(x)
+
     torch.manual_seed(0)
     m = Dead()
     p = cz.calibrate(cz.prepare(m, cz.QuantConfig()), [torch.randn(3, 4)])

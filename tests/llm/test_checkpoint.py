@@ -28,15 +28,13 @@ transformers = pytest.importorskip("transformers")
 from tests.helpers.llama import folder_bytes, hf_llama, tiny_llama, write_hf  # noqa: E402
 
 G4 = cz.QuantConfig(weight=cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32)))
-C8 = cz.QuantConfig()                                    # int8 symmetric per output channel
+C8 = cz.QuantConfig()  # int8 symmetric per output channel
 IDS = torch.randint(0, 96, (2, 11), generator=torch.Generator().manual_seed(3))
-
 
 
 def _logits(model):
     with torch.no_grad():
         return model(IDS).logits
-
 
 
 @pytest.mark.parametrize("config", [G4, C8], ids=["int4-g32", "int8-per-channel"])
@@ -46,20 +44,32 @@ def test_matches_quantize_weights_in_memory(tmp_path, config):
     s = quantize_checkpoint(src, tmp_path / "q", config, progress=False)
     out = tmp_path / "q"
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "cuantiza.json", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
-        "model-00003-of-00003.safetensors", "model.safetensors.index.json"]
-    loaded = cz.load(out, tiny_llama(seed=1))                # any instance of the architecture
+        "config.json",
+        "cuantiza.json",
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+        "model.safetensors.index.json",
+    ]
+    loaded = cz.load(out, tiny_llama(seed=1))  # any instance of the architecture
     assert torch.equal(_logits(loaded), _logits(cz.quantize_weights(model, config)))
-    assert len(s.quantized) == 16 and "model.embed_tokens.weight" in s.quantized   # 15 linears + embedding
+    assert (
+        len(s.quantized) == 16 and "model.embed_tokens.weight" in s.quantized
+    )  # 15 linears + embedding
     assert set(s.kept_float) == {k for k in model.state_dict() if "norm" in k}
-    assert s.units == 3 and s.units_resumed == 0 and s.bytes_out < s.bytes_in and s.seconds_per_mparam > 0
+    assert (
+        s.units == 3
+        and s.units_resumed == 0
+        and s.bytes_out < s.bytes_in
+        and s.seconds_per_mparam > 0
+    )
     wm = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
-    for shard in sorted(set(wm.values())):                # the safetensors library reads every shard
+    for shard in sorted(set(wm.values())):  # the safetensors library reads every shard
         with safe_open(str(out / shard), framework="pt") as f:
             assert sorted(f.keys()) == sorted(k for k, v in wm.items() if v == shard)
             for k in f.keys():
                 f.get_tensor(k)
-    assert not any(p.name.startswith(".q") for p in tmp_path.iterdir())   # no staging left
+    assert not any(p.name.startswith(".q") for p in tmp_path.iterdir())  # no staging left
 
 
 def test_tied_embedding_quantized_once(tmp_path):
@@ -70,7 +80,7 @@ def test_tied_embedding_quantized_once(tmp_path):
     assert doc["modules"]["lm_head"]["weight"] == doc["modules"]["model.embed_tokens"]["weight"]
     assert doc["notes"]["lm_head"] == "tied with model.embed_tokens: quantized once"
     wm = json.loads((tmp_path / "q" / "model.safetensors.index.json").read_text())["weight_map"]
-    assert not any(k.startswith("lm_head") for k in wm)    # stored once
+    assert not any(k.startswith("lm_head") for k in wm)  # stored once
     loaded = cz.load(tmp_path / "q", tiny_llama(tie=True, seed=1))
     assert torch.equal(_logits(loaded), _logits(cz.quantize_weights(model, G4)))
 
@@ -81,7 +91,9 @@ def test_tied_head_present_and_equal_is_shared(tmp_path):
     quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
     assert doc["modules"]["lm_head"]["weight"] == doc["modules"]["model.embed_tokens"]["weight"]
-    assert torch.equal(_logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, G4)))
+    assert torch.equal(
+        _logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, G4))
+    )
 
 
 def test_tied_float_embedding_keeps_lm_head_float_and_tied(tmp_path):
@@ -90,16 +102,20 @@ def test_tied_float_embedding_keeps_lm_head_float_and_tied(tmp_path):
     cfg = cz.QuantConfig(weight=G4.weight, quantize_embeddings=False)
     s = quantize_checkpoint(src, tmp_path / "q", cfg, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
-    assert doc["state"]["lm_head.weight"] == "model.embed_tokens.weight" and "lm_head" not in doc["modules"]
+    assert (
+        doc["state"]["lm_head.weight"] == "model.embed_tokens.weight"
+        and "lm_head" not in doc["modules"]
+    )
     assert "stays float" in s.kept_float["lm_head.weight"]
-    same = cz.quantize_weights(model, cz.QuantConfig(weight=G4.weight, quantize_embeddings=False,
-                                                     exclude=("lm_head",)))
+    same = cz.quantize_weights(
+        model, cz.QuantConfig(weight=G4.weight, quantize_embeddings=False, exclude=("lm_head",))
+    )
     assert torch.equal(_logits(cz.load(tmp_path / "q", model)), _logits(same))
 
 
 def test_hqq_matches_in_memory(tmp_path):
     try:
-        from cuantiza.algorithms import hqq
+        from cuantiza.algorithms.hqq import hqq
     except ImportError:
         hqq = None
     if not callable(hqq):
@@ -107,18 +123,30 @@ def test_hqq_matches_in_memory(tmp_path):
     model = tiny_llama()
     cfg = cz.QuantConfig(weight=G4.weight, method="hqq")
     quantize_checkpoint(hf_llama(tmp_path / "src", model), tmp_path / "q", cfg, progress=False)
-    assert torch.equal(_logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, cfg)))
+    assert torch.equal(
+        _logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, cfg))
+    )
 
 
 def test_bf16_checkpoint_with_biases(tmp_path):
     """bf16 weights and biased linears (biases stored float32, what QuantLinear holds)."""
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                                   num_attention_heads=4, num_key_value_heads=2, attention_bias=True)
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_bias=True,
+    )
     model = transformers.LlamaForCausalLM(cfg).eval().to(torch.bfloat16)
     quantize_checkpoint(hf_llama(tmp_path / "src", model), tmp_path / "q", G4, progress=False)
     doc = json.loads((tmp_path / "q" / "cuantiza.json").read_text())
-    assert doc["modules"]["model.layers.0.self_attn.o_proj"]["bias"] == "model.layers.0.self_attn.o_proj.bias"
+    assert (
+        doc["modules"]["model.layers.0.self_attn.o_proj"]["bias"]
+        == "model.layers.0.self_attn.o_proj.bias"
+    )
     loaded = cz.load(tmp_path / "q", model)
     assert loaded.model.norm.weight.dtype == torch.bfloat16
     assert torch.equal(_logits(loaded), _logits(cz.quantize_weights(model, G4)))
@@ -151,7 +179,7 @@ def test_interrupted_run_resumes_with_identical_bytes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckmod, "quantize_layer_weight", record)
     s = quantize_checkpoint(src, tmp_path / "q", G4, progress=False)
-    assert s.units_resumed == 1 and calls and not set(calls) & first     # unit 1 not recomputed
+    assert s.units_resumed == 1 and calls and not set(calls) & first  # unit 1 not recomputed
     monkeypatch.setattr(ckmod, "quantize_layer_weight", real)
     quantize_checkpoint(src, tmp_path / "fresh", G4, progress=False)
     assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
@@ -212,13 +240,31 @@ def _set_index(src, doc):
     (src / "model.safetensors.index.json").write_text(json.dumps(doc))
 
 
-@pytest.mark.parametrize("change, named", [
-    (lambda wm: wm.update({"model.norm.weight": "model-00001-of-00003.safetensors"}), "model.norm.weight"),
-    (lambda wm: wm.update({"model.extra.weight": "model-00002-of-00003.safetensors"}), "model.extra.weight"),
-    (lambda wm: wm.pop("model.layers.0.mlp.up_proj.weight"), "model.layers.0.mlp.up_proj.weight"),
-    (lambda wm: wm.update({"lm_head.weight": "model-00009-of-00009.safetensors"}), "model-00009-of-00009"),
-], ids=["wrong-shard", "listed-but-missing", "not-in-index", "missing-shard"])
-def test_index_not_matching_the_shards_is_refused_up_front(src, tmp_path, change, named):   # FAULTS 30
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (
+            lambda wm: wm.update({"model.norm.weight": "model-00001-of-00003.safetensors"}),
+            "model.norm.weight",
+        ),
+        (
+            lambda wm: wm.update({"model.extra.weight": "model-00002-of-00003.safetensors"}),
+            "model.extra.weight",
+        ),
+        (
+            lambda wm: wm.pop("model.layers.0.mlp.up_proj.weight"),
+            "model.layers.0.mlp.up_proj.weight",
+        ),
+        (
+            lambda wm: wm.update({"lm_head.weight": "model-00009-of-00009.safetensors"}),
+            "model-00009-of-00009",
+        ),
+    ],
+    ids=["wrong-shard", "listed-but-missing", "not-in-index", "missing-shard"],
+)
+def test_index_not_matching_the_shards_is_refused_up_front(
+    src, tmp_path, change, named
+):  # FAULTS 30
     doc = _index(src)
     change(doc["weight_map"])
     _set_index(src, doc)
@@ -232,14 +278,18 @@ def test_index_pointing_outside_the_folder_is_refused(src, tmp_path):
     _refused(src, tmp_path / "q", cz.UnsafeFileError, "elsewhere")
 
 
-@pytest.mark.parametrize("damage, match", [
-    (lambda b: b[:-10], "truncated"),
-    (lambda b: (10**12).to_bytes(8, "little") + b[8:], "header length"),
-    (lambda b: b[:8] + b"x" + b[9:], "not JSON"),
-    (lambda b: b[:8] + b[8:].replace(b'"F32"', b'"X32"', 1), "unknown dtype"),
-    (lambda b: b[:3], "only 3 bytes"),
-], ids=["truncated", "huge-header", "bad-json", "bad-dtype", "tiny"])
-def test_corrupt_shard_is_refused_with_its_path(src, tmp_path, damage, match):          # FAULTS 25
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda b: b[:-10], "truncated"),
+        (lambda b: (10**12).to_bytes(8, "little") + b[8:], "header length"),
+        (lambda b: b[:8] + b"x" + b[9:], "not JSON"),
+        (lambda b: b[:8] + b[8:].replace(b'"F32"', b'"X32"', 1), "unknown dtype"),
+        (lambda b: b[:3], "only 3 bytes"),
+    ],
+    ids=["truncated", "huge-header", "bad-json", "bad-dtype", "tiny"],
+)
+def test_corrupt_shard_is_refused_with_its_path(src, tmp_path, damage, match):  # FAULTS 25
     shard = src / "model-00002-of-00003.safetensors"
     shard.write_bytes(damage(shard.read_bytes()))
     with pytest.raises(cz.CorruptFileError, match=match) as e:
@@ -248,7 +298,7 @@ def test_corrupt_shard_is_refused_with_its_path(src, tmp_path, damage, match):  
     assert not (tmp_path / "q").exists() and not (tmp_path / ".q.partial").exists()
 
 
-def test_output_equal_to_or_inside_or_around_the_input_is_refused(src, tmp_path):      # FAULTS 28
+def test_output_equal_to_or_inside_or_around_the_input_is_refused(src, tmp_path):  # FAULTS 28
     _refused(src, src, cz.OutputExistsError, "is the input")
     _refused(src, src / "q", cz.OutputExistsError, "inside the input")
     _refused(src, tmp_path, cz.OutputExistsError, "input .* is inside the output")
@@ -264,10 +314,15 @@ def test_existing_output_needs_overwrite_and_must_be_a_cuantiza_save(src, tmp_pa
     quantize_checkpoint(src, tmp_path / "q", C8, progress=False)
     _refused(src, tmp_path / "q", cz.OutputExistsError, "overwrite")
     quantize_checkpoint(src, tmp_path / "q", G4, progress=False, overwrite=True)
-    assert json.loads((tmp_path / "q" / "cuantiza.json").read_text())["plan"]["layers"][1]["weight"]["bits"] == 4
+    assert (
+        json.loads((tmp_path / "q" / "cuantiza.json").read_text())["plan"]["layers"][1]["weight"][
+            "bits"
+        ]
+        == 4
+    )
 
 
-def test_pickle_only_folder_is_refused_never_unpickled(tmp_path):                        # FAULTS 24
+def test_pickle_only_folder_is_refused_never_unpickled(tmp_path):  # FAULTS 24
     d = tmp_path / "src"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -277,7 +332,7 @@ def test_pickle_only_folder_is_refused_never_unpickled(tmp_path):               
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_non_finite_weight_stops_with_nothing_published(tmp_path, bad):                 # FAULTS 1, 2, 29
+def test_non_finite_weight_stops_with_nothing_published(tmp_path, bad):  # FAULTS 1, 2, 29
     model = tiny_llama()
     sd = model.state_dict()
     sd["model.layers.1.mlp.down_proj.weight"][3, 5] = bad
@@ -286,11 +341,15 @@ def test_non_finite_weight_stops_with_nothing_published(tmp_path, bad):         
 
 
 def test_configuration_problems_stop_before_any_work(src, tmp_path):
-    _refused(src, tmp_path / "q", cz.ConfigError, "calibration", config=cz.QuantConfig(method="gptq"))
+    _refused(
+        src, tmp_path / "q", cz.ConfigError, "calibration", config=cz.QuantConfig(method="gptq")
+    )
     odd = cz.QuantConfig(weight=cz.QScheme(bits=4, granularity=cz.PerGroup(48)))
     _refused(src, tmp_path / "q", cz.PlanError, "group size 48", config=odd)
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    (src / "config.json").write_text(
+        json.dumps({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
     _refused(src, tmp_path / "q", cz.PlanError, "gpt2")
     (src / "config.json").write_text("{not json")
     _refused(src, tmp_path / "q", cz.CorruptFileError, "config.json")
@@ -302,7 +361,9 @@ def test_excluded_layers_stay_float(src, tmp_path):
     assert s.kept_float["lm_head.weight"] == "excluded by config"
     assert "model.layers.0.mlp.down_proj.weight" in s.kept_float
     model = tiny_llama()
-    assert torch.equal(_logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, cfg)))
+    assert torch.equal(
+        _logits(cz.load(tmp_path / "q", model)), _logits(cz.quantize_weights(model, cfg))
+    )
 
 
 # ------------------------------------------------------------------- reader and writer
@@ -310,12 +371,20 @@ def test_excluded_layers_stay_float(src, tmp_path):
 
 def test_reader_reads_every_dtype_by_its_byte_range(tmp_path):
     g = torch.Generator().manual_seed(0)
-    t = {"f64": torch.randn(3, 2, dtype=torch.float64, generator=g), "f32": torch.randn(5, generator=g),
-         "f16": torch.randn(2, 3, generator=g).half(), "bf16": torch.randn(4, 1, generator=g).bfloat16(),
-         "i64": torch.arange(-3, 3), "i32": torch.arange(6, dtype=torch.int32).reshape(2, 3),
-         "i16": torch.tensor([-7, 9], dtype=torch.int16), "i8": torch.tensor([-128, 127], dtype=torch.int8),
-         "u8": torch.tensor([0, 255], dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
-         "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    t = {
+        "f64": torch.randn(3, 2, dtype=torch.float64, generator=g),
+        "f32": torch.randn(5, generator=g),
+        "f16": torch.randn(2, 3, generator=g).half(),
+        "bf16": torch.randn(4, 1, generator=g).bfloat16(),
+        "i64": torch.arange(-3, 3),
+        "i32": torch.arange(6, dtype=torch.int32).reshape(2, 3),
+        "i16": torch.tensor([-7, 9], dtype=torch.int16),
+        "i8": torch.tensor([-128, 127], dtype=torch.int8),
+        "u8": torch.tensor([0, 255], dtype=torch.uint8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
     d = tmp_path / "m"
     d.mkdir()
     safetensors.torch.save_file(t, d / "model.safetensors")
@@ -333,7 +402,7 @@ def _write_units(dst, fail_second=False, fingerprint=None):
     with ShardedWriter(dst, fingerprint=fingerprint or {"run": 1}) as w:
         if not w.done("u1"):
             with w.shard("u1") as s:
-                s.add("t", a.t())                                  # non-contiguous (FAULTS 21)
+                s.add("t", a.t())  # non-contiguous (FAULTS 21)
                 s.add("b", torch.arange(5).to(torch.bfloat16))
                 s.add("flag", torch.tensor([True, False]))
                 s.add("scalar", torch.tensor(3.5, dtype=torch.float16))
@@ -343,7 +412,7 @@ def _write_units(dst, fail_second=False, fingerprint=None):
             s.add("y", torch.ones(3, dtype=torch.int32))
             if fail_second:
                 raise RuntimeError("stopped")
-        with w.shard("empty") as s:                                 # a unit without tensors
+        with w.shard("empty") as s:  # a unit without tensors
             s.meta["nothing"] = True
         return w, w.finish({"format": "test"})
 
@@ -353,7 +422,10 @@ def test_writer_resumes_finished_units_and_publishes_identical_bytes(tmp_path):
         _write_units(tmp_path / "out", fail_second=True)
     staging = tmp_path / ".out.partial"
     assert sorted(p.name for p in staging.iterdir()) == [
-        "progress.json", "unit-u1.extras.safetensors", "unit-u1.safetensors"]   # nothing of u2
+        "progress.json",
+        "unit-u1.extras.safetensors",
+        "unit-u1.safetensors",
+    ]  # nothing of u2
     with ShardedWriter(tmp_path / "out", fingerprint={"run": 1}) as w:
         assert w.done("u1") and not w.done("u2") and w.resumed == ["u1"]
         assert w.unit_meta("u1") == {"k": [1, 2]}
@@ -363,14 +435,22 @@ def test_writer_resumes_finished_units_and_publishes_identical_bytes(tmp_path):
     assert w.resumed == ["u1"] and not staging.exists()
     _write_units(tmp_path / "fresh")
     assert folder_bytes(out) == folder_bytes(tmp_path / "fresh")
-    assert sorted(folder_bytes(out)) == ["cuantiza.json", "model-00001-of-00002.safetensors",
-                                   "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    assert sorted(folder_bytes(out)) == [
+        "cuantiza.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ]
     doc = json.loads((out / "cuantiza.json").read_text())
-    assert doc["format"] == "test" and set(doc["files"]) == {"model-00001-of-00002.safetensors",
-                                                             "model-00002-of-00002.safetensors"}
+    assert doc["format"] == "test" and set(doc["files"]) == {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    }
     with safe_open(str(out / "model-00001-of-00002.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("t"), a.t()) and f.get_tensor("b").dtype == torch.bfloat16
-        assert f.get_tensor("flag").tolist() == [True, False] and f.get_tensor("scalar").item() == 3.5
+        assert (
+            f.get_tensor("flag").tolist() == [True, False] and f.get_tensor("scalar").item() == 3.5
+        )
 
 
 def test_writer_discards_other_fingerprints_and_typed_errors(tmp_path):
@@ -383,13 +463,16 @@ def test_writer_discards_other_fingerprints_and_typed_errors(tmp_path):
             with w.shard("u1") as s:
                 s.add("x", torch.ones(1))
             with w.shard("u2") as s:
-                s.add("m", torch.empty(3, device="meta"))          # FAULTS 22: no data to write
+                s.add("m", torch.empty(3, device="meta"))  # FAULTS 22: no data to write
     assert not (tmp_path / ".out.partial").exists() and not (tmp_path / "out").exists()
 
 
-def test_disk_full_keeps_the_previous_output_and_the_finished_units(src, tmp_path, monkeypatch):  # FAULTS 29
+def test_disk_full_keeps_the_previous_output_and_the_finished_units(
+    src, tmp_path, monkeypatch
+):  # FAULTS 29
     import cuantiza.io.atomic as atomic
     import cuantiza.llm.unitshard as unitshard
+
     quantize_checkpoint(src, tmp_path / "q", C8, progress=False)
     previous = folder_bytes(tmp_path / "q")
     real_copy, copies = unitshard._copy_range, []
@@ -408,7 +491,7 @@ def test_disk_full_keeps_the_previous_output_and_the_finished_units(src, tmp_pat
     def full_at_publish(tmp, out):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic, "_swap_in", full_at_publish)          # the final rename fails
+    monkeypatch.setattr(atomic, "_swap_in", full_at_publish)  # the final rename fails
     with pytest.raises(OSError, match="No space"):
         quantize_checkpoint(src, tmp_path / "q", G4, progress=False, overwrite=True)
     assert folder_bytes(tmp_path / "q") == previous
@@ -454,7 +537,9 @@ CHILD = textwrap.dedent("""
 
 def _child(*args):
     env = {**os.environ, "CUANTIZA_QUIET": "1"}
-    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, args)], capture_output=True, text=True, env=env
+    )
 
 
 @pytest.mark.slow
@@ -469,11 +554,16 @@ def test_streaming_memory_and_crash_resume(tmp_path):
     g = torch.Generator().manual_seed(0)
     src = tmp_path / "src"
     for layer in range(6):
-        for proj, shape in (("gate_proj", (inter, hidden)), ("up_proj", (inter, hidden)),
-                            ("down_proj", (hidden, inter))):
+        for proj, shape in (
+            ("gate_proj", (inter, hidden)),
+            ("up_proj", (inter, hidden)),
+            ("down_proj", (hidden, inter)),
+        ):
             tensors[f"model.layers.{layer}.mlp.{proj}.weight"] = torch.randn(*shape, generator=g)
         tensors[f"model.layers.{layer}.post_attention_layernorm.weight"] = torch.ones(hidden)
-    write_hf(src, tensors, {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, n_shards=6)
+    write_hf(
+        src, tensors, {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, n_shards=6
+    )
     del tensors
     size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
     largest = inter * hidden * 4
@@ -489,5 +579,9 @@ def test_streaming_memory_and_crash_resume(tmp_path):
     for r in runs:
         assert r["delta"] < min(size / 3, 2.5 * largest + 32 * 2**20), (r, size, largest)
     assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
-    print(f"checkpoint {size / 2**20:.0f} MiB, largest tensor {largest / 2**20:.1f} MiB, peak RSS above "
-          f"baseline {runs[1]['delta'] / 2**20:.1f} MiB, {runs[1]['s_per_mparam']:.4f} s per million parameters")
+    print(
+        f"checkpoint {size / 2**20:.0f} MiB, largest tensor {largest / 2**20:.1f} MiB, peak RSS "
+        "above "
+        f"baseline {runs[1]['delta'] / 2**20:.1f} MiB, {runs[1]['s_per_mparam']:.4f} s per million "
+        "parameters"
+    )

@@ -24,7 +24,9 @@ def cfg(method: str, bits: int = 4) -> cz.QuantConfig:
 
 
 def _run(src: Path, dst: Path, c: cz.QuantConfig):
-    return quantize_checkpoint(src, dst, c, calibration=CALIB, progress=False, seq_len=16, batch_size=4)
+    return quantize_checkpoint(
+        src, dst, c, calibration=CALIB, progress=False, seq_len=16, batch_size=4
+    )
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
@@ -33,7 +35,7 @@ def test_layer_by_layer_equals_in_memory(tmp_path, method, tie):
     model = tiny_llama(tie=tie)
     src = hf_llama(tmp_path / "src", model)
     summary = _run(src, tmp_path / "q", cfg(method))
-    assert summary.units == 3                                       # 2 layers + the head
+    assert summary.units == 3  # 2 layers + the head
     loaded = cz.load(tmp_path / "q", tiny_llama(tie=tie, seed=9))
     ref = quantize_model(model, cfg(method), CALIB, seq_len=16, batch_size=4)
     with torch.no_grad():
@@ -54,9 +56,11 @@ def test_interrupted_calibrated_run_resumes_with_identical_bytes(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         _run(src, tmp_path / "q", cfg("gptq"))
     assert not (tmp_path / "q").exists()
-    monkeypatch.setattr(cc, "_run_layer_unit", lambda i, *a, **k: (done.append(i), real(i, *a, **k))[1])
+    monkeypatch.setattr(
+        cc, "_run_layer_unit", lambda i, *a, **k: (done.append(i), real(i, *a, **k))[1]
+    )
     s = _run(src, tmp_path / "q", cfg("gptq"))
-    assert s.units_resumed == 1 and done == [0, 1]                  # layer 0 not recomputed
+    assert s.units_resumed == 1 and done == [0, 1]  # layer 0 not recomputed
     monkeypatch.setattr(cc, "_run_layer_unit", real)
     _run(src, tmp_path / "fresh", cfg("gptq"))
     assert folder_bytes(tmp_path / "q") == folder_bytes(tmp_path / "fresh")
@@ -97,7 +101,7 @@ def test_one_decoder_layer_in_memory_at_a_time(tmp_path, monkeypatch):
     assert all(next(layer.parameters()).is_meta for layer in mod_layers[0])
 
 
-def test_meta_device_model_is_refused_before_calibration():                        # FAULTS 22
+def test_meta_device_model_is_refused_before_calibration():  # FAULTS 22
     with torch.device("meta"):
         model = tiny_llama()
     with pytest.raises(cz.UnsupportedDtypeError, match="meta"):

@@ -16,14 +16,23 @@ from cuantiza.llm.blocks import decoder_parts, first_layer_inputs, run_layer  # 
 
 def tiny_llama(seed: int = 0, tie: bool = False) -> nn.Module:
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-                                   tie_word_embeddings=tie)
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def cfg(bits=4, group=32, method="gptq", **kw) -> cz.QuantConfig:
-    w = cz.QScheme(bits=bits, symmetric=False, granularity=cz.PerGroup(group), scale_dtype="float16")
+    w = cz.QScheme(
+        bits=bits, symmetric=False, granularity=cz.PerGroup(group), scale_dtype="float16"
+    )
     return cz.QuantConfig(weight=w, method=method, **kw)
 
 
@@ -41,7 +50,7 @@ def test_quantize_model_makes_integer_layers_close_to_float(method):
     with torch.no_grad():
         ref, out = model(IDS).logits, qm(IDS).logits
     assert torch.allclose(out, ref, atol=0.05 * ref.abs().max())
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # input untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
 
 
 def test_gptq_lowers_layer_error_against_rtn_on_the_calibration_data():
@@ -94,7 +103,9 @@ def test_bad_inputs_fail_before_any_work():
         calibrated.quantize_model(nn.Sequential(nn.Linear(64, 64)), cfg(), CALIB)
     with pytest.raises(CalibrationError, match="too short"):
         calibrated.quantize_model(model, cfg(), torch.zeros(10, dtype=torch.long), seq_len=32)
-    with pytest.raises(PlanError, match="not a multiple of group size 48"):      # FAULTS 15, at plan time
+    with pytest.raises(
+        PlanError, match="not a multiple of group size 48"
+    ):  # FAULTS 15, at plan time
         calibrated.quantize_model(model, cfg(group=48), CALIB, seq_len=32)
     with pytest.raises(PlanError, match="needs calibration data"):
         cz.quantize_weights(model, cfg(method="gptq"))
@@ -105,14 +116,16 @@ def test_hqq_through_quantize_weights_beats_rtn_weight_error():
     h = cz.quantize_weights(model, cfg(3, 32, "hqq"))
     r = cz.quantize_weights(model, cfg(3, 32, "rtn"))
     w = model.model.layers[0].mlp.down_proj.weight
-    err = lambda q: (q.model.layers[0].mlp.down_proj.weight_q.dequantize() - w).pow(2).sum()  # noqa: E731
+    def err(q):
+        return (q.model.layers[0].mlp.down_proj.weight_q.dequantize() - w).pow(2).sum()
     assert err(h) < err(r)
 
 
 def test_smoothquant_keeps_the_function_and_helps_w8a8_with_outlier_channels():
     from cuantiza.llm.smooth import smooth_model
+
     model = tiny_llama()
-    with torch.no_grad():                       # a few activation channels 30x larger, as in LLMs
+    with torch.no_grad():  # a few activation channels 30x larger, as in LLMs
         for layer in model.model.layers:
             layer.input_layernorm.weight[:3] *= 30
             layer.post_attention_layernorm.weight[:2] *= 30
@@ -120,7 +133,9 @@ def test_smoothquant_keeps_the_function_and_helps_w8a8_with_outlier_channels():
     with torch.no_grad():
         ref = model(IDS).logits
         assert torch.allclose(sm(IDS).logits, ref, rtol=1e-4, atol=1e-4)
-        w8a8 = cz.QuantConfig(activation=cz.QScheme(bits=8, symmetric=False), exclude=("model.embed_tokens",))
+        w8a8 = cz.QuantConfig(
+            activation=cz.QScheme(bits=8, symmetric=False), exclude=("model.embed_tokens",)
+        )
         plain = (cz.quantize_dynamic(model, w8a8)(IDS).logits - ref).pow(2).mean()
         smooth = (cz.quantize_dynamic(sm, w8a8)(IDS).logits - ref).pow(2).mean()
     assert smooth < 0.7 * plain

@@ -26,8 +26,9 @@ SCRIPT = ROOT / "examples" / "train_llama.py"
 @pytest.fixture(scope="module")
 def model():
     transformers.utils.logging.disable_progress_bar()
-    return transformers.LlamaForCausalLM.from_pretrained(MODEL, local_files_only=True,
-                                                         use_safetensors=True)
+    return transformers.LlamaForCausalLM.from_pretrained(
+        MODEL, local_files_only=True, use_safetensors=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def reference_perplexity(model, tokens, seq_len):
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(tokens.numel() // seq_len):
-            w = tokens[i * seq_len: (i + 1) * seq_len]
+            w = tokens[i * seq_len : (i + 1) * seq_len]
             logits = model(w[None]).logits[0]
             total += F.cross_entropy(logits[:-1].double(), w[1:], reduction="sum").item()
             count += seq_len - 1
@@ -49,6 +50,7 @@ def reference_perplexity(model, tokens, seq_len):
 
 def test_checkpoint_is_a_plain_float16_hf_folder_loading_as_float32(model):
     from safetensors import safe_open
+
     cfg = json.loads((MODEL / "config.json").read_text())
     assert cfg["dtype"] == "float32" and cfg["model_type"] == "llama" and cfg["vocab_size"] == 256
     assert cfg["hidden_size"] % 128 == 0 and cfg["intermediate_size"] % 128 == 0
@@ -63,22 +65,22 @@ def test_checkpoint_is_a_plain_float16_hf_folder_loading_as_float32(model):
 
 def test_committed_model_has_learned_and_matches_the_reference(model, head_tokens):
     ppl = perplexity(model, head_tokens, seq_len=256, batch_size=8, progress=False)
-    assert math.isfinite(ppl) and 1.0 < ppl < 12.0          # uniform over bytes is 256
+    assert math.isfinite(ppl) and 1.0 < ppl < 12.0  # uniform over bytes is 256
     assert ppl == pytest.approx(reference_perplexity(model, head_tokens, 256), rel=1e-5)
 
 
 def test_perplexity_is_deterministic_drops_the_partial_window_restores_modes(model, head_tokens):
     tokens = head_tokens[:512]
     model.train()
-    model.model.norm.eval()                                 # a mixed state, restored exactly
+    model.model.norm.eval()  # a mixed state, restored exactly
     try:
         a = perplexity(model, tokens, seq_len=128, batch_size=3, progress=False)
         assert model.training and model.model.layers[0].training
         assert not model.model.norm.training
-        b = perplexity(model, head_tokens[:512 + 100], seq_len=128, batch_size=3, progress=False)
+        b = perplexity(model, head_tokens[: 512 + 100], seq_len=128, batch_size=3, progress=False)
     finally:
         model.eval()
-    assert a == b                                           # same windows, same bits
+    assert a == b  # same windows, same bits
     assert a == pytest.approx(reference_perplexity(model, tokens, 128), rel=1e-5)
 
 
@@ -106,10 +108,16 @@ def test_decode_replaces_broken_utf8_and_rejects_bad_ids():
 
 def test_perplexity_errors(model, tmp_path):
     ids = encode("x" * 300)
-    cases = [(ids[:100], {}, "too short"), (ids, {"seq_len": 1}, "seq_len"),
-             (ids, {"batch_size": 0}, "batch_size"), (ids[None], {}, "1-D"),
-             (ids.float(), {}, "integers"), (ids, {"seq_len": 1024}, "max_position"),
-             (ids + 300, {}, "vocabulary"), (ids - 200, {}, ">= 0")]
+    cases = [
+        (ids[:100], {}, "too short"),
+        (ids, {"seq_len": 1}, "seq_len"),
+        (ids, {"batch_size": 0}, "batch_size"),
+        (ids[None], {}, "1-D"),
+        (ids.float(), {}, "integers"),
+        (ids, {"seq_len": 1024}, "max_position"),
+        (ids + 300, {}, "vocabulary"),
+        (ids - 200, {}, ">= 0"),
+    ]
     for tokens, kw, words in cases:
         with pytest.raises(ConfigError, match=words):
             perplexity(model, tokens, progress=False, **kw)
@@ -126,20 +134,38 @@ def test_missing_transformers_is_a_config_error(monkeypatch):
         require_transformers()
 
 
-@pytest.mark.slow       # ~15 s on a busy 2-core machine, nearly all of it importing transformers
+@pytest.mark.slow  # ~15 s on a busy 2-core machine, nearly all of it importing transformers
 def test_training_script_smoke_run_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "tiny"
     env = {**os.environ, "CUANTIZA_QUIET": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(SCRIPT), "--steps", "1", "--batch-size", "1", "--corpus", "stdlib",
-           "--eval-bytes", "512", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--corpus",
+        "stdlib",
+        "--eval-bytes",
+        "512",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md",
-                                               "heldout.txt", "calibration.txt"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "heldout.txt",
+        "calibration.txt",
+    }
     m = transformers.LlamaForCausalLM.from_pretrained(out, local_files_only=True)
     assert m.dtype == torch.float32 and "Validation perplexity" in (out / "README.md").read_text()
     spec = importlib.util.spec_from_file_location("train_llama", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    with pytest.raises(OutputExistsError, match="--force"):      # never overwrites silently
+    with pytest.raises(OutputExistsError, match="--force"):  # never overwrites silently
         script.main(cmd[2:])

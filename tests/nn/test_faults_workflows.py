@@ -11,7 +11,7 @@ class TwoBranch(nn.Module):
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(8, 4)
-        self.dead = nn.Linear(8, 4)     # only runs when use_dead=True (an unrouted expert)
+        self.dead = nn.Linear(8, 4)  # only runs when use_dead=True (an unrouted expert)
         self.norm = nn.LayerNorm(4)
         self.c3 = nn.Conv3d(1, 1, 1)
 
@@ -45,7 +45,12 @@ def test_fault_15_group_size_checked_at_plan_time_before_calibration():
         cz.quantize_weights(m, cfg)
     qm = cz.quantize_weights(m, cz.QuantConfig(weight=cfg.weight, group_remainder="per_channel"))
     assert isinstance(qm[0].weight_q.scheme.granularity, cz.PerChannel)
-    assert "per-channel" in cz.plan(m, cz.QuantConfig(weight=cfg.weight, group_remainder="per_channel"), "weight_only")["0"].reason
+    assert (
+        "per-channel"
+        in cz.plan(
+            m, cz.QuantConfig(weight=cfg.weight, group_remainder="per_channel"), "weight_only"
+        )["0"].reason
+    )
 
 
 def test_fault_19_unsupported_layers_stay_float_with_reason():
@@ -67,7 +72,9 @@ class Tied(nn.Module):
 
 
 def test_fault_20_tied_weights_quantized_once_and_kept_tied():
-    qm = cz.quantize_weights(Tied(), cz.QuantConfig(weight=cz.QScheme(bits=4, granularity=cz.PerGroup(4))))
+    qm = cz.quantize_weights(
+        Tied(), cz.QuantConfig(weight=cz.QScheme(bits=4, granularity=cz.PerGroup(4)))
+    )
     assert qm.emb.weight_q is qm.head.weight_q
     assert "tied with emb" in qm.cuantiza_info.notes["head"]
     out = qm(torch.tensor([[1, 2, 3]]))
@@ -75,8 +82,10 @@ def test_fault_20_tied_weights_quantized_once_and_kept_tied():
 
 
 def test_fault_20_tied_weights_with_different_schemes_are_untied_and_reported():
-    cfg = cz.QuantConfig(overrides={"head": {"weight": cz.QScheme(bits=8, granularity=cz.PerChannel(0))}},
-                         weight=cz.QScheme(bits=4, granularity=cz.PerChannel(0)))
+    cfg = cz.QuantConfig(
+        overrides={"head": {"weight": cz.QScheme(bits=8, granularity=cz.PerChannel(0))}},
+        weight=cz.QScheme(bits=4, granularity=cz.PerChannel(0)),
+    )
     qm = cz.quantize_weights(Tied(), cfg)
     assert qm.emb.weight_q is not qm.head.weight_q
     assert "untied" in qm.cuantiza_info.notes["head"]
@@ -125,7 +134,7 @@ def test_fault_23_already_quantized_model_is_never_quantized_twice():
     qm = cz.quantize_dynamic(m, cz.QuantConfig())
     with pytest.raises(cz.PlanError, match="already quantized"):
         cz.quantize_weights(qm, cz.QuantConfig())
-    mixed = nn.Sequential(qm[0], nn.Linear(8, 2))           # one layer done, one float
+    mixed = nn.Sequential(qm[0], nn.Linear(8, 2))  # one layer done, one float
     p = cz.plan(mixed, cz.QuantConfig(), "weight_only")
     assert "already quantized by cuantiza" in p["0"].reason and p["1"].quantized
     out = cz.quantize_weights(mixed, cz.QuantConfig())
@@ -139,6 +148,8 @@ def test_fault_23_torch_ao_quantized_layers_are_listed_not_requantized():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ao = quantize_dynamic(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), {nn.Linear}, dtype=torch.qint8)
+        ao = quantize_dynamic(
+            nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)), {nn.Linear}, dtype=torch.qint8
+        )
     with pytest.raises(cz.PlanError, match="already quantized"):
         cz.plan(ao, cz.QuantConfig(), "weight_only")

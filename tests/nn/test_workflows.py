@@ -23,8 +23,8 @@ class Net(nn.Module):
 
     def forward(self, x):
         x = torch.relu(self.bn(self.c1(x)))
-        x = torch.relu(self.dw(self.c2(x)))              # (N, 8, 4, 4)
-        x = self.c1d(x.flatten(2))                       # (N, 6, 16)
+        x = torch.relu(self.dw(self.c2(x)))  # (N, 8, 4, 4)
+        x = self.c1d(x.flatten(2))  # (N, 6, 16)
         return self.fc(x.flatten(1))
 
 
@@ -43,7 +43,9 @@ def _batches(n=4):
 
 X = torch.randn(8, 2, 8, 8, generator=torch.Generator().manual_seed(2))
 SCHEMES = [cz.QScheme(bits=b, granularity=cz.PerChannel(0)) for b in (8, 5, 4, 3, 2, 1)] + [
-    cz.QScheme(bits=8), cz.QScheme(bits=4, symmetric=False, granularity=cz.PerChannel(0))]
+    cz.QScheme(bits=8),
+    cz.QScheme(bits=4, symmetric=False, granularity=cz.PerChannel(0)),
+]
 
 
 @pytest.mark.parametrize("w", SCHEMES, ids=lambda s: s.describe())
@@ -70,8 +72,9 @@ def test_every_kernel_gives_the_same_model_output():
 
 @pytest.mark.parametrize("bits", [4, 2, 1])
 def test_qat_trains_and_converts_exactly(bits):
-    cfg = cz.QuantConfig(weight=cz.QScheme(bits=bits, granularity=cz.PerChannel(0)),
-                         observer=cz.MovingAverage(0.1))
+    cfg = cz.QuantConfig(
+        weight=cz.QScheme(bits=bits, granularity=cz.PerChannel(0)), observer=cz.MovingAverage(0.1)
+    )
     q = cz.prepare_qat(_net().train(), cfg)
     opt = torch.optim.SGD(q.parameters(), lr=0.05)
     before = copy.deepcopy(q.state_dict())
@@ -100,10 +103,15 @@ def test_qat_eval_does_not_move_ranges_and_freeze_stops_them():
     assert obs.n_seen == seen
 
 
-@pytest.mark.parametrize("w", [cz.QScheme(bits=4, granularity=cz.PerGroup(8)),
-                               cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(16)),
-                               cz.QScheme(bits=1, granularity=cz.PerChannel(0))],
-                         ids=lambda s: s.describe())
+@pytest.mark.parametrize(
+    "w",
+    [
+        cz.QScheme(bits=4, granularity=cz.PerGroup(8)),
+        cz.QScheme(bits=3, symmetric=False, granularity=cz.PerGroup(16)),
+        cz.QScheme(bits=1, granularity=cz.PerChannel(0)),
+    ],
+    ids=lambda s: s.describe(),
+)
 def test_weight_only_equals_dequantized_float_model(w):
     m = _net()
     qm = cz.quantize_weights(m, cz.QuantConfig(weight=w, group_remainder="pad"))
@@ -143,6 +151,7 @@ def test_input_model_is_never_modified():
 def test_batchnorm_folding_preserves_the_float_function():
     m = _net()
     from cuantiza.nn.surgery import copy_model, fold_batchnorm
+
     f = copy_model(m)
     assert fold_batchnorm(f) == [("c1", "bn")]
     with torch.no_grad():
@@ -150,15 +159,25 @@ def test_batchnorm_folding_preserves_the_float_function():
 
 
 def test_overrides_and_excludes():
-    cfg = cz.QuantConfig(exclude=("fc",), overrides={"c1": {"weight": cz.QScheme(bits=4, granularity=cz.PerChannel(0))}})
+    cfg = cz.QuantConfig(
+        exclude=("fc",),
+        overrides={"c1": {"weight": cz.QScheme(bits=4, granularity=cz.PerChannel(0))}},
+    )
     qm = cz.convert(cz.calibrate(cz.prepare(_net(), cfg), _batches(1)))
     assert isinstance(qm.fc, nn.Linear)
     assert qm.c1.weight_q.scheme.bits == 4 and qm.c2.weight_q.scheme.bits == 8
     assert "excluded" in cz.plan(_net(), cfg)["fc"].reason
 
 
-@pytest.mark.parametrize("act", [cz.QScheme(bits=7, symmetric=True), cz.QScheme(bits=8, symmetric=False),
-                                 cz.QScheme(bits=7, symmetric=False)], ids=lambda s: s.describe())
+@pytest.mark.parametrize(
+    "act",
+    [
+        cz.QScheme(bits=7, symmetric=True),
+        cz.QScheme(bits=8, symmetric=False),
+        cz.QScheme(bits=7, symmetric=False),
+    ],
+    ids=lambda s: s.describe(),
+)
 @pytest.mark.parametrize("mode", ["per_tensor", "per_token"])
 def test_dynamic_kernels_agree_bit_for_bit(act, mode):
     torch.manual_seed(3)
@@ -173,7 +192,7 @@ def test_dynamic_kernels_agree_bit_for_bit(act, mode):
                     if isinstance(mod, cz.nn.DynamicQuantLinear):
                         mod._choose(mod.act_scheme, kernel, scalar_zp=mode == "per_tensor")
             except ValueError:
-                continue                                    # not exact for this layer: not offered
+                continue  # not exact for this layer: not offered
             y = qm(x)
             want = y if want is None else want
             assert torch.equal(y, want), kernel

@@ -1,4 +1,5 @@
-"""export_onnx: QDQ graphs that pass the checker, run in onnxruntime, and keep cuantiza's numbers."""
+"""export_onnx: QDQ graphs that pass the checker, run in onnxruntime, and keep cuantiza's "
+"numbers."""
 
 import numpy as np
 import onnx
@@ -12,8 +13,16 @@ import cuantiza as cz
 from cuantiza.cli.digits import DigitsCNN
 from cuantiza.onnx import read_metadata
 from cuantiza.onnx.fileio import run_session
-from tests.helpers.onnx_models import ConvNet, TextNet, compare, float_session, images, output_lsb, tokens
-from tests.helpers.onnx_models import check_numerics
+from tests.helpers.onnx_models import (
+    ConvNet,
+    TextNet,
+    check_numerics,
+    compare,
+    float_session,
+    images,
+    output_lsb,
+    tokens,
+)
 from tests.thresholds import THRESHOLDS
 
 LSB = THRESHOLDS["onnx_layer_output_lsb"]
@@ -23,7 +32,6 @@ def _static(model, batches):
     p = cz.prepare(model, cz.QuantConfig())
     cz.calibrate(p, batches)
     return cz.convert(p)
-
 
 
 def _reference_evaluator(path, feed: dict) -> np.ndarray:
@@ -45,13 +53,19 @@ def test_digits_cnn_static_numerics(tmp_path):
     assert np.abs(y_ref - y).max() <= LSB * output_lsb(y)
 
 
-STATIC = {"static": cz.QuantConfig(),
-          "static_sym_act": cz.QuantConfig(activation=cz.QScheme(8, symmetric=True)),
-          "static_a4_w_asym": cz.QuantConfig(activation=cz.QScheme(4, symmetric=False),
-                                             weight=cz.QScheme(8, symmetric=False, granularity=cz.PerChannel(0)))}
+STATIC = {
+    "static": cz.QuantConfig(),
+    "static_sym_act": cz.QuantConfig(activation=cz.QScheme(8, symmetric=True)),
+    "static_a4_w_asym": cz.QuantConfig(
+        activation=cz.QScheme(4, symmetric=False),
+        weight=cz.QScheme(8, symmetric=False, granularity=cz.PerChannel(0)),
+    ),
+}
 
 
-@pytest.mark.parametrize("workflow", [*STATIC, "weight_only", "dynamic", "per_token", "ort", "exact"])
+@pytest.mark.parametrize(
+    "workflow", [*STATIC, "weight_only", "dynamic", "per_token", "ort", "exact"]
+)
 def test_convnet_workflows(tmp_path, workflow):
     """Conv2d, grouped and depthwise Conv2d, Conv1d and Linear, each workflow."""
     torch.manual_seed(0)
@@ -61,32 +75,50 @@ def test_convnet_workflows(tmp_path, workflow):
         cz.calibrate(p, [images(16, s) for s in range(4)])
         qm = cz.convert(p)
     elif workflow == "weight_only":
-        qm = cz.quantize_weights(m, cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16)),
-                                                   group_remainder="pad"))
+        qm = cz.quantize_weights(
+            m,
+            cz.QuantConfig(
+                weight=cz.QScheme(4, granularity=cz.PerGroup(16)), group_remainder="pad"
+            ),
+        )
     else:
-        qm = cz.quantize_dynamic(m, cz.QuantConfig(dynamic="per_token" if workflow == "per_token" else "per_tensor"))
+        qm = cz.quantize_dynamic(
+            m, cz.QuantConfig(dynamic="per_token" if workflow == "per_token" else "per_tensor")
+        )
     x = images(32, 11)
     form = workflow if workflow in ("ort", "exact") else "auto"
     s = cz.export_onnx(qm, x, tmp_path / "m.onnx", dynamic_form=form)
     stats = compare(tmp_path / "m.onnx", s, qm, x)
     # DynamicQuantizeLinear ("ort", and "auto" for uint8 per tensor) rounds its scale in float32
-    check_numerics(stats, exact_codes=workflow not in ("ort", "dynamic"),
-                    end_to_end_lsb=workflow != "static_a4_w_asym")
+    check_numerics(
+        stats,
+        exact_codes=workflow not in ("ort", "dynamic"),
+        end_to_end_lsb=workflow != "static_a4_w_asym",
+    )
     if workflow == "ort":
-        assert any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(tmp_path / "m.onnx")).graph.node)
-    for n in (3, 1):            # the batch dimension is dynamic; default session options
+        assert any(
+            n.op_type == "DynamicQuantizeLinear"
+            for n in onnx.load(str(tmp_path / "m.onnx")).graph.node
+        )
+    for n in (3, 1):  # the batch dimension is dynamic; default session options
         xn = images(n, 5)
         y = run_session(str(tmp_path / "m.onnx"), {"input": xn.numpy()})[0]
         y_cz = qm(xn).detach().numpy()
         assert y.shape == (n, 10)
-        assert np.abs(y - y_cz).max() <= THRESHOLDS["onnx_default_session_output_lsb"] * output_lsb(y_cz)
+        assert np.abs(y - y_cz).max() <= THRESHOLDS["onnx_default_session_output_lsb"] * output_lsb(
+            y_cz
+        )
 
 
 @pytest.mark.parametrize("workflow", ["static", "dynamic"])
 def test_textnet_gather_matmul(tmp_path, workflow):
     torch.manual_seed(0)
     m = TextNet().eval()
-    qm = _static(m, [tokens(8, s) for s in range(3)]) if workflow == "static" else cz.quantize_dynamic(m)
+    qm = (
+        _static(m, [tokens(8, s) for s in range(3)])
+        if workflow == "static"
+        else cz.quantize_dynamic(m)
+    )
     x = tokens(16, 7)
     s = cz.export_onnx(qm, x, tmp_path / "t.onnx")
     assert [r.op for r in s.layers] == ["Gather", "MatMul", "MatMul"]
@@ -102,7 +134,9 @@ STORAGE = {1: "INT2", 2: "INT2", 3: "INT4", 4: "INT4", 5: "INT8", 6: "INT8", 7: 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_every_width_runs_in_its_smallest_type(tmp_path, bits):
     torch.manual_seed(0)
-    qm = cz.quantize_weights(TextNet().eval(), cz.QuantConfig(weight=cz.QScheme(bits, granularity=cz.PerGroup(16))))
+    qm = cz.quantize_weights(
+        TextNet().eval(), cz.QuantConfig(weight=cz.QScheme(bits, granularity=cz.PerGroup(16)))
+    )
     x = tokens(4, 1)
     s = cz.export_onnx(qm, x, tmp_path / "w.onnx")
     model = onnx.load(str(tmp_path / "w.onnx"))
@@ -126,16 +160,23 @@ class MLP(nn.Module):
         return self.b(torch.relu(self.a(x)))
 
 
-@pytest.mark.parametrize("scheme", [cz.QScheme(4, granularity=cz.PerChannel(0)),
-                                    cz.QScheme(4, granularity=cz.PerGroup(32), scale_dtype="float16"),
-                                    cz.QScheme(4, symmetric=False, granularity=cz.PerGroup(128))])
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        cz.QScheme(4, granularity=cz.PerChannel(0)),
+        cz.QScheme(4, granularity=cz.PerGroup(32), scale_dtype="float16"),
+        cz.QScheme(4, symmetric=False, granularity=cz.PerGroup(128)),
+    ],
+)
 def test_4bit_export_is_small(tmp_path, scheme):
     """INT4 codes are packed two to a byte. (Group-32 scales in float32 alone cost 1 bit per
     weight: 4-bit group-32 asymmetric is 5.125 bits/weight, 0.64 of int8 per channel.)"""
     torch.manual_seed(0)
     m, x = MLP().eval(), torch.randn(2, 256)
     b8 = cz.export_onnx(cz.quantize_weights(m), x, tmp_path / "w8.onnx").file_bytes
-    b4 = cz.export_onnx(cz.quantize_weights(m, cz.QuantConfig(weight=scheme)), x, tmp_path / "w4.onnx").file_bytes
+    b4 = cz.export_onnx(
+        cz.quantize_weights(m, cz.QuantConfig(weight=scheme)), x, tmp_path / "w4.onnx"
+    ).file_bytes
     print(f"{scheme.describe()}: 8-bit {b8} B, 4-bit {b4} B, ratio {b4 / b8:.3f}")
     assert b4 <= THRESHOLDS["onnx_4bit_vs_8bit_bytes"] * b8
 
@@ -169,7 +210,9 @@ def test_axis_is_always_set(tmp_path, granularity):
     scales line up with that axis of the codes."""
     torch.manual_seed(0)
     cfg = cz.QuantConfig(weight=cz.QScheme(8, granularity=granularity), group_remainder="pad")
-    s = cz.export_onnx(cz.quantize_weights(ConvNet().eval(), cfg), images(2, 0), tmp_path / "a.onnx")
+    s = cz.export_onnx(
+        cz.quantize_weights(ConvNet().eval(), cfg), images(2, 0), tmp_path / "a.onnx"
+    )
     model = onnx.load(str(tmp_path / "a.onnx"))
     inits = {t.name: t for t in model.graph.initializer}
     dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
@@ -186,7 +229,7 @@ def test_axis_is_always_set(tmp_path, granularity):
 
 def test_shared_module_stored_once_and_deterministic(tmp_path):
     ql = cz.quantize_weights(nn.Sequential(nn.Linear(16, 16)).eval())[0]
-    qm = nn.Sequential(ql, nn.ReLU(), ql)                     # one quantized module, used twice
+    qm = nn.Sequential(ql, nn.ReLU(), ql)  # one quantized module, used twice
     x = torch.randn(3, 16)
     s1 = cz.export_onnx(qm, x, tmp_path / "a.onnx")
     cz.export_onnx(qm, x, tmp_path / "b.onnx")

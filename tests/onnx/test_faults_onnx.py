@@ -19,9 +19,13 @@ def _graph(w: np.ndarray | None = None, extra_inits=(), extra_nodes=()) -> onnx.
     """x (N, 8) -> MatMul W (8, 4) -> y."""
     w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32) if w is None else w
     nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], "mm"), *extra_nodes]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-                          [numpy_helper.from_array(w, "W"), *extra_inits])
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "W"), *extra_inits],
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -112,15 +116,17 @@ def test_large_models_use_relative_external_data(tmp_path, src, monkeypatch):
     data = [p for p in s.files if p.suffix == ".data"]
     assert len(data) == 1 and data[0].parent == out.parent and data[0].name.startswith("q.onnx.")
     model = onnx.load(str(out), load_external_data=False)
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    locations = {
+        e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"
+    }
     assert locations == {data[0].name}
     x = np.ones((2, 8), np.float32)
     y = run_session(str(out), {"x": x})[0]
-    load_model(out)                                           # reads back through the checks
+    load_model(out)  # reads back through the checks
     cal = [{"x": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)}]
     s2 = cz.quantize_onnx(src, out, cz.QuantConfig(weight=cz.QScheme(4)), cal, overwrite=True)
-    assert s2.workflow == "static"                   # calibrated through a session on disk
-    assert _listing(out.parent) == sorted(p.name for p in s2.files)   # old data file removed
+    assert s2.workflow == "static"  # calibrated through a session on disk
+    assert _listing(out.parent) == sorted(p.name for p in s2.files)  # old data file removed
     assert run_session(str(out), {"x": x})[0].shape == y.shape
 
 
@@ -146,6 +152,7 @@ def test_failed_check_publishes_nothing(tmp_path, src, monkeypatch):
 
     def broken(*a, **k):
         raise RuntimeError("simulated runtime failure")
+
     monkeypatch.setattr(fileio, "run_session", broken)
     with pytest.raises(cz.PlanError, match="nothing written"):
         cz.quantize_onnx(src, tmp_path / "out.onnx", overwrite=True)
@@ -156,11 +163,17 @@ def _gen():
     yield from ()
 
 
-@pytest.mark.parametrize("calibration, match", [
-    (None, "needs calibration data"), ([], "needs calibration data"), (_gen(), "no batches"),
-    ({"x": np.ones((1, 8), np.float32)}, "not a single dict"),
-    ([{"input": np.ones((1, 8), np.float32)}], "missing inputs \\['x'\\]"),
-    ([{"x": np.full((1, 8), np.nan, np.float32)}], "saw no finite calibration value: x")])
+@pytest.mark.parametrize(
+    "calibration, match",
+    [
+        (None, "needs calibration data"),
+        ([], "needs calibration data"),
+        (_gen(), "no batches"),
+        ({"x": np.ones((1, 8), np.float32)}, "not a single dict"),
+        ([{"input": np.ones((1, 8), np.float32)}], "missing inputs \\['x'\\]"),
+        ([{"x": np.full((1, 8), np.nan, np.float32)}], "saw no finite calibration value: x"),
+    ],
+)
 def test_calibration_errors(tmp_path, src, calibration, match):
     """FAULTS 12-13: no data, wrong feeds, tensors that saw only NaN: named errors."""
     with pytest.raises(cz.CalibrationError, match=match):
@@ -183,13 +196,22 @@ def test_nan_weight_and_bad_group(tmp_path):
         cz.quantize_onnx(tmp_path / "nan.onnx", tmp_path / "out.onnx", mode="weight_only")
     onnx.save(_graph(), tmp_path / "g.onnx")
     with pytest.raises(cz.PlanError, match="mm: 8 columns.*group size 3"):
-        cz.quantize_onnx(tmp_path / "g.onnx", tmp_path / "out.onnx",
-                         cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(3))), mode="weight_only")
+        cz.quantize_onnx(
+            tmp_path / "g.onnx",
+            tmp_path / "out.onnx",
+            cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(3))),
+            mode="weight_only",
+        )
     assert not (tmp_path / "out.onnx").exists()
 
 
 def test_bad_arguments(tmp_path, src):
-    for kwargs in ({"mode": "fast"}, {"op_types": ("Relu",)}, {"dynamic_form": "quick"}, {"opset": 99}):
+    for kwargs in (
+        {"mode": "fast"},
+        {"op_types": ("Relu",)},
+        {"dynamic_form": "quick"},
+        {"opset": 99},
+    ):
         with pytest.raises(cz.ConfigError):
             cz.quantize_onnx(src, tmp_path / "out.onnx", **kwargs)
     model = torch.nn.Sequential(torch.nn.Linear(8, 4))

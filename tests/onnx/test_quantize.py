@@ -7,16 +7,26 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import TensorProto, version_converter
 from onnx.reference import ReferenceEvaluator
 
 import cuantiza as cz
 from cuantiza.onnx import read_metadata
 from cuantiza.onnx.fileio import run_session
-from tests.helpers.onnx_models import ConvNet, TextNet, compare, float_onnx, float_session, images, output_lsb, tokens
-from tests.helpers.onnx_models import check_numerics, foreign_graph, module_of
+from tests.helpers.onnx_models import (
+    ConvNet,
+    TextNet,
+    check_numerics,
+    compare,
+    float_onnx,
+    float_session,
+    foreign_graph,
+    images,
+    module_of,
+    output_lsb,
+    tokens,
+)
 from tests.thresholds import THRESHOLDS
-
 
 
 def _sha(path) -> str:
@@ -34,8 +44,10 @@ def test_static_matches_cuantiza(tmp_path, convnet_onnx):
     m, src = convnet_onnx
     batches = [images(16, s) for s in range(4)]
     before = _sha(src)
-    s = cz.quantize_onnx(src, tmp_path / "q.onnx", cz.QuantConfig(), [{"input": b.numpy()} for b in batches])
-    assert _sha(src) == before                                   # the input is only read
+    s = cz.quantize_onnx(
+        src, tmp_path / "q.onnx", cz.QuantConfig(), [{"input": b.numpy()} for b in batches]
+    )
+    assert _sha(src) == before  # the input is only read
     assert s.workflow == "static" and [r.op for r in s.layers] == ["Conv"] * 4 + ["Gemm"] * 2
     p = cz.prepare(m, cz.QuantConfig())
     cz.calibrate(p, batches)
@@ -52,8 +64,11 @@ def test_static_matches_cuantiza(tmp_path, convnet_onnx):
 @pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
 def test_dynamic_and_weight_only_match_cuantiza(tmp_path, convnet_onnx, mode):
     m, src = convnet_onnx
-    cfg = cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16)), group_remainder="pad") \
-        if mode == "weight_only" else cz.QuantConfig(dynamic="per_token")
+    cfg = (
+        cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16)), group_remainder="pad")
+        if mode == "weight_only"
+        else cz.QuantConfig(dynamic="per_token")
+    )
     s = cz.quantize_onnx(src, tmp_path / "q.onnx", cfg, mode=mode)
     qm = cz.quantize_weights(m, cfg) if mode == "weight_only" else cz.quantize_dynamic(m, cfg)
     check_numerics(compare(tmp_path / "q.onnx", s, qm, images(32, 9), module_of))
@@ -76,10 +91,14 @@ def test_gather_and_matmul(tmp_path, mode):
         qm = cz.convert(p)
     else:
         qm = cz.quantize_dynamic(m)
-    check_numerics(compare(tmp_path / "q.onnx", s, qm, tokens(16, 5), module_of), exact_codes=mode == "dynamic")
-    x = tokens(4, 6)                                                  # default session options
+    check_numerics(
+        compare(tmp_path / "q.onnx", s, qm, tokens(16, 5), module_of), exact_codes=mode == "dynamic"
+    )
+    x = tokens(4, 6)  # default session options
     y, y_cz = run_session(str(tmp_path / "q.onnx"), {"input": x.numpy()})[0], qm(x).detach().numpy()
-    assert np.abs(y - y_cz).max() <= THRESHOLDS["onnx_default_session_output_lsb"] * output_lsb(y_cz)
+    assert np.abs(y - y_cz).max() <= THRESHOLDS["onnx_default_session_output_lsb"] * output_lsb(
+        y_cz
+    )
     # the reference evaluator implements DequantizeLinear from opset 19: lift a copy
     lifted = version_converter.convert_version(onnx.load(str(tmp_path / "q.onnx")), 21)
     y_ref = ReferenceEvaluator(lifted).run(None, {"input": x.numpy()})[0]
@@ -91,7 +110,9 @@ def test_npz_calibration_equals_feed_dicts(tmp_path, convnet_onnx):
     data = torch.cat([images(16, s) for s in range(3)]).numpy()
     np.savez(tmp_path / "cal.npz", input=data)
     cz.quantize_onnx(src, tmp_path / "a.onnx", calibration=tmp_path / "cal.npz", batch_size=16)
-    cz.quantize_onnx(src, tmp_path / "b.onnx", calibration=[{"input": data[i:i + 16]} for i in (0, 16, 32)])
+    cz.quantize_onnx(
+        src, tmp_path / "b.onnx", calibration=[{"input": data[i : i + 16]} for i in (0, 16, 32)]
+    )
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
@@ -102,28 +123,34 @@ def test_excludes_by_name_and_op_type(tmp_path, convnet_onnx):
     skipped = dict(s.skipped)
     assert skipped["/features/features.0/Conv"] == "excluded by config"
     assert skipped["/classifier/classifier.1/Gemm"] == "Gemm not in op_types"
-    assert {r.name for r in s.layers} == {"/features/features.2/Conv", "/features/features.4/Conv", "/c1d/Conv"}
+    assert {r.name for r in s.layers} == {
+        "/features/features.2/Conv",
+        "/features/features.4/Conv",
+        "/c1d/Conv",
+    }
     model = onnx.load(str(tmp_path / "q.onnx"))
     kinds = {t.name: t.data_type for t in model.graph.initializer}
     assert kinds["features.0.weight"] == kinds["classifier.1.weight"] == TensorProto.FLOAT
     assert read_metadata(model)["skipped"][0][0] in skipped
 
 
-
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_foreign_graph(tmp_path, mode):
     onnx.save(foreign_graph(), tmp_path / "f.onnx")
     rng = np.random.default_rng(1)
-    cal = [{"in put:0": rng.standard_normal((2, 16, 16)).astype(np.float32)} for _ in range(2)] \
-        if mode == "static" else None
+    cal = (
+        [{"in put:0": rng.standard_normal((2, 16, 16)).astype(np.float32)} for _ in range(2)]
+        if mode == "static"
+        else None
+    )
     s = cz.quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", cz.QuantConfig(), cal, mode=mode)
-    assert [r.name for r in s.layers] == ["MatMul_0", "MatMul_2", "MatMul_5"]   # unnamed, repeated
+    assert [r.name for r in s.layers] == ["MatMul_0", "MatMul_2", "MatMul_5"]  # unnamed, repeated
     assert "quantized once" in s.layer("MatMul_2").note and s.layer("MatMul_2").weight_bytes == 0
-    assert "kept" in s.layer("MatMul_0").note                 # the ReduceMean still reads it in float
+    assert "kept" in s.layer("MatMul_0").note  # the ReduceMean still reads it in float
     model = onnx.load(str(tmp_path / "q.onnx"))
     names = {t.name for t in model.graph.initializer}
     assert "W/shared:0" in names and sum(n.startswith("W/shared:0.weight_q") for n in names) == 1
-    for shape in ((1, 3, 16), (5, 1, 16)):                          # dynamic dims
+    for shape in ((1, 3, 16), (5, 1, 16)):  # dynamic dims
         y = run_session(str(tmp_path / "q.onnx"), {"in put:0": np.ones(shape, np.float32)})[0]
         assert y.shape == shape[:2] + (4,)
 
@@ -148,23 +175,31 @@ def test_opset_lift_and_8bit_fallback(tmp_path):
     assert s.opset == 13 and {r.storage for r in s.layers} == {"INT8"}
     assert all("opset 13 lacks INT4" in r.note for r in s.layers)
     with pytest.raises(cz.ConfigError, match="block_size"):
-        cz.quantize_onnx(src, tmp_path / "g.onnx", cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16))),
-                         mode="weight_only", opset=13)
+        cz.quantize_onnx(
+            src,
+            tmp_path / "g.onnx",
+            cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16))),
+            mode="weight_only",
+            opset=13,
+        )
     x = tokens(3, 1).numpy()
     a = float_session(str(tmp_path / "q21.onnx")).run(None, {"input": x})[0]
     b = float_session(str(tmp_path / "q13.onnx")).run(None, {"input": x})[0]
-    assert np.array_equal(a, b)                                       # same values, wider type
+    assert np.array_equal(a, b)  # same values, wider type
 
 
 def test_float16_scales_free_at_run_time(tmp_path):
     """Scales stored as float16 (``scale_dtype``; Cast to float32 before DequantizeLinear, exact)
     halve the scale bytes on disk; onnxruntime folds the Cast, so the MatMuls still fuse into
-    MatMulNBits and the embedding's DequantizeLinear reads float32 scales: nothing is cast per run."""
+    MatMulNBits and the embedding's DequantizeLinear reads float32 scales: nothing is cast per
+    run."""
     torch.manual_seed(0)
     m = TextNet().eval()
     src = float_onnx(m, tokens(2, 0), tmp_path / "text.onnx")
-    w = {dt: cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16), scale_dtype=dt))
-         for dt in ("float32", "float16")}
+    w = {
+        dt: cz.QuantConfig(weight=cz.QScheme(4, granularity=cz.PerGroup(16), scale_dtype=dt))
+        for dt in ("float32", "float16")
+    }
     s32 = cz.quantize_onnx(src, tmp_path / "s32.onnx", w["float32"], mode="weight_only")
     s16 = cz.quantize_onnx(src, tmp_path / "s16.onnx", w["float16"], mode="weight_only")
     model = onnx.load(str(tmp_path / "s16.onnx"))

@@ -14,15 +14,23 @@ from torch import nn
 import cuantiza as cz
 from cuantiza.cli.digits import DigitsCNN
 from cuantiza.onnx.fileio import run_session
-from tests.helpers.onnx_models import ConvNet, compare, float_onnx, images, output_lsb
-from tests.helpers.onnx_models import foreign_graph, module_of
+from tests.helpers.onnx_models import (
+    ConvNet,
+    compare,
+    float_onnx,
+    foreign_graph,
+    images,
+    module_of,
+    output_lsb,
+)
 from tests.thresholds import THRESHOLDS
 
 FLOAT_LAYERS = {"Conv", "FusedConv", "Gemm", "MatMul", "DequantizeLinear"}
 
 
 class ResNet(nn.Module):
-    """A residual block: conv1's output is read by conv2 and by an Add (float), conv2's by the Add."""
+    """A residual block: conv1's output is read by conv2 and by an Add (float), conv2's by the "
+    "Add."""
 
     def __init__(self):
         super().__init__()
@@ -47,12 +55,14 @@ def _run_unoptimized(path, feed: dict, extra: list = ()) -> dict:
     """The graph's own semantics: no fusion, ``extra`` tensors exposed as outputs."""
     model = onnx.load(str(path))
     have = [o.name for o in model.graph.output]
-    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in extra if n not in have)
+    model.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(n) for n in extra if n not in have
+    )
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in model.graph.output]
-    return dict(zip(names, sess.run(names, feed)))
+    return dict(zip(names, sess.run(names, feed), strict=False))
 
 
 def _ort_static_ops(src, cal: list, tmp_path) -> collections.Counter:
@@ -66,8 +76,15 @@ def _ort_static_ops(src, cal: list, tmp_path) -> collections.Counter:
             return next(self.it, None)
 
     logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(str(src), str(tmp_path / "ort.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(src),
+        str(tmp_path / "ort.onnx"),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
     return _optimized_ops(tmp_path / "ort.onnx", tmp_path)
 
 
@@ -80,10 +97,15 @@ def test_digits_cnn_static_fuses_every_layer(tmp_path):
     src = float_onnx(m, images(2, 0), tmp_path / "float.onnx")
     batches = [images(16, s) for s in range(4)]
     cal = [{"input": b.numpy()} for b in batches]
-    ops = {o: _optimized_ops(cz.quantize_onnx(src, tmp_path / f"{o}.onnx", cz.QuantConfig(), cal, outputs=o).path,
-                             tmp_path) for o in ("none", "auto", "all")}
+    ops = {
+        o: _optimized_ops(
+            cz.quantize_onnx(src, tmp_path / f"{o}.onnx", cz.QuantConfig(), cal, outputs=o).path,
+            tmp_path,
+        )
+        for o in ("none", "auto", "all")
+    }
     theirs = _ort_static_ops(src, cal, tmp_path)
-    assert (ops["none"]["QLinearConv"], ops["none"]["QGemm"]) == (2, 1)        # the input-only form
+    assert (ops["none"]["QLinearConv"], ops["none"]["QGemm"]) == (2, 1)  # the input-only form
     assert (ops["auto"]["QLinearConv"], ops["auto"]["QGemm"]) == (3, 2)
     assert not FLOAT_LAYERS & set(ops["auto"]), ops["auto"]
     for o in ("auto", "all"):
@@ -109,12 +131,14 @@ def test_auto_outputs_change_no_value(tmp_path):
     feed = {"input": images(64, 9).numpy()}
     a = _run_unoptimized(s_none.path, feed, [r.codes for r in s_none.layers])
     b = _run_unoptimized(s_auto.path, feed, [r.codes for r in s_auto.layers])
-    for ra, rb in zip(s_none.layers, s_auto.layers):
+    for ra, rb in zip(s_none.layers, s_auto.layers, strict=False):
         assert np.array_equal(a[ra.codes], b[rb.codes]), ra.name
     assert np.abs(a["output"] - b["output"]).max() <= 0.01 * output_lsb(a["output"])
     assert "INT32" in s_auto.layer("/classifier/classifier.3/Gemm").note
     ops = _optimized_ops(s_auto.path, tmp_path)
-    assert (ops["QLinearConv"], ops["QGemm"]) == (4, 2) and not {"Conv", "FusedConv", "Gemm"} & set(ops)
+    assert (ops["QLinearConv"], ops["QGemm"]) == (4, 2) and not {"Conv", "FusedConv", "Gemm"} & set(
+        ops
+    )
 
 
 def test_all_outputs_quantize_like_ort(tmp_path):
@@ -127,7 +151,9 @@ def test_all_outputs_quantize_like_ort(tmp_path):
     batches = [images(16, s) for s in range(4)]
     cal = [{"input": b.numpy()} for b in batches]
     s_auto = cz.quantize_onnx(src, tmp_path / "auto.onnx", cz.QuantConfig(), cal)
-    assert all("read in float (Add)" in s_auto.layer(n).note for n in ("/conv1/Conv", "/conv2/Conv"))
+    assert all(
+        "read in float (Add)" in s_auto.layer(n).note for n in ("/conv1/Conv", "/conv2/Conv")
+    )
     assert _optimized_ops(s_auto.path, tmp_path)["QLinearConv"] < 2
     s_all = cz.quantize_onnx(src, tmp_path / "all.onnx", cz.QuantConfig(), cal, outputs="all")
     ops = _optimized_ops(s_all.path, tmp_path)
@@ -139,14 +165,19 @@ def test_all_outputs_quantize_like_ort(tmp_path):
     # computes cuantiza's numbers (codes within the calibration's float32 rounding)
     for name, st in compare(s_all.path, s_all, cz.convert(p), x, module_of).items():
         assert st["iso_lsb"] <= THRESHOLDS["onnx_isolated_output_lsb"], (name, st)
-        assert st["iso_mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(st["codes"], 1), (name, st)
+        assert st["iso_mismatch"] <= THRESHOLDS["onnx_code_mismatch_rate"] * max(st["codes"], 1), (
+            name,
+            st,
+        )
     last = s_all.layer("/fc/Gemm")
-    assert last.output != "output"                                   # the Gemm writes <name>/prequant
+    assert last.output != "output"  # the Gemm writes <name>/prequant
     outs = _run_unoptimized(s_all.path, {"input": x.numpy()}, [last.output])
     model = onnx.load(str(s_all.path))
     dq = next(n for n in model.graph.node if n.output[0] == "output")
-    scale, zp = (onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == n))
-                 for n in dq.input[1:])
+    scale, zp = (
+        onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == n))
+        for n in dq.input[1:]
+    )
     q = np.clip(np.rint(outs[last.output] / scale) + zp, 0, 255)
     assert np.allclose(outs["output"], (q - zp) * scale, rtol=0, atol=1e-6)
 
@@ -155,7 +186,10 @@ def test_all_outputs_float16_graph(tmp_path):
     """A float16 graph whose last MatMul writes the graph output: the output keeps its name
     and type (Cast to float32 around the quantizer)."""
     onnx.save(foreign_graph(onnx.TensorProto.FLOAT16), tmp_path / "h.onnx")
-    cal = [{"in put:0": np.random.default_rng(s).standard_normal((1, 2, 16)).astype(np.float16)} for s in range(2)]
+    cal = [
+        {"in put:0": np.random.default_rng(s).standard_normal((1, 2, 16)).astype(np.float16)}
+        for s in range(2)
+    ]
     s = cz.quantize_onnx(tmp_path / "h.onnx", tmp_path / "q.onnx", calibration=cal, outputs="all")
     assert "outputs='all'" in s.layer("MatMul_5").note
     y = run_session(str(tmp_path / "q.onnx"), {"in put:0": np.ones((1, 2, 16), np.float16)})[0]

@@ -47,7 +47,7 @@ def test_int4_group32_bytes_by_hand():
     # 192 B codes + 16 scales (64 B) + 16 zero points + bias 32 B
     assert _row(rep, "2").quant_bytes == 192 + 64 + 16 + 32
     assert "last group padded" in _row(rep, "2").reason
-    assert _row(rep, "3").quant_bytes == _row(rep, "3").float_bytes == 2 * 8 * 4   # LayerNorm
+    assert _row(rep, "3").quant_bytes == _row(rep, "3").float_bytes == 2 * 8 * 4  # LayerNorm
     t = rep.totals
     assert t["quant_bytes"] == sum(r.quant_bytes for r in rep.layers) + t["quant_other_bytes"]
     assert t["quant_other_bytes"] == 0
@@ -59,9 +59,11 @@ def test_int4_group32_bytes_by_hand():
 
 def test_odd_bit_width_packing_padding_counted():
     m = nn.Sequential(nn.Linear(5, 3, bias=False))
-    qm = cz.quantize_weights(m, cz.QuantConfig(weight=cz.QScheme(bits=3, granularity=cz.PerTensor())))
+    qm = cz.quantize_weights(
+        m, cz.QuantConfig(weight=cz.QScheme(bits=3, granularity=cz.PerTensor()))
+    )
     r = _row(cz.report(m, qm, torch.randn(2, 5)), "0")
-    assert r.quant_bytes == math.ceil(15 * 3 / 8) + 4      # 45 bits -> 6 B, one fp32 scale
+    assert r.quant_bytes == math.ceil(15 * 3 / 8) + 4  # 45 bits -> 6 B, one fp32 scale
     assert r.n_weights == 15 and r.mode == "weight-only"
 
 
@@ -97,7 +99,7 @@ def test_folded_batchnorm_listed_and_compared_after_folding():
     rep = cz.report(m, qm, torch.randn(2, 3, 8, 8))
     bn, conv = _row(rep, "1"), _row(rep, "0")
     assert bn.mode == "folded" and "folded into 0" in bn.reason and bn.quant_bytes == 0
-    assert conv.weight_sqnr_db > 40 and conv.output_sqnr_db > 30     # vs the folded weight / BN output
+    assert conv.weight_sqnr_db > 40 and conv.output_sqnr_db > 30  # vs the folded weight / BN output
 
 
 class _TiedLM(nn.Module):
@@ -121,28 +123,36 @@ def test_tied_embedding_counted_once():
     assert "tied with emb" in head.reason
     assert rep.totals["float_bytes"] == 50 * 32 * 4
     assert rep.totals["n_params"] == 50 * 32
-    assert math.isfinite(emb.weight_sqnr_db) and emb.histograms["activation"] is None   # int input
+    assert math.isfinite(emb.weight_sqnr_db) and emb.histograms["activation"] is None  # int input
 
 
 def test_sqnr_finite_and_8bit_beats_4bit():
     torch.manual_seed(1)
     m = _mlp()
     x = torch.randn(16, 64)
-    reps = {b: cz.report(m, cz.quantize_weights(m, cz.QuantConfig(weight=cz.QScheme(bits=b, granularity=cz.PerChannel(0)))), x)
-            for b in (4, 8)}
+    reps = {
+        b: cz.report(
+            m,
+            cz.quantize_weights(
+                m, cz.QuantConfig(weight=cz.QScheme(bits=b, granularity=cz.PerChannel(0)))
+            ),
+            x,
+        )
+        for b in (4, 8)
+    }
     for name in ("0", "2"):
         lo, hi = _row(reps[4], name), _row(reps[8], name)
         assert math.isfinite(lo.weight_sqnr_db) and math.isfinite(lo.output_sqnr_db)
-        assert hi.weight_sqnr_db > lo.weight_sqnr_db + 15          # ~6 dB per bit
+        assert hi.weight_sqnr_db > lo.weight_sqnr_db + 15  # ~6 dB per bit
         assert hi.output_sqnr_db > lo.output_sqnr_db
     assert reps[8].totals["output_sqnr_db"] > reps[4].totals["output_sqnr_db"] > 0
-    assert _row(reps[8], "3").weight_sqnr_db == math.inf           # float layer: exact
+    assert _row(reps[8], "3").weight_sqnr_db == math.inf  # float layer: exact
 
 
 def test_clipped_fraction_and_observer_counts():
     m = nn.Sequential(nn.Linear(4, 4)).eval()
     qm = _static(m, [torch.linspace(-1, 1, 40).reshape(10, 4)])
-    lo, hi = -1.1, 1.1      # the calibrated range is about [-1.004, 0.996]: 0.5 inside, 5 outside
+    lo, hi = -1.1, 1.1  # the calibrated range is about [-1.004, 0.996]: 0.5 inside, 5 outside
     x = torch.full((10, 4), 0.5)
     x[:3] = 5.0
     qm.cuantiza_info.observers = {"0": {"n_seen": 40, "n_nan": 2, "n_inf": 1}}
@@ -181,7 +191,9 @@ def test_markdown_table_rows_and_str():
     assert str(rep) == md
     rows = [line for line in md.splitlines() if line.startswith("| `")]
     assert len(rows) == len(rep.layers) == 3
-    assert rows[0].startswith("| `0` | Linear → QuantLinear | w int8-sym-per-channel(axis=0) / a int8-asym-per-tensor |")
+    assert rows[0].startswith(
+        "| `0` | Linear → QuantLinear | w int8-sym-per-channel(axis=0) / a int8-asym-per-tensor |"
+    )
     assert "## Totals" in md and "model output SQNR" in md
 
 

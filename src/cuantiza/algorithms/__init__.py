@@ -9,9 +9,9 @@ for the calibrated ones, statistics of its inputs); no model walking, no modules
 * ``smooth_scales`` / ``ActAbsMax`` -- SmoothQuant's W8A8 activation smoothing (Xiao et al. 2022).
 
 ``quantize_weight`` picks a weight method by name. All return ordinary ``QTensor`` values of the
-given scheme (integer zero points, scales in ``scheme.scale_dtype``). Note that the package
-attributes ``rtn``, ``hqq`` and ``gptq`` are the functions; the submodules of the same names
-are ``sys.modules["cuantiza.algorithms.hqq"]`` etc.
+given scheme (integer zero points, scales in ``scheme.scale_dtype``). Each method's function
+lives in its submodule (``from cuantiza.algorithms.gptq import gptq``); the package exports
+only names that do not shadow a submodule.
 
 >>> import torch, cuantiza as cz
 >>> w = torch.randn(16, 64)
@@ -27,21 +27,28 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ConfigError
 from ..core.qtensor import QTensor
-from ..core.scheme import QScheme
 from ..core.range_specs import MinMax, RangeSpec
+from ..core.scheme import QScheme
+from ..errors import ConfigError
 from .awq import Folded, apply_scales, awq_scales
-from .gptq import Hessian, gptq
-from .hqq import hqq
-from .rtn import rtn
+from .gptq import Hessian
+from .gptq import gptq as _gptq
+from .hqq import hqq as _hqq
+from .rtn import rtn as _rtn
 from .smoothquant import ActAbsMax, smooth_scales
 
 WEIGHT_METHODS = ("rtn", "hqq", "gptq")
 
 
-def quantize_weight(w: torch.Tensor, scheme: QScheme, method: str = "rtn", range: RangeSpec = MinMax(),
-                    name: str = "weight", **options) -> QTensor:
+def quantize_weight(
+    w: torch.Tensor,
+    scheme: QScheme,
+    method: str = "rtn",
+    range: RangeSpec = MinMax(),
+    name: str = "weight",
+    **options,
+) -> QTensor:
     """Quantize one weight with ``method``:
 
     * ``"rtn"``: round to nearest over ``range`` (no options);
@@ -56,17 +63,21 @@ def quantize_weight(w: torch.Tensor, scheme: QScheme, method: str = "rtn", range
     if method == "rtn":
         if options:
             raise ConfigError(f"{name}: method 'rtn' takes no options, got {sorted(options)}")
-        return rtn(w, scheme, range=range, name=name)
+        return _rtn(w, scheme, range=range, name=name)
     if method == "hqq":
-        return _call(hqq, name, w, scheme, range=range, **options)
+        return _call(_hqq, name, w, scheme, range=range, **options)
     if method == "gptq":
         if "hessian" not in options:
-            raise ConfigError(f"{name}: method 'gptq' needs hessian= (accumulate a Hessian of the layer's "
-                              "inputs over calibration data), or use 'rtn' / 'hqq' without data")
+            raise ConfigError(
+                f"{name}: method 'gptq' needs hessian= (accumulate a Hessian of the layer's "
+                "inputs over calibration data), or use 'rtn' / 'hqq' without data"
+            )
         hessian = options.pop("hessian")
-        return _call(gptq, name, w, hessian, scheme, range=range, **options)
+        return _call(_gptq, name, w, hessian, scheme, range=range, **options)
     hint = " (AWQ gives scales: awq_scales, apply_scales, then 'rtn')" if method == "awq" else ""
-    raise ConfigError(f"{name}: unknown weight method {method!r}; use one of {WEIGHT_METHODS}{hint}")
+    raise ConfigError(
+        f"{name}: unknown weight method {method!r}; use one of {WEIGHT_METHODS}{hint}"
+    )
 
 
 def _call(fn, name, *args, **options):
@@ -78,5 +89,13 @@ def _call(fn, name, *args, **options):
         raise
 
 
-__all__ = ["quantize_weight", "rtn", "hqq", "gptq", "Hessian", "awq_scales", "apply_scales", "Folded",
-           "smooth_scales", "ActAbsMax", "WEIGHT_METHODS"]
+__all__ = [
+    "quantize_weight",
+    "Hessian",
+    "awq_scales",
+    "apply_scales",
+    "Folded",
+    "smooth_scales",
+    "ActAbsMax",
+    "WEIGHT_METHODS",
+]

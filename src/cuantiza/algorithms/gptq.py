@@ -3,7 +3,8 @@ for Generative Pre-trained Transformers", arXiv:2210.17323): round the columns o
 at a time and push each column's rounding error onto the columns not yet rounded, so as to
 minimise the layer's output error on calibration inputs X (rows x of shape (in_features,)):
 
-    min over codes  ||X W^T - X W_hat^T||^2 = n/2 sum_rows (w - w_hat) H (w - w_hat)^T,  H = 2/n X^T X
+    min over codes  ||X W^T - X W_hat^T||^2 = n/2 sum_rows (w - w_hat) H (w - w_hat)^T,
+    H = 2/n X^T X
 
 Algorithm (the paper's, in our own code): dead inputs (H_ii = 0) get w_i = 0 and H_ii = 1;
 H + lambda I with lambda = damp * mean(diag H) is inverted through its Cholesky factor and U,
@@ -20,12 +21,12 @@ Choices:
   retried with damp x 10 (damp = 0 is retried at 1e-6) while it stays <= ``damp_max``; beyond
   that ``CalibrationError`` names the layer and the damping tried. U comes from one Cholesky
   of the flipped matrix and a triangular solve (the same factor as chol(inverse), cheaper).
-* PerGroup: a group's qparams come from the *updated* weights when the first column of the
-  group is reached (the reference implementation's rule). The reference code reads them
-  before the current block's own pending updates; we include those, so the result is that
-  of the column-by-column algorithm and does not depend on ``block_size``. With ``act_order=True`` (columns in descending diag(H) order)
-  groups are "static": qparams from the original weights up front, in natural order, so the
-  result keeps the ordinary group layout. PerChannel / PerTensor qparams are always chosen up
+* PerGroup: a group's qparams come from the *updated* weights when the first column of the group is
+  reached (the reference implementation's rule). The reference code reads them before the current
+  block's own pending updates; we include those, so the result is that of the column-by-column
+  algorithm and does not depend on ``block_size``. With ``act_order=True`` (columns in descending
+  diag(H) order) groups are "static": qparams from the original weights up front, in natural order,
+  so the result keeps the ordinary group layout. PerChannel / PerTensor qparams are always chosen up
   front from the original weights (after zeroing dead columns).
 * ``Hessian`` streams X batch by batch into X^T X (float64, in x in memory); rows with NaN/Inf
   are *excluded and counted* (``skipped``), not an error: one bad token must not spoil a layer.
@@ -37,17 +38,17 @@ import dataclasses
 
 import torch
 
-from ..errors import CalibrationError, ConfigError, ShapeError, UnsupportedDtypeError
-from ..core.quantize import as_float, check_finite, tensor_qparams
+from ..backends.torch_rows import round_clamp
 from ..core.qparams import QParams
 from ..core.qtensor import QTensor
-from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
+from ..core.quantize import as_float, check_finite, tensor_qparams
 from ..core.range_specs import MinMax, RangeSpec
-from ..backends.torch_rows import round_clamp
+from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
+from ..errors import CalibrationError, ConfigError, ShapeError, UnsupportedDtypeError
 
-PIVOT_TOL = 1e-10        # smallest pivot^2 / max(diag): below it H is treated as singular
-FIRST_RETRY = 1e-6       # relative damping tried after damp = 0
-_ROWS = 1 << 14          # rows converted to float64 at a time in Hessian.add
+PIVOT_TOL = 1e-10  # smallest pivot^2 / max(diag): below it H is treated as singular
+FIRST_RETRY = 1e-6  # relative damping tried after damp = 0
+_ROWS = 1 << 14  # rows converted to float64 at a time in Hessian.add
 
 
 class Hessian:
@@ -61,22 +62,28 @@ class Hessian:
 
     def __init__(self, in_features: int, name: str = "layer"):
         if not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1:
-            raise ConfigError(f"{name}: Hessian in_features must be a positive integer, got {in_features!r}")
+            raise ConfigError(
+                f"{name}: Hessian in_features must be a positive integer, got {in_features!r}"
+            )
         self.in_features, self.name = in_features, name
         self.xtx = torch.zeros(in_features, in_features, dtype=torch.float64)
-        self.n = 0             # rows accumulated
-        self.skipped = 0       # rows left out because they held NaN or Inf
+        self.n = 0  # rows accumulated
+        self.skipped = 0  # rows left out because they held NaN or Inf
 
-    def add(self, x: torch.Tensor) -> "Hessian":
+    def add(self, x: torch.Tensor) -> Hessian:
         x = torch.as_tensor(x).detach()
         if not x.is_floating_point():
-            raise UnsupportedDtypeError(f"{self.name}: calibration inputs must be floating, got {x.dtype}")
+            raise UnsupportedDtypeError(
+                f"{self.name}: calibration inputs must be floating, got {x.dtype}"
+            )
         if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ShapeError(f"{self.name}: calibration inputs of shape {tuple(x.shape)} do not end in "
-                             f"in_features={self.in_features}; pass the layer's inputs (..., {self.in_features})")
+            raise ShapeError(
+                f"{self.name}: calibration inputs of shape {tuple(x.shape)} do not end in "
+                f"in_features={self.in_features}; pass the layer's inputs (..., {self.in_features})"
+            )
         x = x.reshape(-1, self.in_features)
         for i in range(0, x.shape[0], _ROWS):
-            c = x[i:i + _ROWS].to(torch.float64)
+            c = x[i : i + _ROWS].to(torch.float64)
             ok = torch.isfinite(c).all(dim=1)
             if not bool(ok.all()):
                 self.skipped += int((~ok).sum())
@@ -85,10 +92,12 @@ class Hessian:
             self.n += c.shape[0]
         return self
 
-    def merge(self, other: "Hessian") -> "Hessian":
+    def merge(self, other: Hessian) -> Hessian:
         if not isinstance(other, Hessian) or other.in_features != self.in_features:
-            raise ShapeError(f"{self.name}: can only merge a Hessian of in_features={self.in_features}, "
-                             f"got {other!r}")
+            raise ShapeError(
+                f"{self.name}: can only merge a Hessian of in_features={self.in_features}, "
+                f"got {other!r}"
+            )
         self.xtx += other.xtx
         self.n += other.n
         self.skipped += other.skipped
@@ -96,12 +105,17 @@ class Hessian:
 
     def value(self) -> torch.Tensor:
         if self.n == 0:
-            raise CalibrationError(f"{self.name}: no finite calibration rows ({self.skipped} skipped); "
-                                   "run calibration batches through the layer before GPTQ")
+            raise CalibrationError(
+                f"{self.name}: no finite calibration rows ({self.skipped} skipped); "
+                "run calibration batches through the layer before GPTQ"
+            )
         return self.xtx * (2.0 / self.n)
 
     def __repr__(self) -> str:
-        return f"Hessian({self.name}, in_features={self.in_features}, n={self.n}, skipped={self.skipped})"
+        return (
+            f"Hessian({self.name}, in_features={self.in_features}, n={self.n}, "
+            f"skipped={self.skipped})"
+        )
 
 
 def _hessian_matrix(hessian, in_features: int, name: str) -> torch.Tensor:
@@ -109,8 +123,10 @@ def _hessian_matrix(hessian, in_features: int, name: str) -> torch.Tensor:
         hessian = hessian.value()
     h = torch.as_tensor(hessian)
     if tuple(h.shape) != (in_features, in_features):
-        raise ShapeError(f"{name}: Hessian of shape {tuple(h.shape)} does not match in_features="
-                         f"{in_features}; accumulate it from this layer's inputs")
+        raise ShapeError(
+            f"{name}: Hessian of shape {tuple(h.shape)} does not match in_features="
+            f"{in_features}; accumulate it from this layer's inputs"
+        )
     if not h.is_floating_point():
         raise UnsupportedDtypeError(f"{name}: the Hessian must be floating, got {h.dtype}")
     h = h.detach().to(torch.float64, copy=True)
@@ -151,16 +167,26 @@ def inverse_cholesky(h: torch.Tensor, damp: float, damp_max: float, name: str) -
             raise CalibrationError(
                 f"GPTQ on {name}: the Hessian is not positive definite even with damping "
                 f"{', '.join(f'{d:g}' for d in tried)} x mean(diag H) (damp_max={damp_max:g}); "
-                f"use more calibration rows (at least in_features={h.shape[0]}) or raise damp / damp_max")
+                f"use more calibration rows (at least in_features={h.shape[0]}) or raise damp / "
+                "damp_max"
+            )
 
 
 class _ColumnParams:
     """Scales / zero points as float32 (P, out or 1) rows plus column -> row index ``col``;
     for dynamic groups, filled in as the quantizer reaches each group."""
 
-    def __init__(self, w: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str, dynamic: bool):
+    def __init__(
+        self, w: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str, dynamic: bool
+    ):
         out, n = w.shape
-        g, self.scheme, self.range, self.name, self.dynamic = scheme.granularity, scheme, range, name, dynamic
+        g, self.scheme, self.range, self.name, self.dynamic = (
+            scheme.granularity,
+            scheme,
+            range,
+            name,
+            dynamic,
+        )
         if isinstance(g, PerGroup):
             self.size, groups = g.size, -(-n // g.size)
             self.col = torch.arange(n) // g.size
@@ -179,7 +205,7 @@ class _ColumnParams:
         elif isinstance(g, PerChannel):
             shape, self.col = (n, 1), torch.arange(n)
         else:
-            shape = None                                   # (out, groups): one row per group
+            shape = None  # (out, groups): one row per group
         rows = (lambda v: v.T) if shape is None else (lambda v: v.reshape(shape))
         self.s = rows(qp.scale.to(torch.float32)).contiguous()
         self.z = rows(qp.zero_point.to(torch.float32)).contiguous()
@@ -187,7 +213,7 @@ class _ColumnParams:
     def start_group(self, gi: int, cols: torch.Tensor) -> None:
         """qparams of group ``gi`` from its current columns ``cols`` (k, out), zero padded."""
         w = cols.T.to(torch.float32)
-        if w.shape[1] < self.size and not self.scheme.binary:     # as the group layout pads
+        if w.shape[1] < self.size and not self.scheme.binary:  # as the group layout pads
             w = torch.nn.functional.pad(w, (0, self.size - w.shape[1]))
         qp = tensor_qparams(w, self.row_scheme, self.range, self.name)
         self.scale[:, gi], self.zero[:, gi] = qp.scale, qp.zero_point
@@ -211,14 +237,16 @@ def _group_columns(wt, u, err, i1, i2, j, size):
     """Columns j .. j+size of the fully updated weight (transposed), pending block updates
     included: rows past the block still owe -err[:j-i1] @ U[i1:j, .]."""
     end = min(j + size, wt.shape[0])
-    inside = wt[j:min(end, i2)]
+    inside = wt[j : min(end, i2)]
     if end <= i2:
         return inside
     beyond = wt[i2:end] - u[i1:j, i2:end].T @ err[: j - i1]
     return torch.cat([inside, beyond])
 
 
-def _gptq_blocks(wt: torch.Tensor, u: torch.Tensor, params: _ColumnParams, block: int) -> torch.Tensor:
+def _gptq_blocks(
+    wt: torch.Tensor, u: torch.Tensor, params: _ColumnParams, block: int
+) -> torch.Tensor:
     """The lazy-batch GPTQ loop over wt (in, out) float64, modified in place; codes (in, out)."""
     n, out = wt.shape
     q_all = torch.empty(n, out, dtype=torch.float32)
@@ -227,13 +255,15 @@ def _gptq_blocks(wt: torch.Tensor, u: torch.Tensor, params: _ColumnParams, block
         err = torch.empty(i2 - i1, out, dtype=torch.float64)
         for j in range(i1, i2):
             if params.dynamic and j % params.size == 0:
-                params.start_group(j // params.size, _group_columns(wt, u, err, i1, i2, j, params.size))
+                params.start_group(
+                    j // params.size, _group_columns(wt, u, err, i1, i2, j, params.size)
+                )
             p = int(params.col[j])
             q, dq = quantize_column(wt[j], params.s[p], params.z[p], params.scheme)
             e = (wt[j] - dq).div_(u[j, j])
             q_all[j], err[j - i1] = q, e
             if j + 1 < i2:
-                wt[j + 1:i2].addmm_(u[j, j + 1:i2, None], e[None], alpha=-1)   # addr_ is slow
+                wt[j + 1 : i2].addmm_(u[j, j + 1 : i2, None], e[None], alpha=-1)  # addr_ is slow
         if i2 < n:
             wt[i2:].addmm_(u[i1:i2, i2:].T, err, alpha=-1)
     return q_all
@@ -241,20 +271,33 @@ def _gptq_blocks(wt: torch.Tensor, u: torch.Tensor, params: _ColumnParams, block
 
 def _check(w: torch.Tensor, scheme: QScheme, damp, damp_max, block_size, name: str) -> None:
     if w.ndim != 2:
-        raise ShapeError(f"{name}: GPTQ needs a 2-D weight (out_features, in_features), got {tuple(w.shape)}; "
-                         "reshape convolution weights to (out, in * kh * kw) first")
+        raise ShapeError(
+            f"{name}: GPTQ needs a 2-D weight (out_features, in_features), got {tuple(w.shape)}; "
+            "reshape convolution weights to (out, in * kh * kw) first"
+        )
     g = scheme.granularity
     if isinstance(g, PerGroup) and g.axis % 2 != 1:
         raise ConfigError(f"{name}: GPTQ groups run along in_features; use PerGroup(size, axis=-1)")
     if not (0 <= damp <= damp_max):
-        raise ConfigError(f"{name}: GPTQ needs 0 <= damp <= damp_max, got damp={damp}, damp_max={damp_max}")
+        raise ConfigError(
+            f"{name}: GPTQ needs 0 <= damp <= damp_max, got damp={damp}, damp_max={damp_max}"
+        )
     if not isinstance(block_size, int) or block_size < 1:
         raise ConfigError(f"{name}: block_size must be a positive integer, got {block_size!r}")
 
 
-def gptq(w: torch.Tensor, hessian, scheme: QScheme, *, damp: float = 0.01, block_size: int = 128,
-         act_order: bool = False, damp_max: float = 1.0, range: RangeSpec = MinMax(),
-         name: str = "weight") -> QTensor:
+def gptq(
+    w: torch.Tensor,
+    hessian,
+    scheme: QScheme,
+    *,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    damp_max: float = 1.0,
+    range: RangeSpec = MinMax(),
+    name: str = "weight",
+) -> QTensor:
     """GPTQ-quantize ``w`` (out, in) given ``hessian`` (a ``Hessian`` or an (in, in) matrix).
     Returns an ordinary QTensor of ``scheme``; ``w`` is not modified. See the module docstring."""
     wf = as_float(w, name)

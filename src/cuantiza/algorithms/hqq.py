@@ -32,14 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..errors import ConfigError
+from ..backends.torch_rows import round_clamp, round_half_even_
 from ..core.blocking import rows_to_scale, scale_to_rows, to_blocks
-from ..core.quantize import as_float, check_finite, quantize, tensor_qparams
 from ..core.qparams import QParams, finalize_scale
 from ..core.qtensor import QTensor
-from ..core.scheme import QScheme
+from ..core.quantize import as_float, check_finite, quantize, tensor_qparams
 from ..core.range_specs import MinMax, RangeSpec
-from ..backends.torch_rows import round_clamp, round_half_even_
+from ..core.scheme import QScheme
+from ..errors import ConfigError
 
 # Elements per row chunk: all iterations run on one chunk, in cache; under torch's 32768-element
 # grain, so every op runs inline on its thread (an OpenMP hand-off per small op stalls for a
@@ -97,9 +97,9 @@ def _half_quadratic(x, s, z, m, n, scheme, iters, p, beta, kappa):
     for _ in range(iters):
         torch.div(x, s, out=y)
         round_half_even_(torch.add(y, z, out=q)).clamp_(scheme.qmin, scheme.qmax)
-        torch.sub(y, q, out=d).add_(z)                                  # error in steps
+        torch.sub(y, q, out=d).add_(z)  # error in steps
         a = _shrink_magnitude(d, p, beta, a, t)
-        v = y.sub_(torch.copysign(a, d, out=a))                         # target / s
+        v = y.sub_(torch.copysign(a, d, out=a))  # target / s
         s, z = _ls_step(q, v, s, z, m, n, scheme)
         beta *= kappa
     return s, z
@@ -108,8 +108,14 @@ def _half_quadratic(x, s, z, m, n, scheme, iters, p, beta, kappa):
 def _integer_finish(x, s, z, m, scheme, refit, buf):
     """Integer zero (floor and ceil), ``refit`` squared-error refits of s with z fixed,
     storage rounding; per row the better candidate: (s stored, z integer-valued, error)."""
-    cands = [torch.zeros_like(s)] if scheme.symmetric else \
-        [torch.floor(z).clamp_(scheme.qmin, scheme.qmax), torch.ceil(z).clamp_(scheme.qmin, scheme.qmax)]
+    cands = (
+        [torch.zeros_like(s)]
+        if scheme.symmetric
+        else [
+            torch.floor(z).clamp_(scheme.qmin, scheme.qmax),
+            torch.ceil(z).clamp_(scheme.qmin, scheme.qmax),
+        ]
+    )
     best = None
     for zi in cands:
         si = s
@@ -118,14 +124,18 @@ def _integer_finish(x, s, z, m, scheme, refit, buf):
             num, den = _rdot(q, x, m), _rdot(q, q, m)
             new = num / den
             si = torch.where((den > 0) & (new * si > 0), new, si)
-        fmax = torch.finfo(scheme.torch_scale_dtype).max                 # never a ScaleOverflowError
+        fmax = torch.finfo(scheme.torch_scale_dtype).max  # never a ScaleOverflowError
         si = finalize_scale(si.to(torch.float64).clamp(-fmax, fmax), scheme).to(torch.float32)
         err = _sq_error(x, si, zi, scheme, buf)
         if best is None:
             best = (si, zi, err)
         else:
             w = err < best[2]
-            best = (torch.where(w, si, best[0]), torch.where(w, zi, best[1]), torch.minimum(err, best[2]))
+            best = (
+                torch.where(w, si, best[0]),
+                torch.where(w, zi, best[1]),
+                torch.minimum(err, best[2]),
+            )
     return best
 
 
@@ -134,7 +144,9 @@ def _fit_chunk(x, s0, z0, m, scheme, opts):
     s0f, z0f = s0.to(torch.float32)[:, None], z0.to(torch.float32)[:, None]
     n = x.shape[1] if m is None else m.sum(1, keepdim=True).clamp_min(1)
     buf = torch.empty_like(x)
-    s, z = _half_quadratic(x, s0f, z0f, m, n, scheme, opts["iters"], opts["p"], opts["beta"], opts["kappa"])
+    s, z = _half_quadratic(
+        x, s0f, z0f, m, n, scheme, opts["iters"], opts["p"], opts["beta"], opts["kappa"]
+    )
     s, z, err = _integer_finish(x, s, z, m, scheme, opts["refit"], buf)
     won = (err < _sq_error(x, s0f, z0f, scheme, buf))[:, 0]
     s_out = torch.where(won, s[:, 0].to(s0.dtype), s0)
@@ -148,7 +160,7 @@ def _pad_mask(b, rows: slice, length: int) -> torch.Tensor | None:
     groups = b.scale_shape[b.scale_perm.index(len(b.scale_perm) - 1)]
     m = torch.ones(rows.stop - rows.start, length)
     last = (torch.arange(rows.start, rows.stop) % groups) == groups - 1
-    m[last, length - b.pad:] = 0
+    m[last, length - b.pad :] = 0
     return m
 
 
@@ -168,15 +180,31 @@ def _row_slices(n: int, step: int):
 
 def _check(iters, p, beta, kappa, refit, name):
     if not isinstance(iters, int) or iters < 0 or not isinstance(refit, int) or refit < 0:
-        raise ConfigError(f"{name}: HQQ iters and refit must be integers >= 0, got {iters!r}, {refit!r}")
+        raise ConfigError(
+            f"{name}: HQQ iters and refit must be integers >= 0, got {iters!r}, {refit!r}"
+        )
     if not 0 < p <= 1:
-        raise ConfigError(f"{name}: HQQ p must be in (0, 1] (p < 1 promotes sparse errors), got {p}")
+        raise ConfigError(
+            f"{name}: HQQ p must be in (0, 1] (p < 1 promotes sparse errors), got {p}"
+        )
     if not beta > 0 or not kappa >= 1:
-        raise ConfigError(f"{name}: HQQ needs beta > 0 and kappa >= 1, got beta={beta}, kappa={kappa}")
+        raise ConfigError(
+            f"{name}: HQQ needs beta > 0 and kappa >= 1, got beta={beta}, kappa={kappa}"
+        )
 
 
-def hqq(w: torch.Tensor, scheme: QScheme, *, iters: int = 20, p: float = 0.7, beta: float = 10.0,
-        kappa: float = 1.01, refit: int = 3, range: RangeSpec = MinMax(), name: str = "weight") -> QTensor:
+def hqq(
+    w: torch.Tensor,
+    scheme: QScheme,
+    *,
+    iters: int = 20,
+    p: float = 0.7,
+    beta: float = 10.0,
+    kappa: float = 1.01,
+    refit: int = 3,
+    range: RangeSpec = MinMax(),
+    name: str = "weight",
+) -> QTensor:
     """HQQ-optimised qparams for ``w`` (any shape, any granularity), started from ``range``'s
     RTN qparams and never worse than them in squared error per block. See the module docstring.
 
@@ -201,7 +229,7 @@ def hqq(w: torch.Tensor, scheme: QScheme, *, iters: int = 20, p: float = 0.7, be
         return _fit_chunk(xb[rows], s[rows], z[rows], _pad_mask(b, rows, b.block_len), scheme, opts)
 
     slices = _row_slices(b.n_blocks, max(1, CHUNK_ELEMS // max(b.block_len, 1)))
-    for rows, (s_rows, z_rows) in zip(slices, _map(run, slices)):
+    for rows, (s_rows, z_rows) in zip(slices, _map(run, slices), strict=False):
         s[rows], z[rows] = s_rows, z_rows
     qp = QParams(rows_to_scale(s, b), rows_to_scale(z, b), scheme)
     return QTensor.from_int(quantize(wf, qp), qp)

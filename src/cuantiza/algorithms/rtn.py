@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 
 from ..core.qtensor import QTensor
-from ..core.scheme import QScheme
 from ..core.range_specs import MinMax, RangeSpec
+from ..core.scheme import QScheme
 
 
-def rtn(w: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(), name: str = "weight") -> QTensor:
+def rtn(
+    w: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(), name: str = "weight"
+) -> QTensor:
     """Round ``w`` to nearest with qparams from ``range`` (``MSE()`` for MSE-optimal clipping).
     NaN/Inf raise ``NonFiniteError`` naming ``name``."""
     return QTensor.from_float(w, scheme, range=range, name=name)

@@ -19,8 +19,8 @@ float32 CPU tensor without gradient and large enough to pay for the call); torch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Callable
 
 import torch
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .native import linear as native_linear
 from ..constants import SYM_CODE_OFFSET
 from . import layers_reference as reference
 from . import layers_torch as fast
 from . import row_kernels
+from .native import linear as native_linear
 
 
 @dataclass
@@ -63,15 +63,19 @@ class IntWeight:
         key = ("native", act_qmax)
         if key not in self.packs:
             w2 = self.w.reshape(self.w.shape[0], -1)
-            self.packs[key] = native_linear.NativeLinear(w2, act_qmax) if native_linear.supports(w2, act_qmax) else None
+            self.packs[key] = (
+                native_linear.NativeLinear(w2, act_qmax)
+                if native_linear.supports(w2, act_qmax)
+                else None
+            )
         return self.packs[key]
 
 
 @dataclass(frozen=True)
 class ActInfo:
-    levels: int          # qmax - qmin + 1 of the activation scheme
+    levels: int  # qmax - qmin + 1 of the activation scheme
     symmetric: bool
-    scalar_zp: bool      # one zero point for the whole batch (per-tensor ranges)
+    scalar_zp: bool  # one zero point for the whole batch (per-tensor ranges)
 
     @property
     def absmax(self) -> int:
@@ -79,7 +83,9 @@ class ActInfo:
 
 
 def _onednn_ok(k, a: ActInfo, w: IntWeight) -> bool:
-    return fast.onednn_available() and w.is_int8 and a.levels <= 128 and (a.symmetric or a.scalar_zp)
+    return (
+        fast.onednn_available() and w.is_int8 and a.levels <= 128 and (a.symmetric or a.scalar_zp)
+    )
 
 
 # name -> condition(k, act, weight) under which the kernel is exact; first match wins
@@ -88,16 +94,20 @@ _VNNI = fast.has_vnni()
 TABLE = {
     "onednn": _onednn_ok,
     "f32exact": lambda k, a, w: fast.f32exact_ok(k, a.absmax, w.absmax),
-    "int_mm_vnni": lambda k, a, w: _VNNI and w.is_int8 and a.absmax <= 255,   # int_mm where it is fast
+    "int_mm_vnni": lambda k, a, w: (
+        _VNNI and w.is_int8 and a.absmax <= 255
+    ),  # int_mm where it is fast
     "f32split": lambda k, a, w: True,
     "int_mm": lambda k, a, w: w.is_int8 and a.absmax <= 255,
     "reference": lambda k, a, w: True,
 }
-CONV = ("f32exact", "int_mm", "reference")   # conv runs as im2col; oneDNN's conv is not wired
+CONV = ("f32exact", "int_mm", "reference")  # conv runs as im2col; oneDNN's conv is not wired
 LINEAR = ("onednn", "f32exact", "int_mm_vnni", "f32split", "int_mm", "reference")
 
 
-def choose(k: int, act: ActInfo, w: IntWeight, prefer: str | None = None, conv: bool = False) -> str:
+def choose(
+    k: int, act: ActInfo, w: IntWeight, prefer: str | None = None, conv: bool = False
+) -> str:
     """Kernel name for a layer; ``prefer`` forces one (tests, benchmarks) if it is exact here."""
     names = CONV if conv else LINEAR
     if prefer is not None:
@@ -121,8 +131,15 @@ def linear_acc(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w: IntWeight) 
     return reference.linear_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w.w)
 
 
-def linear(kernel: str, q_x: torch.Tensor, z_x: torch.Tensor, w: IntWeight, s_w: torch.Tensor,
-           s_x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def linear(
+    kernel: str,
+    q_x: torch.Tensor,
+    z_x: torch.Tensor,
+    w: IntWeight,
+    s_w: torch.Tensor,
+    s_x: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
     """The whole integer layer after activation quantization: acc, then the exit
     (float32(acc) * s_w) * s_x + bias. oneDNN applies s_w in its GEMM's output stage (the same
     single rounding), which saves a pass over the output."""
@@ -138,12 +155,19 @@ def conv2d_acc(kernel: str, q_x, z_x, w: IntWeight, stride, padding, dilation, g
         return fast.conv2d_f32exact(q_x, z_x, w.w, stride, padding, dilation, groups)
     if kernel == "int_mm" and z_x.numel() == 1:
         return fast.conv2d_int_mm(q_x, z_x, w.w, w.rowsum, stride, padding, dilation, groups)
-    return reference.conv2d_acc(q_x.to(torch.int64) - z_x.to(torch.int64), w.w, stride, padding,
-                                dilation, groups)
+    return reference.conv2d_acc(
+        q_x.to(torch.int64) - z_x.to(torch.int64), w.w, stride, padding, dilation, groups
+    )
 
 
-def per_token_linear(kernel: str, x2: torch.Tensor, act_qmax: int, w: IntWeight, s_w: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor | None:
+def per_token_linear(
+    kernel: str,
+    x2: torch.Tensor,
+    act_qmax: int,
+    w: IntWeight,
+    s_w: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor | None:
     """The whole dynamic layer for symmetric per-token activation codes (restricted range,
     float32 scales, ``act_qmax`` <= 63) on the ``onednn`` kernel, from float x2 (M, K): codes,
     GEMM and exit (acc * s_w) * s_x + bias. Bit for bit ``linear``'s result after the general

@@ -34,19 +34,22 @@ def f32split_chunk(x_absmax: int, w_absmax: int) -> int:
     return max(1, (F32_EXACT - 1) // max(1, x_absmax * w_absmax))
 
 
-def linear_f32split(q_x: torch.Tensor, z_x: torch.Tensor, w_f32: torch.Tensor, chunk: int) -> torch.Tensor:
+def linear_f32split(
+    q_x: torch.Tensor, z_x: torch.Tensor, w_f32: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """f32exact over K slices short enough to be exact, the slices summed in float64 (exact up
     to 2^53): the integer accumulator for any K, at float32 GEMM speed. Returns float64."""
     x = q_x.to(torch.float32) - z_x.to(torch.float32)
     k = x.shape[-1]
     acc = F.linear(x[..., :chunk], w_f32[:, :chunk]).to(torch.float64)
     for k0 in range(chunk, k, chunk):
-        acc += F.linear(x[..., k0:k0 + chunk], w_f32[:, k0:k0 + chunk])
+        acc += F.linear(x[..., k0 : k0 + chunk], w_f32[:, k0 : k0 + chunk])
     return acc
 
 
 def has_vnni() -> bool:
-    """x86 VNNI (AVX-512 or AVX) makes int8 dot products native; without it torch._int_mm is slow."""
+    """x86 VNNI (AVX-512 or AVX) makes int8 dot products native; without it torch._int_mm is "
+    "slow."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -55,13 +58,15 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def linear_int_mm(q_x: torch.Tensor, z_x: torch.Tensor, w_int8: torch.Tensor, w_rowsum: torch.Tensor) -> torch.Tensor:
+def linear_int_mm(
+    q_x: torch.Tensor, z_x: torch.Tensor, w_int8: torch.Tensor, w_rowsum: torch.Tensor
+) -> torch.Tensor:
     """q_x (..., K) int8 or uint8; w_int8 (O, K) int8; w_rowsum (O,) int32 = sum_k w."""
     lead = q_x.shape[:-1]
-    q2 = q_x.reshape(-1, q_x.shape[-1])                                      # (M, K)
+    q2 = q_x.reshape(-1, q_x.shape[-1])  # (M, K)
     if q2.dtype == torch.uint8:
         acc = torch._int_mm((q2.to(torch.int16) - 128).to(torch.int8), w_int8.t())
-        shift = 128 - z_x.reshape(-1, 1).to(torch.int32)                     # (M or 1, 1)
+        shift = 128 - z_x.reshape(-1, 1).to(torch.int32)  # (M or 1, 1)
         acc = acc + shift * w_rowsum
     else:
         acc = torch._int_mm(q2, w_int8.t())
@@ -81,22 +86,26 @@ def conv2d_int_mm(q_x, z_x, w_int8, w_rowsum, stride, padding, dilation, groups)
     zp = int(z_x)
     ph, pw = padding
     x = F.pad(q_x, (pw, pw, ph, ph), value=zp) if (ph or pw) else q_x
-    cols = im2col(x, kh, kw, stride, (0, 0), dilation)                      # (N,Ho,Wo,C,kh,kw)
+    cols = im2col(x, kh, kw, stride, (0, 0), dilation)  # (N,Ho,Wo,C,kh,kw)
     n, ho, wo = cols.shape[:3]
     og = o // groups
     outs = []
     for g in range(groups):
-        cg_cols = cols[:, :, :, g * cg:(g + 1) * cg].reshape(n * ho * wo, cg * kh * kw)
-        wg = w_int8[g * og:(g + 1) * og].reshape(og, -1)
-        outs.append(linear_int_mm(cg_cols, z_x, wg, w_rowsum[g * og:(g + 1) * og]))
+        cg_cols = cols[:, :, :, g * cg : (g + 1) * cg].reshape(n * ho * wo, cg * kh * kw)
+        wg = w_int8[g * og : (g + 1) * og].reshape(og, -1)
+        outs.append(linear_int_mm(cg_cols, z_x, wg, w_rowsum[g * og : (g + 1) * og]))
     acc = torch.cat(outs, dim=-1).reshape(n, ho, wo, o)
     return acc.permute(0, 3, 1, 2).contiguous()
 
 
 def onednn_available() -> bool:
     ops = getattr(torch.ops, "onednn", None)
-    return (torch.backends.mkldnn.is_available() and ops is not None
-            and hasattr(ops, "qlinear_prepack") and hasattr(ops, "qlinear_pointwise"))
+    return (
+        torch.backends.mkldnn.is_available()
+        and ops is not None
+        and hasattr(ops, "qlinear_prepack")
+        and hasattr(ops, "qlinear_pointwise")
+    )
 
 
 class OneDNNWeight:
@@ -111,29 +120,45 @@ class OneDNNWeight:
         self.packed = torch.ops.onednn.qlinear_prepack(w_int8.contiguous(), None)
         self.ones = torch.ones(o, dtype=torch.float32)
         self.zeros = torch.zeros(o, dtype=torch.int64)
-        self._s_w: tuple = (None, None)              # (the s_w given, its per-channel copy)
+        self._s_w: tuple = (None, None)  # (the s_w given, its per-channel copy)
 
     def _scales(self, s_w: torch.Tensor | None) -> torch.Tensor:
         if s_w is None:
             return self.ones
-        if self._s_w[0] is not s_w:                  # a layer passes the same tensor every call
+        if self._s_w[0] is not s_w:  # a layer passes the same tensor every call
             self._s_w = (s_w, s_w.reshape(-1).expand(self.ones.shape).contiguous())
         return self._s_w[1]
 
-    def acc(self, q_u8: torch.Tensor, zero_point: int, s_w: torch.Tensor | None = None) -> torch.Tensor:
+    def acc(
+        self, q_u8: torch.Tensor, zero_point: int, s_w: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """float32(sum_k (q - zero_point) w), times s_w per output channel if given (one
         rounding, as float32(acc) * s_w), for q uint8 (M, K) with values <= 127."""
         scales = self._scales(s_w)
-        return torch.ops.onednn.qlinear_pointwise(q_u8, 1.0, zero_point, self.packed, scales, self.zeros,
-                                                  None, 1.0, 0, torch.float32, "none", [], "")
+        return torch.ops.onednn.qlinear_pointwise(
+            q_u8,
+            1.0,
+            zero_point,
+            self.packed,
+            scales,
+            self.zeros,
+            None,
+            1.0,
+            0,
+            torch.float32,
+            "none",
+            [],
+            "",
+        )
 
 
-def linear_onednn(q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight,
-                  s_w: torch.Tensor | None = None) -> torch.Tensor:
+def linear_onednn(
+    q_x: torch.Tensor, z_x: torch.Tensor, pack: OneDNNWeight, s_w: torch.Tensor | None = None
+) -> torch.Tensor:
     """acc (or float32(acc) * s_w, fused into the GEMM's output stage)."""
     lead = q_x.shape[:-1]
     q2 = q_x.reshape(-1, q_x.shape[-1])
-    if q2.dtype == torch.int8:              # symmetric codes |q| <= 63: shift into [1, 127]
+    if q2.dtype == torch.int8:  # symmetric codes |q| <= 63: shift into [1, 127]
         acc = pack.acc((q2 + SYM_CODE_OFFSET).view(torch.uint8), SYM_CODE_OFFSET, s_w)
     else:
         acc = pack.acc(q2, int(z_x), s_w)

@@ -51,9 +51,8 @@ class _Work:
 
     def __init__(self, n: int):
         size = min(CHUNK, -(-n // 8) * 8)
-        self.codes = torch.zeros(size, dtype=torch.uint8)        # one byte per value
-        self.tmp = torch.empty(size // 8, dtype=torch.int64)     # one word per 8 values
-
+        self.codes = torch.zeros(size, dtype=torch.uint8)  # one byte per value
+        self.tmp = torch.empty(size // 8, dtype=torch.int64)  # one word per 8 values
 
 
 def pack_codes(flat: torch.Tensor, bits: int, offset: int) -> tuple[torch.Tensor, int, int]:
@@ -88,37 +87,43 @@ def _squeeze(w: torch.Tensor, tmp: torch.Tensor, bits: int, down: bool) -> None:
     """The halving steps, in place on the words ``w`` (``tmp``: same shape). down=True packs
     (upper field of each slot shifted onto the lower one), False unpacks (the reverse)."""
     steps = _steps(bits)
-    for slot, field in (steps if down else reversed(steps)):
+    for slot, field in steps if down else reversed(steps):
         half = slot // 2
         if down:
-            torch.bitwise_right_shift(w, half - field, out=tmp).bitwise_and_(_mask(field, slot, field))
+            torch.bitwise_right_shift(w, half - field, out=tmp).bitwise_and_(
+                _mask(field, slot, field)
+            )
         else:
-            torch.bitwise_left_shift(w, half - field, out=tmp).bitwise_and_(_mask(field, slot, half))
+            torch.bitwise_left_shift(w, half - field, out=tmp).bitwise_and_(
+                _mask(field, slot, half)
+            )
         w.bitwise_and_(_mask(field, slot)).bitwise_or_(tmp)
 
 
-def _pack_chunk(chunk: torch.Tensor, offset: int, bits: int, out: torch.Tensor, work: _Work) -> None:
+def _pack_chunk(
+    chunk: torch.Tensor, offset: int, bits: int, out: torch.Tensor, work: _Work
+) -> None:
     """Pack ``chunk`` (+ offset, modulo 256) into ``out``, ceil(len * bits / 8) bytes."""
     n = chunk.numel()
     groups = -(-n // 8)
     v = work.codes[: groups * 8]
-    v[n:] = 0                                                    # zero padding of the last group
-    v[:n] = chunk.view(torch.uint8) if chunk.dtype == torch.int8 else chunk   # mod 256: exact
+    v[n:] = 0  # zero padding of the last group
+    v[:n] = chunk.view(torch.uint8) if chunk.dtype == torch.int8 else chunk  # mod 256: exact
     if offset % 256:
         v[:n].add_(offset % 256)
     if bits == 8:
         out.copy_(v[:n])
         return
-    w = v.view(torch.int64)                                      # (groups,): value k in bits 8k
+    w = v.view(torch.int64)  # (groups,): value k in bits 8k
     _squeeze(w, work.tmp[:groups], bits, down=True)
     slot, field = _steps(bits)[-1][0], 2 * _steps(bits)[-1][1]
-    if field == 8:                                               # b | 8: one byte per slot
-        out.copy_(w.view(_INT[slot])[: out.numel()])             # int -> uint8 keeps the low byte
-    else:                                                        # 8b bits at the bottom of w
-        dense = w.view(torch.uint8).view(groups, 8)[:, :bits]    # (groups, b bytes)
+    if field == 8:  # b | 8: one byte per slot
+        out.copy_(w.view(_INT[slot])[: out.numel()])  # int -> uint8 keeps the low byte
+    else:  # 8b bits at the bottom of w
+        dense = w.view(torch.uint8).view(groups, 8)[:, :bits]  # (groups, b bytes)
         full = out.numel() // bits
         out[: full * bits].view(full, bits).copy_(dense[:full])
-        out[full * bits:] = dense[full:].reshape(-1)[: out.numel() - full * bits]
+        out[full * bits :] = dense[full:].reshape(-1)[: out.numel() - full * bits]
 
 
 def _unpack_chunk(packed: torch.Tensor, bits: int, n: int, work: _Work) -> torch.Tensor:
@@ -129,17 +134,17 @@ def _unpack_chunk(packed: torch.Tensor, bits: int, n: int, work: _Work) -> torch
     steps = _steps(bits)
     slot = steps[-1][0]
     v = work.codes[: groups * 8]
-    if 2 * steps[-1][1] == 8:                                    # b | 8: one byte per slot
-        wide = v.view(_INT[slot])                                # byte k at the bottom of slot k
-        wide[packed.numel():] = 0
-        wide[: packed.numel()] = packed                          # zero-extends
+    if 2 * steps[-1][1] == 8:  # b | 8: one byte per slot
+        wide = v.view(_INT[slot])  # byte k at the bottom of slot k
+        wide[packed.numel() :] = 0
+        wide[: packed.numel()] = packed  # zero-extends
     else:
-        b = v.view(groups, 8)                                    # (groups, 8 bytes), b used
+        b = v.view(groups, 8)  # (groups, 8 bytes), b used
         b.zero_()
         full = packed.numel() // bits
         b[:full, :bits] = packed[: full * bits].view(full, bits)
         if full < groups:
-            b[full, : packed.numel() - full * bits] = packed[full * bits:]
-    w = v.view(torch.int64)                                      # (groups,)
+            b[full, : packed.numel() - full * bits] = packed[full * bits :]
+    w = v.view(torch.int64)  # (groups,)
     _squeeze(w, work.tmp[:groups], bits, down=False)
     return v[:n]

@@ -54,14 +54,17 @@ def round_half_even_(t: torch.Tensor) -> torch.Tensor:
     return t.round_()
 
 
-def round_shift(x: torch.Tensor, s: torch.Tensor, z, out: torch.Tensor | None = None) -> torch.Tensor:
+def round_shift(
+    x: torch.Tensor, s: torch.Tensor, z, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """round(x / s) + z, not clamped (z None: 0, skipped); into ``out`` if given."""
     t = round_half_even_(torch.div(x, s, out=out) if out is not None else torch.div(x, s))
     return t if z is None else t.add_(z)
 
 
-def round_clamp(x: torch.Tensor, s: torch.Tensor, z, qmin: int, qmax: int,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def round_clamp(
+    x: torch.Tensor, s: torch.Tensor, z, qmin: int, qmax: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """clamp(round(x / s) + z, qmin, qmax) as floats (z None: 0); into ``out`` if given."""
     return round_shift(x, s, z, out).clamp_(qmin, qmax)
 
@@ -81,12 +84,19 @@ def minmax_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     chunks = [xb[rows] for rows in row_chunks(n, length)]
     if len(chunks) == 1:
         return xb.amin(dim=1), xb.amax(dim=1)
-    lo, hi = zip(*[(c.amin(dim=1), c.amax(dim=1)) for c in chunks])
+    lo, hi = zip(*[(c.amin(dim=1), c.amax(dim=1)) for c in chunks], strict=False)
     return torch.cat(lo), torch.cat(hi)
 
 
-def quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int,
-                  symmetric: bool, dtype: torch.dtype) -> torch.Tensor:
+def quantize_rows(
+    xb: torch.Tensor,
+    s: torch.Tensor,
+    z: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """q = clamp(round(x / s) + z, qmin, qmax) in ``dtype`` for rows ``xb`` (n, L) and s, z of
     shape (n, 1); z is not added when ``symmetric`` (it is 0, and round(t) + 0 is the same)."""
     result = torch.empty(xb.shape, dtype=dtype)

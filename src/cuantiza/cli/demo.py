@@ -17,13 +17,21 @@ from pathlib import Path
 
 import torch
 
-from . import digits
-from ..nn.config import QuantConfig
-from ..report.build import report
-from ..core.scheme import PerChannel, PerGroup, QScheme
 from ..core.range_specs import Histogram, MinMax, MovingAverage, Percentile
-from ..nn.workflows import (calibrate, convert, freeze_observers, prepare, prepare_qat,
-                            quantize_dynamic, quantize_weights, simulate)
+from ..core.scheme import PerChannel, PerGroup, QScheme
+from ..nn.config import QuantConfig
+from ..nn.workflows import (
+    calibrate,
+    convert,
+    freeze_observers,
+    prepare,
+    prepare_qat,
+    quantize_dynamic,
+    quantize_weights,
+    simulate,
+)
+from ..report.build import report
+from . import digits
 
 W8 = QScheme(bits=8, granularity=PerChannel(0))
 
@@ -37,8 +45,8 @@ class Row:
     nbytes: int = 0
     latency: float = 1.0
     sqnr: float | None = None
-    simulated: torch.nn.Module | None = None   # the fake-quant model it was converted from
-    exact: str = ""                            # "yes" when simulation == integer execution
+    simulated: torch.nn.Module | None = None  # the fake-quant model it was converted from
+    exact: str = ""  # "yes" when simulation == integer execution
 
 
 def _latencies(models: list, x, repeats: int) -> list[float]:
@@ -58,26 +66,29 @@ def _latencies(models: list, x, repeats: int) -> list[float]:
 
 def _static(name, fp32, x_tr, observer) -> Row:
     p = prepare(fp32, QuantConfig(observer=observer))
-    calibrate(p, [x_tr[i:i + 128] for i in range(0, len(x_tr), 128)])
+    calibrate(p, [x_tr[i : i + 128] for i in range(0, len(x_tr), 128)])
     return Row(name, convert(p), simulated=simulate(p))
 
 
 def _qat(name, fp32, x_tr, y_tr, bits: int, epochs: int) -> Row:
     w = QScheme(bits=bits, granularity=PerChannel(0), scale_dtype="float16")
-    cfg = QuantConfig(weight=w, observer=MovingAverage(0.05),
-                      overrides={"features.0": {"weight": W8}})
+    cfg = QuantConfig(
+        weight=w, observer=MovingAverage(0.05), overrides={"features.0": {"weight": W8}}
+    )
     q = prepare_qat(fp32, cfg)
     half = max(1, epochs // 2)
     digits.train(q, x_tr, y_tr, half, lr=2e-3, seed=1, desc=f"QAT w{bits}")
-    freeze_observers(q)                     # settle the ranges, then fine-tune the weights to them
+    freeze_observers(q)  # settle the ranges, then fine-tune the weights to them
     digits.train(q, x_tr, y_tr, epochs - half, lr=5e-4, seed=2, desc=f"QAT w{bits} (frozen)")
     return Row(name, convert(q), simulated=q)
 
 
 def variants(fp32, x_tr, y_tr, quick: bool) -> list[Row]:
     qat_epochs = 6 if quick else 20
-    w4 = QuantConfig(weight=QScheme(bits=4, granularity=PerGroup(16), scale_dtype="float16"),
-                     group_remainder="per_channel")
+    w4 = QuantConfig(
+        weight=QScheme(bits=4, granularity=PerGroup(16), scale_dtype="float16"),
+        group_remainder="per_channel",
+    )
     return [
         Row("fp32", fp32),
         Row("dynamic int8", quantize_dynamic(fp32, QuantConfig())),
@@ -93,25 +104,37 @@ def variants(fp32, x_tr, y_tr, quick: bool) -> list[Row]:
 
 def _measure(rows: list[Row], fp32, x_te, y_te, repeats: int) -> None:
     times = _latencies([r.model for r in rows], x_te, repeats)
-    for r, t in zip(rows, times):
+    for r, t in zip(rows, times, strict=False):
         r.accuracy = digits.accuracy(r.model, x_te, y_te)
         r.latency = t / times[0]
         if r.simulated is not None:
             with torch.no_grad():
                 r.exact = "yes" if torch.equal(r.simulated.eval()(x_te), r.model(x_te)) else "NO"
         if r.model is fp32:
-            r.nbytes = sum(t.numel() * t.element_size() for t in list(fp32.parameters()) + list(fp32.buffers()))
+            r.nbytes = sum(
+                t.numel() * t.element_size() for t in list(fp32.parameters()) + list(fp32.buffers())
+            )
             continue
         totals = report(fp32, r.model, x_te).totals
-        r.nbytes, r.bpw, r.sqnr = totals["quant_bytes"], totals["bits_per_weight"], totals["output_sqnr_db"]
+        r.nbytes, r.bpw, r.sqnr = (
+            totals["quant_bytes"],
+            totals["bits_per_weight"],
+            totals["output_sqnr_db"],
+        )
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| variant | bits/weight | bytes | test accuracy % | latency / fp32 | output SQNR dB | simulation == integer |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| variant | bits/weight | bytes | test accuracy % | latency / fp32 | output SQNR dB | "
+        "simulation == integer |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         sqnr = "" if r.sqnr is None else f"{r.sqnr:.1f}"
-        lines.append(f"| {r.name} | {r.bpw:.2f} | {r.nbytes:,} | {r.accuracy:.2f} | {r.latency:.2f} | {sqnr} | {r.exact} |")
+        lines.append(
+            f"| {r.name} | {r.bpw:.2f} | {r.nbytes:,} | {r.accuracy:.2f} | {r.latency:.2f} | "
+            f"{sqnr} | {r.exact} |"
+        )
     return "\n".join(lines)
 
 
@@ -124,10 +147,15 @@ fake-quant model and the integer model give bit-identical logits on the whole te
 def run(quick: bool = False, out: str | Path = "cuantiza-demo", seed: int = 0) -> list[Row]:
     torch.manual_seed(seed)
     x_tr, y_tr, x_te, y_te = digits.load_split(seed)
-    fp32 = digits.train(digits.DigitsCNN(), x_tr, y_tr, epochs=8 if quick else 25, lr=3e-3, seed=seed, desc="fp32")
+    fp32 = digits.train(
+        digits.DigitsCNN(), x_tr, y_tr, epochs=8 if quick else 25, lr=3e-3, seed=seed, desc="fp32"
+    )
     rows = variants(fp32, x_tr, y_tr, quick)
     _measure(rows, fp32, x_te, y_te, repeats=5 if quick else 20)
-    print(f"digits CNN: {len(y_tr)} training and {len(y_te)} held-out images (scikit-learn load_digits)\n")
+    print(
+        f"digits CNN: {len(y_tr)} training and {len(y_te)} held-out images (scikit-learn "
+        "load_digits)\n"
+    )
     print(table(rows))
     print("\n" + NOTES)
     static = next(r for r in rows if r.name.startswith("static int8, histogram"))

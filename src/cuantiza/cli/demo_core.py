@@ -14,26 +14,29 @@ values stretch a row's range. For each scheme it reports
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..core.qtensor import QTensor
+from ..core.range_specs import MSE, MinMax
+from ..core.scheme import PerChannel, PerGroup, QScheme
 from ..io.atomic import publish_file
 from ..report.stats import tensor_sqnr_db
-from ..core.scheme import PerChannel, PerGroup, QScheme
-from ..core.range_specs import MSE, MinMax
 
-GRANULARITIES = (("per-channel", PerChannel(0)), ("group128", PerGroup(128)), ("group32", PerGroup(32)))
+GRANULARITIES = (
+    ("per-channel", PerChannel(0)),
+    ("group128", PerGroup(128)),
+    ("group32", PerGroup(32)),
+)
 RANGES = (("minmax", MinMax()), ("mse", MSE()))
 
 
 @dataclass(frozen=True)
 class CoreRow:
-    scheme: str           # e.g. "int4 asym group32"
-    range: str            # "minmax" or "mse"
+    scheme: str  # e.g. "int4 asym group32"
+    range: str  # "minmax" or "mse"
     bits_per_weight: float
     nbytes: int
     sqnr_db: float
@@ -45,7 +48,7 @@ def weight_matrix(rows: int = 1024, cols: int = 1024, seed: int = 0) -> torch.Te
     w = torch.randn(rows, cols, generator=g) * 0.02
     heavy = rows // 8
     if heavy:
-        w[rows - heavy:] = _student_t(heavy, cols, g) * 0.02
+        w[rows - heavy :] = _student_t(heavy, cols, g) * 0.02
     return w
 
 
@@ -83,13 +86,17 @@ def demo_core(quick: bool = False, seed: int = 0, w: torch.Tensor | None = None)
 
 def table(rows: list[CoreRow], w_shape: tuple, fp32_bytes: int) -> str:
     """Markdown table of ``rows`` with a one-line header on the matrix."""
-    lines = [f"weight matrix {w_shape[0]}x{w_shape[1]} (normal, last eighth of rows Student-t); "
-             f"float32: 32.000 bits/weight, {fp32_bytes:,} bytes",
-             "",
-             "| scheme | range | bits/weight | bytes | SQNR dB |",
-             "|---|---|---:|---:|---:|"]
+    lines = [
+        f"weight matrix {w_shape[0]}x{w_shape[1]} (normal, last eighth of rows Student-t); "
+        f"float32: 32.000 bits/weight, {fp32_bytes:,} bytes",
+        "",
+        "| scheme | range | bits/weight | bytes | SQNR dB |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r.scheme} | {r.range} | {r.bits_per_weight:.3f} | {r.nbytes:,} | {r.sqnr_db:.2f} |")
+        lines.append(
+            f"| {r.scheme} | {r.range} | {r.bits_per_weight:.3f} | {r.nbytes:,} | {r.sqnr_db:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -103,8 +110,13 @@ def write_outputs(rows: list[CoreRow], text: str, out: str | Path) -> Path:
     return out
 
 
-def run(quick: bool = False, out: str | Path | None = None, seed: int = 0, echo=print,
-        notes: bool = True) -> list[CoreRow]:
+def run(
+    quick: bool = False,
+    out: str | Path | None = None,
+    seed: int = 0,
+    echo=print,
+    notes: bool = True,
+) -> list[CoreRow]:
     """``cuantiza demo`` (core part): compute, print the table (with a header line and where
     it was written unless ``notes`` is False), optionally write it to ``out``."""
     w = weight_matrix(256, 256, seed) if quick else weight_matrix(seed=seed)

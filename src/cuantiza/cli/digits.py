@@ -18,11 +18,18 @@ class DigitsCNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),   # 4x4
-            nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),                     # depthwise
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),  # 4x4
+            nn.Conv2d(32, 32, 3, padding=1, groups=32),
+            nn.ReLU(),  # depthwise
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -44,11 +51,13 @@ def batches(x, y, size: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=g)
     for i in range(0, len(y), size):
-        idx = order[i:i + size]
+        idx = order[i : i + size]
         yield x[idx], y[idx]
 
 
-def train(model: nn.Module, x, y, epochs: int, lr: float, seed: int = 0, desc: str = "train") -> nn.Module:
+def train(
+    model: nn.Module, x, y, epochs: int, lr: float, seed: int = 0, desc: str = "train"
+) -> nn.Module:
     """Adam on cross-entropy, seeded; works for float and QAT models alike."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

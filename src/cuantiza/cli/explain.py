@@ -27,24 +27,24 @@ from decimal import Decimal
 import numpy as np
 import torch
 
-from ..errors import ConfigError, NonFiniteError
-from ..core.quantize import dequantize, quantize, tensor_qparams
 from ..core.qparams import choose_qparams
+from ..core.quantize import dequantize, quantize, tensor_qparams
 from ..core.scheme import QScheme
+from ..errors import ConfigError, NonFiniteError
 
 MAX_TERMS = 6  # mantissa terms 2^-i written out before "..."
 
 
 @dataclass(frozen=True)
 class Float32Fields:
-    value: float          # the float32 value, exactly, as a Python float
-    pattern: int          # the 32 bits
+    value: float  # the float32 value, exactly, as a Python float
+    pattern: int  # the 32 bits
     sign: int
-    exponent: int         # biased exponent field E, 0..255
-    mantissa: int         # fraction field m, 0..2^23 - 1
+    exponent: int  # biased exponent field E, 0..255
+    mantissa: int  # fraction field m, 0..2^23 - 1
 
     @property
-    def kind(self) -> str:
+    def category(self) -> str:
         if self.exponent == 255:
             return "nan" if self.mantissa else "inf"
         if self.exponent == 0:
@@ -78,33 +78,41 @@ def describe_float32(text: str | float) -> str:
     e_bits, m_bits = format(f.exponent, "08b"), format(f.mantissa, "023b")
     lines = [f"float32 {f.value!r}: bits {f.sign} {e_bits} {m_bits} (0x{f.pattern:08X})"]
     if math.isfinite(typed) and f.value != typed:
-        lines.append(f"  ({text} is not a float32; the nearest is {Decimal(f.value):.20g}, "
-                     f"off by {abs(typed - f.value):.3g})")
+        lines.append(
+            f"  ({text} is not a float32; the nearest is {Decimal(f.value):.20g}, "
+            f"off by {abs(typed - f.value):.3g})"
+        )
     lines.append(f"  sign      s = {f.sign}  ({'-' if f.sign else '+'})")
     lines.append(f"  exponent  E = {e_bits} = {f.exponent}" + _exponent_note(f))
-    lines.append(f"  mantissa  m = {m_bits} = {f.mantissa}: sum b*2^-i = {_terms(f.mantissa)} = {f.fraction!r}")
+    lines.append(
+        f"  mantissa  m = {m_bits} = {f.mantissa}: sum b*2^-i = {_terms(f.mantissa)} = "
+        f"{f.fraction!r}"
+    )
     lines.append("  value     " + _formula(f))
     return "\n".join(lines)
 
 
 def _exponent_note(f: Float32Fields) -> str:
-    if f.kind == "normal":
+    if f.category == "normal":
         return f", unbiased E - 127 = {f.exponent - 127}"
-    if f.kind in ("zero", "subnormal"):
+    if f.category in ("zero", "subnormal"):
         return " (subnormal/zero: exponent -126, no implicit leading 1)"
     return " (all ones: infinity or NaN)"
 
 
 def _formula(f: Float32Fields) -> str:
     s = f"(-1)^{f.sign}"
-    if f.kind == "normal":
-        return (f"v = {s} x 2^({f.exponent} - 127) x (1 + {f.fraction!r}) = "
-                f"{'-' if f.sign else ''}{2.0 ** (f.exponent - 127)!r} x {1 + f.fraction!r} = {f.value!r}")
-    if f.kind == "subnormal":
+    if f.category == "normal":
+        return (
+            f"v = {s} x 2^({f.exponent} - 127) x (1 + {f.fraction!r}) = "
+            f"{'-' if f.sign else ''}{2.0 ** (f.exponent - 127)!r} x {1 + f.fraction!r} = "
+            f"{f.value!r}"
+        )
+    if f.category == "subnormal":
         return f"v = {s} x 2^-126 x (0 + {f.fraction!r}) = {f.value!r}  (subnormal)"
-    if f.kind == "zero":
+    if f.category == "zero":
         return f"v = {'-' if f.sign else '+'}0  (E = 0 and m = 0: zero)"
-    if f.kind == "inf":
+    if f.category == "inf":
         return f"v = {'-' if f.sign else '+'}inf  (E = 255 and m = 0: infinity)"
     return "v = NaN  (E = 255 and m != 0: not a number)"
 
@@ -112,12 +120,12 @@ def _formula(f: Float32Fields) -> str:
 @dataclass(frozen=True)
 class QuantStep:
     scheme: QScheme
-    value: float          # float32 input
-    lo: float             # range given (before widening)
+    value: float  # float32 input
+    lo: float  # range given (before widening)
     hi: float
     scale: float
     zero_point: int
-    ratio: float          # float32 v / s
+    ratio: float  # float32 v / s
     q: int
     x_hat: float
 
@@ -126,8 +134,13 @@ class QuantStep:
         return abs(self.value - self.x_hat)
 
 
-def quantize_value(value: float, bits: int = 8, symmetric: bool = True, lo: float | None = None,
-                   hi: float | None = None) -> QuantStep:
+def quantize_value(
+    value: float,
+    bits: int = 8,
+    symmetric: bool = True,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> QuantStep:
     """Quantize float32(value) per tensor with cuantiza's own functions: with lo/hi,
     choose_qparams(lo, hi); without, the qparams ``quantize_tensor`` picks for the one-element
     tensor [v] (MinMax range [v, v]; binary: s = |v|). Then quantize and dequantize."""
@@ -135,21 +148,36 @@ def quantize_value(value: float, bits: int = 8, symmetric: bool = True, lo: floa
     v = float32_fields(value).value
     x = torch.tensor([v], dtype=torch.float32)
     if math.isnan(v):
-        raise NonFiniteError("NaN has no quantized value; cuantiza refuses NaN weights and "
-                             "excludes NaN from activation statistics")
+        raise NonFiniteError(
+            "NaN has no quantized value; cuantiza refuses NaN weights and "
+            "excludes NaN from activation statistics"
+        )
     if lo is None or hi is None:
         if math.isinf(v):
-            raise NonFiniteError(f"{v} has no finite range; pass --range MIN MAX to see it saturate")
+            raise NonFiniteError(
+                f"{v} has no finite range; pass --range MIN MAX to see it saturate"
+            )
         qp, lo, hi = tensor_qparams(x, scheme, name="VALUE"), v, v
     elif not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise ConfigError(f"range must be two finite numbers MIN <= MAX, got [{lo}, {hi}]")
     else:
-        qp = choose_qparams(torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), scheme)
+        qp = choose_qparams(
+            torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), scheme
+        )
     q = quantize(x, qp)
     x_hat = float(dequantize(q, qp)[0])
     s = qp.scale.to(torch.float32)
-    return QuantStep(scheme, v, float(lo), float(hi), float(s), int(qp.zero_point), float(x[0] / s),
-                     int(q[0]), x_hat)
+    return QuantStep(
+        scheme,
+        v,
+        float(lo),
+        float(hi),
+        float(s),
+        int(qp.zero_point),
+        float(x[0] / s),
+        int(q[0]),
+        x_hat,
+    )
 
 
 def binary_repr(q: int, scheme: QScheme) -> str:
@@ -169,22 +197,40 @@ def describe_quantization(st: QuantStep) -> str:
     """How ``st`` was computed, formula by formula, as printable lines."""
     sc = st.scheme
     kind = "binary" if sc.binary else ("symmetric" if sc.symmetric else "asymmetric")
-    given = "" if (st.lo, st.hi) != (st.value, st.value) else " (MinMax of the tensor [v]; no --range)"
-    lines = [f"int{sc.bits} {kind}, q in [{sc.qmin}, {sc.qmax}], range [{st.lo!r}, {st.hi!r}]{given}"]
+    given = (
+        "" if (st.lo, st.hi) != (st.value, st.value) else " (MinMax of the tensor [v]; no --range)"
+    )
+    lines = [
+        f"int{sc.bits} {kind}, q in [{sc.qmin}, {sc.qmax}], range [{st.lo!r}, {st.hi!r}]{given}"
+    ]
     if sc.binary:
-        lines.append(f"  scale     s = {st.scale!r}  (binary levels -s, +s; from a range s = max(|min|, |max|), "
-                     f"from a tensor s = mean|x|)")
+        lines.append(
+            f"  scale     s = {st.scale!r}  (binary levels -s, +s; from a range s = max(|min|, "
+            "|max|), "
+            f"from a tensor s = mean|x|)"
+        )
         lines.append(f"  quantized q = +1 if v >= 0 else -1 = {st.q}")
     else:
         if sc.symmetric:
             lines.append(f"  scale     s = max(|min|, |max|) / {sc.qmax} = {st.scale!r}  (float32)")
         else:
-            lines.append(f"  scale     s = (max(hi, 0) - min(lo, 0)) / {sc.qmax} = {st.scale!r}  (float32)")
-        lines.append("  zero pt   z = " + ("0" if sc.symmetric else f"clamp(round(-min(lo, 0) / s), 0, {sc.qmax}) = {st.zero_point}"))
+            lines.append(
+                f"  scale     s = (max(hi, 0) - min(lo, 0)) / {sc.qmax} = {st.scale!r}  (float32)"
+            )
+        lines.append(
+            "  zero pt   z = "
+            + (
+                "0"
+                if sc.symmetric
+                else f"clamp(round(-min(lo, 0) / s), 0, {sc.qmax}) = {st.zero_point}"
+            )
+        )
         raw = round(st.ratio) + st.zero_point if math.isfinite(st.ratio) else st.ratio
         clamped = "" if raw == st.q else f"  (clamped from {raw})"
-        lines.append(f"  quantized q = clamp(round(v / s) + z, {sc.qmin}, {sc.qmax}) = "
-                     f"clamp(round({st.ratio!r}) + {st.zero_point}) = {st.q}{clamped}")
+        lines.append(
+            f"  quantized q = clamp(round(v / s) + z, {sc.qmin}, {sc.qmax}) = "
+            f"clamp(round({st.ratio!r}) + {st.zero_point}) = {st.q}{clamped}"
+        )
     lines.append(f"  binary    {binary_repr(st.q, sc)}")
     lines.append(f"  dequant   x_hat = s (q - z) = {st.x_hat!r}")
     bound = "" if sc.binary else f"  (s/2 = {st.scale / 2:.6g})"

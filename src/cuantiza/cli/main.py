@@ -1,10 +1,12 @@
-"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report``, ``quantize`` and ``eval-ppl``, each with ``--help``.
+"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report``, ``quantize`` and
+``eval-ppl``, each with ``--help``.
 
     cuantiza size --params 70e9 [--bits 32,16,8,5,4,3,2,1] [--group-size 128] [--json]
     cuantiza explain VALUE [--bits 8] [--asymmetric] [--range MIN MAX]
     cuantiza demo [--quick] [--out DIR] [--core]
     cuantiza report DIR
-    cuantiza quantize MODEL.onnx -o OUT.onnx [--bits 8] [--static --calibration data.npz | --weight-only]
+    cuantiza quantize MODEL.onnx -o OUT.onnx [--bits 8]
+                      [--static --calibration data.npz | --weight-only]
              [--per-channel | --group-size N] [--asymmetric] [--exclude GLOB ...] [--overwrite]
     cuantiza quantize MODEL_DIR -o OUT_DIR [--bits 4] [--group-size 128] [--method rtn|hqq|gptq|awq]
              [--calibration text.txt] [--symmetric] [--mse] [--eval-text text.txt]
@@ -22,8 +24,10 @@ import json
 import os
 import sys
 
-from . import llm as cli_llm, quantize as cli_quantize, demo_core, explain, sizes
 from ..errors import ConfigError, CuantizaError
+from . import demo_core, explain, sizes
+from . import llm as cli_llm
+from . import quantize as cli_quantize
 
 
 def _value(text: str) -> str:
@@ -37,40 +41,101 @@ def _value(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     quiet = argparse.ArgumentParser(add_help=False)
-    quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
-                       help="print results only, no notes")
-    p = argparse.ArgumentParser(prog="cuantiza", parents=[quiet],
-                                description="Quantize neural networks to 1-8-bit integers.")
+    quiet.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print results only, no notes",
+    )
+    p = argparse.ArgumentParser(
+        prog="cuantiza",
+        parents=[quiet],
+        description="Quantize neural networks to 1-8-bit integers.",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("size", parents=[quiet], help="memory of N weights per format, every byte counted",
-                       description=sizes.__doc__.split("\n\n>>>")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "size",
+        parents=[quiet],
+        help="memory of N weights per format, every byte counted",
+        description=sizes.__doc__.split("\n\n>>>")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--params", required=True, help="number of weights: 70e9, 7000000000, 70B, 1.5M")
-    s.add_argument("--bits", default="32,16,8,5,4,3,2,1", help="comma-separated: 32, 16 (float) or 1..8 (integer)")
-    s.add_argument("--group-size", type=int, default=128, help="weights sharing one scale (default 128)")
-    s.add_argument("--scheme", choices=("both", "sym", "asym"), default="both",
-                   help="integer rows: symmetric (no zero point), asymmetric (uint8 zero point per group), or both")
-    s.add_argument("--scale-dtype", choices=sorted(sizes.SCALE_BYTES), default="float16", help="scale storage (default float16)")
+    s.add_argument(
+        "--bits",
+        default="32,16,8,5,4,3,2,1",
+        help="comma-separated: 32, 16 (float) or 1..8 (integer)",
+    )
+    s.add_argument(
+        "--group-size", type=int, default=128, help="weights sharing one scale (default 128)"
+    )
+    s.add_argument(
+        "--scheme",
+        choices=("both", "sym", "asym"),
+        default="both",
+        help="integer rows: symmetric (no zero point), asymmetric (uint8 zero point per group), "
+        "or both",
+    )
+    s.add_argument(
+        "--scale-dtype",
+        choices=sorted(sizes.SCALE_BYTES),
+        default="float16",
+        help="scale storage (default float16)",
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
-    e = sub.add_parser("explain", parents=[quiet], help="a float32 value's bits and its quantization",
-                       description=explain.__doc__.split("\n\n>>>")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("value", type=_value, metavar="VALUE", help="the number (a leading '-' is fine: -2.5, -1e-3)")
+    e = sub.add_parser(
+        "explain",
+        parents=[quiet],
+        help="a float32 value's bits and its quantization",
+        description=explain.__doc__.split("\n\n>>>")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument(
+        "value",
+        type=_value,
+        metavar="VALUE",
+        help="the number (a leading '-' is fine: -2.5, -1e-3)",
+    )
     e.add_argument("--bits", type=int, default=8, help="bit width 1..8 (default 8)")
-    e.add_argument("--asymmetric", action="store_true", help="affine: q in [0, 2^n - 1] with a zero point")
-    e.add_argument("--range", nargs=2, type=float, metavar=("MIN", "MAX"),
-                   help="range to quantize over (default: [v, v], widened to contain 0)")
+    e.add_argument(
+        "--asymmetric", action="store_true", help="affine: q in [0, 2^n - 1] with a zero point"
+    )
+    e.add_argument(
+        "--range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="range to quantize over (default: [v, v], widened to contain 0)",
+    )
 
-    d = sub.add_parser("demo", parents=[quiet], help="every workflow on a CNN trained on real digits, in one table",
-                       description=demo_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = sub.add_parser(
+        "demo",
+        parents=[quiet],
+        help="every workflow on a CNN trained on real digits, in one table",
+        description=demo_doc(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument("--quick", action="store_true", help="fewer epochs: under a minute")
-    d.add_argument("--out", metavar="DIR", default="cuantiza-demo",
-                   help="where the report goes (default ./cuantiza-demo); with --core, demo_core.md/.json")
-    d.add_argument("--core", action="store_true",
-                   help="instead: the numeric core on a weight matrix at every bit width (bits/weight, bytes, SQNR)")
+    d.add_argument(
+        "--out",
+        metavar="DIR",
+        default="cuantiza-demo",
+        help="where the report goes (default ./cuantiza-demo); with --core, demo_core.md/.json",
+    )
+    d.add_argument(
+        "--core",
+        action="store_true",
+        help="instead: the numeric core on a weight matrix at every bit width "
+        "(bits/weight, bytes, SQNR)",
+    )
 
     r = sub.add_parser("report", parents=[quiet], help="print a saved report (report.json in DIR)")
-    r.add_argument("dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`")
+    r.add_argument(
+        "dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`"
+    )
 
     cli_quantize.add_parser(sub, quiet)
     cli_llm.add_eval_parser(sub, quiet)
@@ -79,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def demo_doc() -> str:
     from . import demo
+
     return demo.__doc__
 
 
@@ -86,7 +152,9 @@ def _bits_list(text: str) -> list[int]:
     try:
         bits = [int(b) for b in text.split(",") if b.strip()]
     except ValueError:
-        raise ConfigError(f"--bits must be comma-separated integers such as 32,16,8,4, got {text!r}") from None
+        raise ConfigError(
+            f"--bits must be comma-separated integers such as 32,16,8,4, got {text!r}"
+        ) from None
     if not bits:
         raise ConfigError("--bits is empty; give e.g. 32,16,8,4")
     return bits
@@ -99,19 +167,36 @@ def _num(x: float) -> str:
 
 def cmd_size(args, quiet: bool) -> int:
     schemes = {"both": (True, False), "sym": (True,), "asym": (False,)}[args.scheme]
-    rows = sizes.size_table(args.params, _bits_list(args.bits), args.group_size, schemes, args.scale_dtype)
+    rows = sizes.size_table(
+        args.params, _bits_list(args.bits), args.group_size, schemes, args.scale_dtype
+    )
     if args.json:
-        print(json.dumps({"params": rows[0].params, "group_size": args.group_size,
-                          "scale_dtype": args.scale_dtype, "formats": [r.to_dict() for r in rows]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "params": rows[0].params,
+                    "group_size": args.group_size,
+                    "scale_dtype": args.scale_dtype,
+                    "formats": [r.to_dict() for r in rows],
+                },
+                indent=2,
+            )
+        )
         return 0
     if not quiet:
-        print(f"{rows[0].params:,} weights. Integer formats: codes densely packed, plus one {args.scale_dtype} "
-              f"scale per group of {args.group_size} weights; asymmetric adds a uint8 zero point per group; "
-              f"int1 binary is {{-s, +s}}. GB = 10^9 bytes, GiB = 2^30 bytes.\n")
+        print(
+            f"{rows[0].params:,} weights. Integer formats: codes densely packed, plus one "
+            f"{args.scale_dtype} "
+            f"scale per group of {args.group_size} weights; asymmetric adds a uint8 zero point per "
+            "group; "
+            f"int1 binary is {{-s, +s}}. GB = 10^9 bytes, GiB = 2^30 bytes.\n"
+        )
     print(f"{'format':<12}{'bits/weight':>12}{'bytes':>22}{'GB':>14}{'GiB':>14}")
     for r in rows:
-        print(f"{r.name:<12}{r.bits_per_weight:>12.3f}{r.nbytes:>22,}{_num(r.gigabytes) + ' GB':>14}"
-              f"{_num(r.gibibytes) + ' GiB':>14}")
+        print(
+            f"{r.name:<12}{r.bits_per_weight:>12.3f}{r.nbytes:>22,}{_num(r.gigabytes) + ' GB':>14}"
+            f"{_num(r.gibibytes) + ' GiB':>14}"
+        )
     return 0
 
 
@@ -121,8 +206,11 @@ def cmd_explain(args, quiet: bool) -> int:
         print(explain.describe_float32(args.value) + "\n")
     st = explain.quantize_value(float(args.value), args.bits, not args.asymmetric, lo, hi)
     if quiet:
-        print(f"q = {st.q} ({explain.binary_repr(st.q, st.scheme).split()[0]}), x_hat = {st.x_hat!r}, "
-              f"error = {st.error:.6g}")
+        print(
+            f"q = {st.q} ({explain.binary_repr(st.q, st.scheme).split()[0]}), x_hat = "
+            f"{st.x_hat!r}, "
+            f"error = {st.error:.6g}"
+        )
     else:
         print(explain.describe_quantization(st))
     return 0
@@ -133,8 +221,8 @@ def cmd_demo(args, quiet: bool) -> int:
         out = args.out if args.out != "cuantiza-demo" else None
         demo_core.run(quick=args.quick, out=out, echo=print, notes=not quiet)
         return 0
-    from . import demo
     from .. import progress
+    from . import demo
 
     if quiet:
         progress.set_quiet(True)
@@ -149,8 +237,14 @@ def cmd_report(args, quiet: bool) -> int:
     return 0
 
 
-COMMANDS = {"eval-ppl": cli_llm.cmd_eval_ppl, "size": cmd_size, "explain": cmd_explain, "demo": cmd_demo, "report": cmd_report,
-            "quantize": cli_quantize.cmd_quantize}
+COMMANDS = {
+    "eval-ppl": cli_llm.cmd_eval_ppl,
+    "size": cmd_size,
+    "explain": cmd_explain,
+    "demo": cmd_demo,
+    "report": cmd_report,
+    "quantize": cli_quantize.cmd_quantize,
+}
 
 
 def _protect_negative_numbers(argv: list[str]) -> list[str]:
@@ -170,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = _parser().parse_args(_protect_negative_numbers(argv))
-    except SystemExit as e:                                      # --help (0) or bad arguments (2)
+    except SystemExit as e:  # --help (0) or bad arguments (2)
         return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command](args, getattr(args, "quiet", False))
     except CuantizaError as e:
         print(f"cuantiza: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:          # `cuantiza ... | head`: not an error (Python docs' recipe)
+    except BrokenPipeError:  # `cuantiza ... | head`: not an error (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

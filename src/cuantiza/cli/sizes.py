@@ -34,9 +34,9 @@ GB, GIB = 1e9, 2**30
 
 @dataclass(frozen=True)
 class FormatSize:
-    name: str                 # "fp32", "int4 sym", "int4 asym"
+    name: str  # "fp32", "int4 sym", "int4 asym"
     bits: int
-    symmetric: bool | None    # None for float formats
+    symmetric: bool | None  # None for float formats
     nbytes: int
     params: int
 
@@ -53,8 +53,12 @@ class FormatSize:
         return self.nbytes / GIB
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "bits_per_weight": self.bits_per_weight,
-                "GB": self.gigabytes, "GiB": self.gibibytes}
+        return {
+            **asdict(self),
+            "bits_per_weight": self.bits_per_weight,
+            "GB": self.gigabytes,
+            "GiB": self.gibibytes,
+        }
 
 
 def parse_count(text: str | float | int) -> int:
@@ -65,14 +69,21 @@ def parse_count(text: str | float | int) -> int:
     try:
         value = float(s[:-1] if mult != 1.0 else s) * mult
     except ValueError:
-        raise ConfigError(f"parameter count must be a number such as 70e9 or 70B, got {text!r}") from None
+        raise ConfigError(
+            f"parameter count must be a number such as 70e9 or 70B, got {text!r}"
+        ) from None
     if not (1 <= value < 1e18 and value == int(value)):
         raise ConfigError(f"parameter count must be a whole number >= 1, got {text!r}")
     return int(value)
 
 
-def format_size(params: int | float, bits: int, group_size: int = 128, symmetric: bool = True,
-                scale_dtype: str = "float16") -> FormatSize:
+def format_size(
+    params: int | float,
+    bits: int,
+    group_size: int = 128,
+    symmetric: bool = True,
+    scale_dtype: str = "float16",
+) -> FormatSize:
     """Bytes to store ``params`` weights at ``bits`` (see the module docstring)."""
     params = parse_count(params)
     if bits in FLOAT_BITS:
@@ -90,8 +101,13 @@ def format_size(params: int | float, bits: int, group_size: int = 128, symmetric
     return FormatSize(f"int{bits} {kind}", bits, symmetric, nbytes, params)
 
 
-def size_table(params: int | float, bits_list=(32, 16, 8, 5, 4, 3, 2, 1), group_size: int = 128,
-               schemes: tuple[bool, ...] = (True, False), scale_dtype: str = "float16") -> list[FormatSize]:
+def size_table(
+    params: int | float,
+    bits_list=(32, 16, 8, 5, 4, 3, 2, 1),
+    group_size: int = 128,
+    schemes: tuple[bool, ...] = (True, False),
+    scale_dtype: str = "float16",
+) -> list[FormatSize]:
     """One row per float format and per (integer format, symmetry) in ``schemes``."""
     rows = []
     for bits in bits_list:

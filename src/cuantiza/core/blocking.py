@@ -6,7 +6,8 @@ scales follow the tensor:
 
 * PerTensor:        scale shape ``()``
 * PerChannel(a):    scale shape ``(x.shape[a],)``
-* PerGroup(g, a):   scale shape ``x.shape`` with dimension ``a`` replaced by ``ceil(x.shape[a] / g)``
+* PerGroup(g, a):   scale shape ``x.shape`` with dimension ``a`` replaced by
+                    ``ceil(x.shape[a] / g)``
 
 >>> import torch
 >>> xb, b = to_blocks(torch.arange(10.).reshape(2, 5), PerGroup(2))
@@ -26,13 +27,13 @@ from .scheme import Granularity, PerChannel, PerGroup, PerTensor
 
 @dataclass(frozen=True)
 class Blocking:
-    shape: tuple            # the tensor's logical shape
-    perm: tuple             # permutation applied before reshaping into rows
+    shape: tuple  # the tensor's logical shape
+    perm: tuple  # permutation applied before reshaping into rows
     n_blocks: int
-    block_len: int          # elements per row, padding included
-    pad: int                # zeros appended to the last group of each row (PerGroup only)
-    scale_shape: tuple      # user-visible shape of scales / zero points
-    scale_perm: tuple       # permutation from row-major block order to scale_shape
+    block_len: int  # elements per row, padding included
+    pad: int  # zeros appended to the last group of each row (PerGroup only)
+    scale_shape: tuple  # user-visible shape of scales / zero points
+    scale_perm: tuple  # permutation from row-major block order to scale_shape
 
 
 def _axis(axis: int, ndim: int, what: str) -> int:

@@ -21,29 +21,36 @@ import math
 
 import torch
 
-from . import ranges
 from ..errors import ConfigError
+from . import ranges
 from .observers import Observer
 from .scheme import QScheme
 
-START_EXPONENT = -100     # R = 2^-100 before any nonzero data: far below any useful range
-CHUNK = 1 << 20           # values binned per step, to bound temporary memory
+START_EXPONENT = -100  # R = 2^-100 before any nonzero data: far below any useful range
+CHUNK = 1 << 20  # values binned per step, to bound temporary memory
 
 
 class HistogramObserver(Observer):
     kind = "histogram"
 
-    def __init__(self, bins: int = 2048, method: str = "mse", p: float = 99.99,
-                 channel_axis: int | None = None):
+    def __init__(
+        self,
+        bins: int = 2048,
+        method: str = "mse",
+        p: float = 99.99,
+        channel_axis: int | None = None,
+    ):
         super().__init__(channel_axis)
         if bins < 8 or bins % 4:
             raise ConfigError(f"histogram bins must be a multiple of 4 and >= 8, got {bins}")
         if method not in ("mse", "entropy", "percentile", "minmax"):
-            raise ConfigError(f"histogram method must be mse, entropy, percentile or minmax, got {method!r}")
+            raise ConfigError(
+                f"histogram method must be mse, entropy, percentile or minmax, got {method!r}"
+            )
         self.bins, self.method, self.p = bins, method, p
         self.exponent = START_EXPONENT
-        self.counts: torch.Tensor | None = None   # (bins,) or (channels, bins) int64
-        self.lo: torch.Tensor | None = None       # exact per-channel min/max, for "minmax"
+        self.counts: torch.Tensor | None = None  # (bins,) or (channels, bins) int64
+        self.lo: torch.Tensor | None = None  # exact per-channel min/max, for "minmax"
         self.hi: torch.Tensor | None = None
 
     @property
@@ -60,7 +67,7 @@ class HistogramObserver(Observer):
             self.exponent += 1
 
     def observe(self, x: torch.Tensor) -> None:
-        rows, keep = self._split_finite(self._rows(x))           # (C, n)
+        rows, keep = self._split_finite(self._rows(x))  # (C, n)
         if keep is not None:
             rows = torch.where(keep, rows, torch.zeros_like(rows))
         n_ch, n = rows.shape
@@ -72,8 +79,12 @@ class HistogramObserver(Observer):
             self.hi = torch.full((n_ch,), -math.inf)
         elif self.counts.shape[0] != n_ch:
             raise ConfigError(f"channel count changed from {self.counts.shape[0]} to {n_ch}")
-        masked_lo = rows if keep is None else torch.where(keep, rows, torch.full_like(rows, math.inf))
-        masked_hi = rows if keep is None else torch.where(keep, rows, torch.full_like(rows, -math.inf))
+        masked_lo = (
+            rows if keep is None else torch.where(keep, rows, torch.full_like(rows, math.inf))
+        )
+        masked_hi = (
+            rows if keep is None else torch.where(keep, rows, torch.full_like(rows, -math.inf))
+        )
         self.lo = torch.minimum(self.lo, masked_lo.amin(dim=1))
         self.hi = torch.maximum(self.hi, masked_hi.amax(dim=1))
         amax = float(rows.abs().max())
@@ -83,14 +94,14 @@ class HistogramObserver(Observer):
         offsets = (torch.arange(n_ch) * self.bins)[:, None]
         flat = torch.zeros(n_ch * self.bins, dtype=torch.int64)
         for j in range(0, n, max(1, CHUNK // n_ch)):
-            part = rows[:, j:j + max(1, CHUNK // n_ch)].to(torch.float64)
+            part = rows[:, j : j + max(1, CHUNK // n_ch)].to(torch.float64)
             idx = torch.floor(part / w).to(torch.int64) + self.bins // 2 + offsets
             if keep is not None:
-                idx = idx[keep[:, j:j + max(1, CHUNK // n_ch)]]
+                idx = idx[keep[:, j : j + max(1, CHUNK // n_ch)]]
             flat += torch.bincount(idx.flatten(), minlength=n_ch * self.bins)
         self.counts += flat.reshape(n_ch, self.bins)
 
-    def merge(self, other: "HistogramObserver") -> "HistogramObserver":
+    def merge(self, other: HistogramObserver) -> HistogramObserver:
         if other.bins != self.bins:
             raise ConfigError(f"cannot merge histograms of {other.bins} and {self.bins} bins")
         self._merge_counters(other)
@@ -130,8 +141,14 @@ class HistogramObserver(Observer):
         return lo, hi
 
     def state_dict(self) -> dict:
-        d = {"kind": self.kind, **self._counters(), "bins": self.bins, "method": self.method,
-             "p": self.p, "exponent": self.exponent}
+        d = {
+            "kind": self.kind,
+            **self._counters(),
+            "bins": self.bins,
+            "method": self.method,
+            "p": self.p,
+            "exponent": self.exponent,
+        }
         if self.counts is not None:
             d.update(counts=self.counts.clone(), lo=self.lo.clone(), hi=self.hi.clone())
         return d

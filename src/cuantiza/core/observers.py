@@ -36,9 +36,9 @@ class Observer:
 
     def __init__(self, channel_axis: int | None = None):
         self.channel_axis = channel_axis
-        self.n_seen = 0        # finite values that entered the statistics
+        self.n_seen = 0  # finite values that entered the statistics
         self.n_nan = 0
-        self.n_inf = 0         # ±Inf and mask-like values
+        self.n_inf = 0  # ±Inf and mask-like values
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """(channels, values) float32; one row when per-tensor."""
@@ -88,13 +88,17 @@ class Observer:
         return choose_qparams(lo, hi, scheme)
 
     def _counters(self) -> dict:
-        return {"n_seen": self.n_seen, "n_nan": self.n_nan, "n_inf": self.n_inf,
-                "channel_axis": -1 if self.channel_axis is None else self.channel_axis}
+        return {
+            "n_seen": self.n_seen,
+            "n_nan": self.n_nan,
+            "n_inf": self.n_inf,
+            "channel_axis": -1 if self.channel_axis is None else self.channel_axis,
+        }
 
     def _load_counters(self, d: dict):
         self.n_seen, self.n_nan, self.n_inf = int(d["n_seen"]), int(d["n_nan"]), int(d["n_inf"])
 
-    def _merge_counters(self, other: "Observer"):
+    def _merge_counters(self, other: Observer):
         if type(other) is not type(self) or other.channel_axis != self.channel_axis:
             raise ConfigError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         self.n_seen += other.n_seen
@@ -140,14 +144,17 @@ class MinMaxObserver(Observer):
         hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
         return lo, hi
 
-    def merge(self, other: "MinMaxObserver") -> "MinMaxObserver":
+    def merge(self, other: MinMaxObserver) -> MinMaxObserver:
         self._merge_counters(other)
         if other.lo is not None:
             if self.lo is None:
                 self.lo, self.hi = other.lo.clone(), other.hi.clone()
             else:
                 self._check_channels(other.lo)
-                self.lo, self.hi = torch.minimum(self.lo, other.lo), torch.maximum(self.hi, other.hi)
+                self.lo, self.hi = (
+                    torch.minimum(self.lo, other.lo),
+                    torch.maximum(self.hi, other.hi),
+                )
         return self
 
     def state_dict(self) -> dict:
@@ -184,7 +191,7 @@ class MovingAverageObserver(MinMaxObserver):
         self.lo = self.lo + m * (lo - self.lo)
         self.hi = self.hi + m * (hi - self.hi)
 
-    def merge(self, other: "MovingAverageObserver") -> "MovingAverageObserver":
+    def merge(self, other: MovingAverageObserver) -> MovingAverageObserver:
         """Batch-weighted mean of the two averages (an EMA has no exact order-free merge)."""
         na, nb = self.n_batches, other.n_batches
         self._merge_counters(other)

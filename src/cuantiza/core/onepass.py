@@ -3,14 +3,14 @@
 min/max, its scale and zero point and its integers (or their codes, packed), instead of a
 min/max pass, ``choose_qparams`` in torch and a quantize pass (and a packing pass).
 
-It applies where it gives exactly what the general path gives and the blocked view is the
-tensor itself: a MinMax range (the class itself), a restricted symmetric or an asymmetric scheme
-of 1 (asymmetric), 2, 4 or 8 bits, PerChannel(0) or PerGroup(g) along the last axis without
-padding, on a C-contiguous float32 tensor the native kernels take (``backends.onepass_kernel``); packed
-codes also need whole bytes per row. Anything else, and a row that is not finite or whose scale
-overflows its storage dtype, gives None: the caller's general path then runs (and raises the
-typed error). ``quantize.quantize_tensor``, ``quantize.quantize_tensor_codes`` and
-``QTensor.from_float`` try it first; tests hold it to the general path bit for bit.
+It applies where it gives exactly what the general path gives and the blocked view is the tensor
+itself: a MinMax range (the class itself), a restricted symmetric or an asymmetric scheme of 1
+(asymmetric), 2, 4 or 8 bits, PerChannel(0) or PerGroup(g) along the last axis without padding, on a
+C-contiguous float32 tensor the native kernels take (``backends.onepass_kernel``); packed codes also
+need whole bytes per row. Anything else, and a row that is not finite or whose scale overflows its
+storage dtype, gives None: the caller's general path then runs (and raises the typed error).
+``quantize.quantize_tensor``, ``quantize.quantize_tensor_codes`` and ``QTensor.from_float`` try it
+first; tests hold it to the general path bit for bit.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from .qparams import MANTISSA_BITS, QParams
 from .range_specs import MinMax
 from .scheme import PerTensor, QScheme
 
-BITS = (1, 2, 4, 8)            # widths the kernel writes (packed: 1, 2, 4; one byte: 8 and any q)
+BITS = (1, 2, 4, 8)  # widths the kernel writes (packed: 1, 2, 4; one byte: 8 and any q)
 
 
 class Form(enum.Enum):
     """What a quantize pass writes."""
 
-    INTEGERS = "integers"      # q in x's shape, scheme.q_dtype
-    CODES = "codes"            # the codes q - qmin of an 8-bit scheme, uint8 in x's shape
-    PACKED = "packed"          # sub-8-bit codes packed at scheme.bits (``core.packing``), flat
+    INTEGERS = "integers"  # q in x's shape, scheme.q_dtype
+    CODES = "codes"  # the codes q - qmin of an 8-bit scheme, uint8 in x's shape
+    PACKED = "packed"  # sub-8-bit codes packed at scheme.bits (``core.packing``), flat
 
 
 def plan(xf: torch.Tensor, scheme: QScheme, spec, form: Form) -> Blocking | None:
@@ -43,7 +43,7 @@ def plan(xf: torch.Tensor, scheme: QScheme, spec, form: Form) -> Blocking | None
     if isinstance(scheme.granularity, PerTensor):
         return None
     b = plan_blocks(tuple(xf.shape), scheme.granularity)
-    if b.pad or list(b.perm) != sorted(b.perm):                  # not a view of x's own order
+    if b.pad or list(b.perm) != sorted(b.perm):  # not a view of x's own order
         return None
     if form is Form.PACKED and (scheme.bits == 8 or b.block_len * scheme.bits % 8):
         return None
@@ -59,9 +59,17 @@ def quantize(xf: torch.Tensor, scheme: QScheme, spec, form: Form):
         return None
     dt = scheme.torch_scale_dtype
     width = {Form.INTEGERS: 0, Form.CODES: 8, Form.PACKED: scheme.bits}[form]
-    got = kernel(xf.reshape(b.n_blocks, b.block_len), scheme.qmin, scheme.qmax, scheme.symmetric,
-                 MANTISSA_BITS.get(dt, 0), dt, width, scheme.q_dtype if form is Form.INTEGERS else torch.uint8)
-    if got is None:                                              # not finite, or overflow
+    got = kernel(
+        xf.reshape(b.n_blocks, b.block_len),
+        scheme.qmin,
+        scheme.qmax,
+        scheme.symmetric,
+        MANTISSA_BITS.get(dt, 0),
+        dt,
+        width,
+        scheme.q_dtype if form is Form.INTEGERS else torch.uint8,
+    )
+    if got is None:  # not finite, or overflow
         return None
     out, s, z = got
     qp = QParams(rows_to_scale(s, b), rows_to_scale(z, b), scheme)

@@ -40,8 +40,10 @@ def _check_dtype(flat: torch.Tensor) -> None:
 def _check_range(lo: int, hi: int, bits: int, offset: int) -> None:
     """ShapeError unless the codes' least and greatest value + offset lie in [0, 2^bits)."""
     if lo + offset < 0 or hi + offset >= 1 << bits:
-        raise ShapeError(f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits"
-                         + (f" (after adding offset {offset})" if offset else ""))
+        raise ShapeError(
+            f"codes must lie in [0, {(1 << bits) - 1}] to pack into {bits} bits"
+            + (f" (after adding offset {offset})" if offset else "")
+        )
 
 
 def pack(codes: torch.Tensor, bits: int, offset: int = 0) -> torch.Tensor:

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ShapeError
 from . import onepass
 from .onepass import Form
-from ..errors import ShapeError
-from .quantize import as_float, dequantize, quantize_tensor, quantize_tensor_codes
 from .packing import pack, packed_nbytes, unpack
 from .qparams import QParams, check_qparams_shape
-from .scheme import PerGroup, QScheme  # noqa: F401  (PerGroup: doctest)
+from .quantize import as_float, dequantize, quantize_tensor, quantize_tensor_codes
 from .range_specs import MinMax, RangeSpec
+from .scheme import PerGroup, QScheme  # noqa: F401  (PerGroup: doctest)
 
 
 @dataclass(frozen=True)
 class QTensor:
-    data: torch.Tensor      # uint8, packed codes
+    data: torch.Tensor  # uint8, packed codes
     qparams: QParams
     shape: tuple
 
@@ -35,8 +35,10 @@ class QTensor:
         n = self.numel
         need = packed_nbytes(n, self.scheme.bits)
         if self.data.dtype != torch.uint8 or self.data.numel() != need:
-            raise ShapeError(f"QTensor of shape {self.shape} at {self.scheme.bits} bits needs "
-                             f"{need} packed bytes, got {self.data.numel()} ({self.data.dtype})")
+            raise ShapeError(
+                f"QTensor of shape {self.shape} at {self.scheme.bits} bits needs "
+                f"{need} packed bytes, got {self.data.numel()} ({self.data.dtype})"
+            )
         check_qparams_shape(self.qparams, self.shape)
 
     @property
@@ -51,21 +53,22 @@ class QTensor:
         return n
 
     @classmethod
-    def from_int(cls, q: torch.Tensor, qparams: QParams) -> "QTensor":
+    def from_int(cls, q: torch.Tensor, qparams: QParams) -> QTensor:
         s = qparams.scheme
-        if s.binary:                                             # {-1, +1} -> {0, 1}
+        if s.binary:  # {-1, +1} -> {0, 1}
             codes = (q.to(torch.int16) - s.qmin) // s.code_step
             return cls(pack(codes, s.bits), qparams, tuple(q.shape))
-        return cls(pack(q, s.bits, offset=-s.qmin), qparams, tuple(q.shape))   # codes q - qmin
+        return cls(pack(q, s.bits, offset=-s.qmin), qparams, tuple(q.shape))  # codes q - qmin
 
     @classmethod
-    def from_float(cls, x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
-                   name: str = "tensor") -> "QTensor":
+    def from_float(
+        cls, x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(), name: str = "tensor"
+    ) -> QTensor:
         xf = as_float(x, name)
-        if scheme.bits == 8:              # the codes from the quantize pass: no packing pass
+        if scheme.bits == 8:  # the codes from the quantize pass: no packing pass
             codes, qp = quantize_tensor_codes(xf, scheme, range=range, name=name)
             return cls(codes.reshape(-1), qp, tuple(codes.shape))
-        got = onepass.quantize(xf, scheme, range, Form.PACKED)       # codes packed in the one pass
+        got = onepass.quantize(xf, scheme, range, Form.PACKED)  # codes packed in the one pass
         if got is not None:
             return cls(got[0], got[1], tuple(xf.shape))
         q, qp = quantize_tensor(xf, scheme, range=range, name=name)
@@ -78,7 +81,9 @@ class QTensor:
             codes = unpack(self.data, s.bits, self.numel).to(torch.int16)
             return (codes * s.code_step + s.qmin).to(s.q_dtype).reshape(self.shape)
         # code + qmin modulo 256, read as int8 for symmetric schemes: exactly q
-        return unpack(self.data, s.bits, self.numel, offset=s.qmin).view(s.q_dtype).reshape(self.shape)
+        return (
+            unpack(self.data, s.bits, self.numel, offset=s.qmin).view(s.q_dtype).reshape(self.shape)
+        )
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize(self.int_repr(), self.qparams, dtype)
@@ -92,5 +97,7 @@ class QTensor:
         return 8 * self.nbytes / max(self.numel, 1)
 
     def __repr__(self) -> str:
-        return (f"QTensor({self.scheme.describe()}, shape={self.shape}, {self.nbytes} B, "
-                f"{self.bits_per_weight:.3f} bits/weight)")
+        return (
+            f"QTensor({self.scheme.describe()}, shape={self.shape}, {self.nbytes} B, "
+            f"{self.bits_per_weight:.3f} bits/weight)"
+        )

@@ -24,13 +24,13 @@ import torch
 
 from .. import backends
 from ..backends.torch_rows import round_shift
-from . import onepass
-from .onepass import Form
 from ..errors import ConfigError, NonFiniteError, UnsupportedDtypeError
+from . import onepass
 from .blocking import Blocking, from_blocks, rows_to_scale, scale_to_rows, to_blocks
+from .onepass import Form
 from .qparams import QParams, choose_qparams
-from .scheme import QScheme
 from .range_specs import MinMax, RangeSpec
+from .scheme import QScheme
 
 
 def as_float(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
@@ -38,11 +38,17 @@ def as_float(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
     if x.is_complex():
-        raise UnsupportedDtypeError(f"{name} is complex ({x.dtype}); quantize its real and imaginary parts separately")
+        raise UnsupportedDtypeError(
+            f"{name} is complex ({x.dtype}); quantize its real and imaginary parts separately"
+        )
     if not x.is_floating_point():
-        raise UnsupportedDtypeError(f"{name} has dtype {x.dtype}; only floating tensors are quantized")
+        raise UnsupportedDtypeError(
+            f"{name} has dtype {x.dtype}; only floating tensors are quantized"
+        )
     if x.device.type == "meta":
-        raise UnsupportedDtypeError(f"{name} is on the meta device (no data); load or materialize it first")
+        raise UnsupportedDtypeError(
+            f"{name} is on the meta device (no data); load or materialize it first"
+        )
     return x.detach().to(torch.float32)
 
 
@@ -75,23 +81,29 @@ def _rows_params(qp: QParams, b: Blocking) -> tuple[torch.Tensor, torch.Tensor]:
     return s, z
 
 
-def _quantize_blocks(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+def _quantize_blocks(
+    xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme
+) -> torch.Tensor:
     """q = clamp(round(x / s) + z, qmin, qmax) for rows xb (n, L) with s, z of shape (n, 1),
     by the row kernel ``backends`` chooses; binary: q = +1 where x >= 0, else -1."""
     if scheme.binary:
         return (xb >= 0).to(torch.int8).mul_(2).sub_(1)
-    xb = xb.detach()                                     # integers carry no gradient
-    return backends.row_kernels(xb).quantize_rows(xb, s, z, scheme.qmin, scheme.qmax, scheme.symmetric,
-                                                  scheme.q_dtype)
+    xb = xb.detach()  # integers carry no gradient
+    return backends.row_kernels(xb).quantize_rows(
+        xb, s, z, scheme.qmin, scheme.qmax, scheme.symmetric, scheme.q_dtype
+    )
 
 
-def _quantize_codes(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme) -> torch.Tensor:
+def _quantize_codes(
+    xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, scheme: QScheme
+) -> torch.Tensor:
     """The stored codes q - qmin of an 8-bit scheme, uint8, in the quantize pass itself:
     clamp(round(x / s) + z, qmin, qmax) - qmin = clamp(round(x / s) + (z - qmin), 0, qmax - qmin),
     every step exact for these small integers in float32."""
     xb = xb.detach()
-    return backends.row_kernels(xb).quantize_rows(xb, s, z - scheme.qmin, 0, scheme.qmax - scheme.qmin, False,
-                                                  torch.uint8)
+    return backends.row_kernels(xb).quantize_rows(
+        xb, s, z - scheme.qmin, 0, scheme.qmax - scheme.qmin, False, torch.uint8
+    )
 
 
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
@@ -159,7 +171,9 @@ def _binary_scale(xb: torch.Tensor, b: Blocking) -> torch.Tensor:
     return sums / counts
 
 
-def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str) -> QParams:
+def quantize_tensor_params(
+    xf: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str
+) -> QParams:
     xb, b = to_blocks(xf, scheme.granularity)
     if scheme.binary:
         check_finite(xb, name)
@@ -178,8 +192,9 @@ def quantize_tensor_params(xf: torch.Tensor, scheme: QScheme, range: RangeSpec, 
     return choose_qparams(rows_to_scale(lo, b), rows_to_scale(hi, b), scheme)
 
 
-def _quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str,
-                     form: Form) -> tuple[torch.Tensor, QParams]:
+def _quantize_tensor(
+    x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: str, form: Form
+) -> tuple[torch.Tensor, QParams]:
     # Two passes over x: min/max, then quantize. Both per L3-sized chunk of rows (the second
     # read from cache) measured slower on the 2-core VM (int8 per-channel 44 vs 39 ms): the
     # quantize pass runs at ~10 GB/s of input from cache or memory alike, reuse showed only for
@@ -199,20 +214,25 @@ def _quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec, name: s
     return from_blocks(rows(xb, s, z, scheme), b), qp
 
 
-def quantize_tensor(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
-                    name: str = "tensor") -> tuple[torch.Tensor, QParams]:
+def quantize_tensor(
+    x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(), name: str = "tensor"
+) -> tuple[torch.Tensor, QParams]:
     """Choose qparams for ``x`` with the range spec, then quantize. Returns (q, qparams) with
     q in x's shape. NaN/Inf raise NonFiniteError naming ``name``; x is never modified.
     Binary (1-bit symmetric) schemes ignore ``range``: s = mean|x| per block."""
     return _quantize_tensor(x, scheme, range, name, Form.INTEGERS)
 
 
-def quantize_tensor_codes(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
-                          name: str = "tensor") -> tuple[torch.Tensor, QParams]:
+def quantize_tensor_codes(
+    x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(), name: str = "tensor"
+) -> tuple[torch.Tensor, QParams]:
     """``quantize_tensor`` for an 8-bit scheme, with the codes q - qmin (uint8, x's shape) that
     ``QTensor`` stores instead of q: the bytes of ``pack(q, 8, -qmin)`` without that extra pass."""
     if scheme.bits != 8:
-        raise ConfigError(f"quantize_tensor_codes needs an 8-bit scheme (one byte per code), got {scheme.bits} bits")
+        raise ConfigError(
+            f"quantize_tensor_codes needs an 8-bit scheme (one byte per code), got {scheme.bits} "
+            "bits"
+        )
     return _quantize_tensor(x, scheme, range, name, Form.CODES)
 
 
@@ -237,7 +257,8 @@ def int_ste(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     return _IntSTE.apply(x, qp.scale, qp.zero_point, qp.scheme)
 
 
-def tensor_qparams(x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(),
-                   name: str = "tensor") -> QParams:
+def tensor_qparams(
+    x: torch.Tensor, scheme: QScheme, range: RangeSpec = MinMax(), name: str = "tensor"
+) -> QParams:
     """The qparams ``quantize_tensor`` would choose, without quantizing."""
     return quantize_tensor_params(as_float(x, name), scheme, range, name)

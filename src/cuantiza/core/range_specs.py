@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import ranges
 from ..errors import ConfigError
+from . import ranges
 from .histogram import HistogramObserver
 from .observers import MinMaxObserver, MovingAverageObserver
 from .scheme import QScheme
@@ -49,7 +49,7 @@ class MovingAverage:
         return MovingAverageObserver(self.momentum, channel_axis)
 
     def rows_range(self, rows, scheme):
-        return ranges.minmax_rows(rows)     # one "batch": the weight itself
+        return ranges.minmax_rows(rows)  # one "batch": the weight itself
 
 
 @dataclass(frozen=True)

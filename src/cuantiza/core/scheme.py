@@ -20,7 +20,6 @@ Integer ranges (n = bits):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -57,7 +56,7 @@ class PerGroup:
             raise ConfigError(f"PerGroup size must be a positive integer, got {self.size!r}")
 
 
-Granularity = Union[PerTensor, PerChannel, PerGroup]
+Granularity = PerTensor | PerChannel | PerGroup
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class QScheme:
     symmetric: bool = True
     granularity: Granularity = PerTensor()
     scale_dtype: str = "float32"
-    restricted: bool = True   # symmetric only; False: full signed range, see ``full_range``
+    restricted: bool = True  # symmetric only; False: full signed range, see ``full_range``
 
     def __post_init__(self):
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
@@ -82,7 +81,9 @@ class QScheme:
                 f"got {self.granularity!r}"
             )
         if self.scale_dtype not in SCALE_DTYPES:
-            raise ConfigError(f"scale_dtype must be one of {sorted(SCALE_DTYPES)}, got {self.scale_dtype!r}")
+            raise ConfigError(
+                f"scale_dtype must be one of {sorted(SCALE_DTYPES)}, got {self.scale_dtype!r}"
+            )
         if not isinstance(self.restricted, bool):
             raise ConfigError(f"restricted must be True or False, got {self.restricted!r}")
         if not self.restricted and (not self.symmetric or self.bits < 2):
@@ -137,9 +138,15 @@ class QScheme:
     def describe(self) -> str:
         g = self.granularity
         gran = (
-            "per-tensor" if isinstance(g, PerTensor)
-            else f"per-channel(axis={g.axis})" if isinstance(g, PerChannel)
+            "per-tensor"
+            if isinstance(g, PerTensor)
+            else f"per-channel(axis={g.axis})"
+            if isinstance(g, PerChannel)
             else f"group{g.size}"
         )
-        kind = "binary" if self.binary else ("symfull" if self.full_range else "sym" if self.symmetric else "asym")
+        kind = (
+            "binary"
+            if self.binary
+            else ("symfull" if self.full_range else "sym" if self.symmetric else "asym")
+        )
         return f"int{self.bits}-{kind}-{gran}"

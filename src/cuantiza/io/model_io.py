@@ -34,16 +34,16 @@ import os
 from pathlib import Path
 
 import safetensors.torch
-from safetensors.torch import load as load_safetensors_bytes
 import torch
+from safetensors.torch import load as load_safetensors_bytes
 from torch import nn
 
-from . import saveformat as fmt
-from .atomic import publish_folder
+from .._version import __version__
 from ..errors import CorruptFileError, CuantizaError, OutputExistsError, PlanError, ShapeError
 from ..nn.surgery import copy_model, fold_bn_into_conv, get_module, set_module
 from ..nn.workflows import FAKE, QuantInfo
-from .._version import __version__
+from . import saveformat as fmt
+from .atomic import publish_folder
 
 TENSORS, MANIFEST = "model.safetensors", "cuantiza.json"
 
@@ -73,8 +73,10 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise OutputExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
     if not (out / MANIFEST).is_file():
-        raise OutputExistsError(f"{out} is not a cuantiza save (no {MANIFEST}); overwrite=True only "
-                                "replaces a previous save: choose a new or empty folder")
+        raise OutputExistsError(
+            f"{out} is not a cuantiza save (no {MANIFEST}); overwrite=True only "
+            "replaces a previous save: choose a new or empty folder"
+        )
 
 
 def _quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -88,7 +90,9 @@ def _quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if not name:
                 raise PlanError("the model itself is a quantized layer: save a model containing it")
             if type(mod) not in types:
-                raise PlanError(f"{name}: cannot save {type(mod).__name__}, a subclass of a cuantiza module")
+                raise PlanError(
+                    f"{name}: cannot save {type(mod).__name__}, a subclass of a cuantiza module"
+                )
             found.append((name, mod))
     return found
 
@@ -110,22 +114,32 @@ def _payload(qmodel: nn.Module) -> tuple[dict, dict]:
     tensors, shared, modules = {}, {}, {}
     for name, mod in _quant_modules(qmodel):
         modules[name] = fmt.module_to_json(name, mod, tensors, shared)
-    doc = {"format": fmt.FORMAT, "format_version": fmt.FORMAT_VERSION, "cuantiza_version": __version__,
-           "training": qmodel.training, "modules": modules, "state": _state_map(qmodel, tensors),
-           **_info_to_json(getattr(qmodel, "cuantiza_info", None))}
-    flat = {k: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-            for k, t in tensors.items()}             # contiguous, unshared (FAULTS 21)
+    doc = {
+        "format": fmt.FORMAT,
+        "format_version": fmt.FORMAT_VERSION,
+        "cuantiza_version": __version__,
+        "training": qmodel.training,
+        "modules": modules,
+        "state": _state_map(qmodel, tensors),
+        **_info_to_json(getattr(qmodel, "cuantiza_info", None)),
+    }
+    flat = {
+        k: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for k, t in tensors.items()
+    }  # contiguous, unshared (FAULTS 21)
     return flat, doc
 
 
 def _info_to_json(info: QuantInfo | None) -> dict:
     """The manifest fields kept from ``cuantiza_info`` (all empty for a hand-built model)."""
     observers = getattr(info, "observers", None) or {}
-    return {"workflow": getattr(info, "workflow", None),
-            "folded": [list(p) for p in getattr(info, "folded", [])],
-            "notes": dict(getattr(info, "notes", {})),
-            "observers": {name: {k: int(v) for k, v in c.items()} for name, c in observers.items()},
-            "plan": fmt.plan_to_json(getattr(info, "plan", None))}
+    return {
+        "workflow": getattr(info, "workflow", None),
+        "folded": [list(p) for p in getattr(info, "folded", [])],
+        "notes": dict(getattr(info, "notes", {})),
+        "observers": {name: {k: int(v) for k, v in c.items()} for name, c in observers.items()},
+        "plan": fmt.plan_to_json(getattr(info, "plan", None)),
+    }
 
 
 # ----------------------------------------------------------------------------------- load
@@ -139,8 +153,10 @@ def load(dir, model: nn.Module) -> nn.Module:
     PlanError / ShapeError (``model`` is not the saved architecture; the message names the
     module or tensor)."""
     if not isinstance(model, nn.Module):
-        raise PlanError("load needs a float torch.nn.Module of the saved architecture, "
-                        f"got {type(model).__name__}")
+        raise PlanError(
+            "load needs a float torch.nn.Module of the saved architecture, "
+            f"got {type(model).__name__}"
+        )
     folder = Path(dir)
     doc = _read_manifest(folder / MANIFEST)
     tensors = _read_all_tensors(folder, doc)
@@ -150,8 +166,10 @@ def load(dir, model: nn.Module) -> nn.Module:
         try:
             float_mod = get_module(m, name)
         except AttributeError:
-            raise PlanError(f"{name}: saved quantized module is not in the model; pass an instance "
-                            "of the saved architecture") from None
+            raise PlanError(
+                f"{name}: saved quantized module is not in the model; pass an instance "
+                "of the saved architecture"
+            ) from None
         fmt.check_replaces(name, float_mod, qmod)
         set_module(m, name, qmod)
     _load_state(m, doc["state"], tensors)
@@ -168,8 +186,10 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise CorruptFileError(f"{path} is missing: {path.parent} is not a complete cuantiza save "
-                               f"(it needs {MANIFEST} and {TENSORS}); save one with cz.save") from None
+        raise CorruptFileError(
+            f"{path} is missing: {path.parent} is not a complete cuantiza save "
+            f"(it needs {MANIFEST} and {TENSORS}); save one with cz.save"
+        ) from None
     except OSError as e:
         raise _corrupt(path, "cannot be read", e) from e
 
@@ -180,16 +200,25 @@ def _read_manifest(path: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _corrupt(path, "is not valid JSON", e) from e
     if not isinstance(doc, dict) or doc.get("format") != fmt.FORMAT:
-        raise _corrupt(path, f"is not a {fmt.FORMAT} manifest (no \"format\": \"{fmt.FORMAT}\")")
+        raise _corrupt(path, f'is not a {fmt.FORMAT} manifest (no "format": "{fmt.FORMAT}")')
     version = doc.get("format_version")
     if version != fmt.FORMAT_VERSION:
-        raise CorruptFileError(f"{path}: format version {version!r} is not supported; this cuantiza "
-                               f"reads version {fmt.FORMAT_VERSION} (upgrade cuantiza or re-save)")
+        raise CorruptFileError(
+            f"{path}: format version {version!r} is not supported; this cuantiza "
+            f"reads version {fmt.FORMAT_VERSION} (upgrade cuantiza or re-save)"
+        )
     _check_fields(doc, path)
     return doc
 
 
-_FIELDS = {"files": dict, "modules": dict, "state": dict, "folded": list, "notes": dict, "training": bool}
+_FIELDS = {
+    "files": dict,
+    "modules": dict,
+    "state": dict,
+    "folded": list,
+    "notes": dict,
+    "training": bool,
+}
 
 
 def _check_fields(doc: dict, path: Path) -> None:
@@ -201,8 +230,10 @@ def _check_fields(doc: dict, path: Path) -> None:
         raise _corrupt(path, "lacks the fields 'plan' and 'workflow'")
     if not all(isinstance(v, str) for v in doc["state"].values()):
         raise _corrupt(path, "field 'state' must map state_dict keys to tensor names")
-    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p)
-               for p in doc["folded"]):
+    if not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p)
+        for p in doc["folded"]
+    ):
         raise _corrupt(path, "field 'folded' must list [conv, batchnorm] name pairs")
 
 
@@ -211,10 +242,15 @@ def _read_all_tensors(folder: Path, doc: dict) -> dict:
     out = {}
     for name in sorted(doc["files"]) or [TENSORS]:
         if name != os.path.basename(name) or not name.endswith(".safetensors"):
-            raise _corrupt(folder / MANIFEST, f"lists {name!r}: files must be *.safetensors in its folder")
+            raise _corrupt(
+                folder / MANIFEST, f"lists {name!r}: files must be *.safetensors in its folder"
+            )
         part = _read_tensors(folder / name, doc)
         if set(part) & set(out):
-            raise _corrupt(folder / name, f"repeats tensors of another shard ({sorted(set(part) & set(out))[:3]})")
+            raise _corrupt(
+                folder / name,
+                f"repeats tensors of another shard ({sorted(set(part) & set(out))[:3]})",
+            )
         out.update(part)
     return out
 
@@ -223,7 +259,7 @@ def _read_tensors(path: Path, doc: dict) -> dict:
     """All tensors of one file, read into memory, checked against the manifest's checksum."""
     blob = _read_bytes(path)
     try:
-        tensors = load_safetensors_bytes(blob)   # safetensors' own format: no pickle
+        tensors = load_safetensors_bytes(blob)  # safetensors' own format: no pickle
     except Exception as e:  # noqa: BLE001  (the Rust parser raises its own error types)
         raise _corrupt(path, "is truncated or not a safetensors file", e) from e
     try:
@@ -255,12 +291,16 @@ def _refold(m: nn.Module, folded: list) -> None:
         try:
             conv, bn = get_module(m, conv_name), get_module(m, bn_name)
         except AttributeError:
-            raise PlanError(f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}), "
-                            "which the model lacks; pass an instance of the saved architecture") from None
+            raise PlanError(
+                f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}), "
+                "which the model lacks; pass an instance of the saved architecture"
+            ) from None
         is_conv = isinstance(conv, (nn.Conv1d, nn.Conv2d))
         if not is_conv or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            raise PlanError(f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}); "
-                            f"the model has a {type(bn).__name__} and a {type(conv).__name__} there")
+            raise PlanError(
+                f"the save folded a BatchNorm ({bn_name}) into a convolution ({conv_name}); "
+                f"the model has a {type(bn).__name__} and a {type(conv).__name__} there"
+            )
         with torch.no_grad():
             fold_bn_into_conv(conv, bn)
         set_module(m, bn_name, nn.Identity())
@@ -271,19 +311,26 @@ def _load_state(m: nn.Module, state: dict, tensors: dict) -> None:
     want = m.state_dict()
     only_model, only_save = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if only_model or only_save:
-        raise PlanError(f"the model does not match the save: only in the model {only_model[:5]}, "
-                        f"only in the save {only_save[:5]}; pass an instance of the saved architecture")
+        raise PlanError(
+            f"the model does not match the save: only in the model {only_model[:5]}, "
+            f"only in the save {only_save[:5]}; pass an instance of the saved architecture"
+        )
     loaded = {}
     for key, t in want.items():
         src = tensors.get(state[key])
         if src is None:
-            raise CorruptFileError(f"{TENSORS} lacks {state[key]!r}, listed for {key} in {MANIFEST}")
+            raise CorruptFileError(
+                f"{TENSORS} lacks {state[key]!r}, listed for {key} in {MANIFEST}"
+            )
         if tuple(src.shape) != tuple(t.shape):
-            raise ShapeError(f"{key}: the model's tensor is {tuple(t.shape)}, "
-                             f"the saved one {tuple(src.shape)}")
+            raise ShapeError(
+                f"{key}: the model's tensor is {tuple(t.shape)}, the saved one {tuple(src.shape)}"
+            )
         if src.dtype != t.dtype:
-            raise PlanError(f"{key}: the model holds {t.dtype}, the save {src.dtype}; cast the "
-                            f"model to the saved dtype (model.to(...)) before loading")
+            raise PlanError(
+                f"{key}: the model holds {t.dtype}, the save {src.dtype}; cast the "
+                f"model to the saved dtype (model.to(...)) before loading"
+            )
         loaded[key] = src
     m.load_state_dict(loaded, strict=True)
 

@@ -29,13 +29,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.qparams import QParams
+from ..core.qtensor import QTensor
+from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
 from ..errors import PlanError, ShapeError
 from ..nn import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
 from ..nn.layer_math import conv_args
 from ..nn.plan import LayerPlan, Plan
-from ..core.qparams import QParams
-from ..core.qtensor import QTensor
-from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
 
 FORMAT = "cuantiza"
 FORMAT_VERSION = 1
@@ -57,19 +57,32 @@ def scheme_to_json(s: QScheme) -> dict:
         gran = {"kind": "per_channel", "axis": g.axis}
     else:
         gran = {"kind": "per_group", "size": g.size, "axis": g.axis}
-    d = {"bits": s.bits, "symmetric": s.symmetric, "granularity": gran, "scale_dtype": s.scale_dtype}
+    d = {
+        "bits": s.bits,
+        "symmetric": s.symmetric,
+        "granularity": gran,
+        "scale_dtype": s.scale_dtype,
+    }
     if not s.restricted:
-        d["restricted"] = False          # written only when set: older files stay as they were
+        d["restricted"] = False  # written only when set: older files stay as they were
     return d
 
 
 def scheme_from_json(d: dict) -> QScheme:
     """Raises ConfigError (invalid values) or KeyError (missing fields)."""
     g = d["granularity"]
-    kinds = {"per_tensor": lambda: PerTensor(), "per_channel": lambda: PerChannel(g["axis"]),
-             "per_group": lambda: PerGroup(g["size"], g["axis"])}
-    return QScheme(bits=d["bits"], symmetric=d["symmetric"], granularity=kinds[g["kind"]](),
-                   scale_dtype=d["scale_dtype"], restricted=d.get("restricted", True))
+    kinds = {
+        "per_tensor": lambda: PerTensor(),
+        "per_channel": lambda: PerChannel(g["axis"]),
+        "per_group": lambda: PerGroup(g["size"], g["axis"]),
+    }
+    return QScheme(
+        bits=d["bits"],
+        symmetric=d["symmetric"],
+        granularity=kinds[g["kind"]](),
+        scale_dtype=d["scale_dtype"],
+        restricted=d.get("restricted", True),
+    )
 
 
 def _stored_zero_point(qp: QParams) -> torch.Tensor | None:
@@ -87,8 +100,11 @@ def _qparams_entry(qp: QParams, prefix: str, tensors: dict) -> dict:
     zp = _stored_zero_point(qp)
     if zp is not None:
         tensors[f"{prefix}.zero_point"] = zp
-    return {"scheme": scheme_to_json(qp.scheme), "scale": f"{prefix}.scale",
-            "zero_point": None if zp is None else f"{prefix}.zero_point"}
+    return {
+        "scheme": scheme_to_json(qp.scheme),
+        "scale": f"{prefix}.scale",
+        "zero_point": None if zp is None else f"{prefix}.zero_point",
+    }
 
 
 def _qparams_from_entry(e: dict, tensors: dict) -> QParams:
@@ -118,7 +134,13 @@ def embedding_entry(weight: dict, padding_idx: int | None) -> dict:
 
 def weight_only_linear_entry(weight: dict, bias: str | None) -> dict:
     """The entry of a weight-only ``QuantLinear`` (``bias``: the state key of its bias, or None)."""
-    return {"type": "QuantLinear", "weight": weight, "bias": bias, "kernel": "dequantize", "act": None}
+    return {
+        "type": "QuantLinear",
+        "weight": weight,
+        "bias": bias,
+        "kernel": "dequantize",
+        "act": None,
+    }
 
 
 def module_to_json(name: str, mod: nn.Module, tensors: dict, shared: dict) -> dict:
@@ -138,15 +160,19 @@ def module_to_json(name: str, mod: nn.Module, tensors: dict, shared: dict) -> di
     else:
         e["act"] = None if mod.act is None else _qparams_entry(mod.act, f"{name}.act", tensors)
     if isinstance(mod, QuantConv):
-        e["conv"] = {**{k: list(v) if isinstance(v, tuple) else v for k, v in mod.conv.items()},
-                     "kernel_shape": list(mod.kernel_shape)}
+        e["conv"] = {
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in mod.conv.items()},
+            "kernel_shape": list(mod.weight_shape),
+        }
     return e
 
 
 def _weight_from_entry(w: dict, tensors: dict, cache: dict) -> QTensor:
     """The QTensor of a weight entry; entries naming the same data share one QTensor."""
     if w["data"] not in cache:
-        cache[w["data"]] = QTensor(tensors[w["data"]], _qparams_from_entry(w, tensors), tuple(w["shape"]))
+        cache[w["data"]] = QTensor(
+            tensors[w["data"]], _qparams_from_entry(w, tensors), tuple(w["shape"])
+        )
     return cache[w["data"]]
 
 
@@ -160,13 +186,15 @@ def module_from_json(e: dict, tensors: dict, bias: torch.Tensor | None, cache: d
     kernel = None if e["kernel"] == "dequantize" else e["kernel"]
     if cls is DynamicQuantLinear:
         d = e["dynamic"]
-        return DynamicQuantLinear(qt, bias, scheme_from_json(d["act_scheme"]), bool(d["per_token"]), kernel)
+        return DynamicQuantLinear(
+            qt, bias, scheme_from_json(d["act_scheme"]), bool(d["per_token"]), kernel
+        )
     act = None if e["act"] is None else _qparams_from_entry(e["act"], tensors)
     if cls is QuantLinear:
         return QuantLinear(qt, bias, act, kernel)
     conv = {k: tuple(v) if isinstance(v, list) else v for k, v in e["conv"].items()}
-    kernel_shape = conv.pop("kernel_shape")
-    return QuantConv(qt, kernel_shape, conv, bias, act, kernel)
+    weight_shape = conv.pop("kernel_shape")  # the conv weight's shape
+    return QuantConv(qt, weight_shape, conv, bias, act, kernel)
 
 
 def check_replaces(name: str, float_mod: nn.Module, qmod: nn.Module) -> None:
@@ -174,13 +202,17 @@ def check_replaces(name: str, float_mod: nn.Module, qmod: nn.Module) -> None:
     saved = type(qmod).__name__
     want = MODULE_TYPES[saved][1]
     if not isinstance(float_mod, want):
-        raise PlanError(f"{name}: the save holds a {saved}, which replaces "
-                        f"{' or '.join(t.__name__ for t in want)}, but the model has a "
-                        f"{type(float_mod).__name__}; pass an instance of the saved architecture")
-    shape = qmod.kernel_shape if isinstance(qmod, QuantConv) else qmod.weight_q.shape
+        raise PlanError(
+            f"{name}: the save holds a {saved}, which replaces "
+            f"{' or '.join(t.__name__ for t in want)}, but the model has a "
+            f"{type(float_mod).__name__}; pass an instance of the saved architecture"
+        )
+    shape = qmod.weight_shape if isinstance(qmod, QuantConv) else qmod.weight_q.shape
     if tuple(float_mod.weight.shape) != tuple(shape):
-        raise ShapeError(f"{name}: the model's weight is {tuple(float_mod.weight.shape)}, the "
-                         f"saved one {tuple(shape)}; pass an instance of the saved architecture")
+        raise ShapeError(
+            f"{name}: the model's weight is {tuple(float_mod.weight.shape)}, the "
+            f"saved one {tuple(shape)}; pass an instance of the saved architecture"
+        )
     if isinstance(qmod, QuantEmbedding):
         return
     if (float_mod.bias is None) != (qmod.bias is None):
@@ -199,9 +231,19 @@ def plan_to_json(p: Plan | None) -> dict | None:
     if p is None:
         return None
     sch = lambda s: None if s is None else scheme_to_json(s)  # noqa: E731
-    return {"workflow": p.workflow, "layers": [
-        {"name": lp.name, "kind": lp.kind, "weight": sch(lp.weight), "activation": sch(lp.activation),
-         "reason": lp.reason} for lp in p.layers]}
+    return {
+        "workflow": p.workflow,
+        "layers": [
+            {
+                "name": lp.name,
+                "kind": lp.kind,
+                "weight": sch(lp.weight),
+                "activation": sch(lp.activation),
+                "reason": lp.reason,
+            }
+            for lp in p.layers
+        ],
+    }
 
 
 def plan_from_json(d: dict | None) -> Plan | None:
@@ -209,6 +251,12 @@ def plan_from_json(d: dict | None) -> Plan | None:
     if d is None:
         return None
     sch = lambda s: None if s is None else scheme_from_json(s)  # noqa: E731
-    return Plan(d["workflow"], tuple(
-        LayerPlan(lp["name"], lp["kind"], sch(lp["weight"]), sch(lp["activation"]), lp["reason"])
-        for lp in d["layers"]))
+    return Plan(
+        d["workflow"],
+        tuple(
+            LayerPlan(
+                lp["name"], lp["kind"], sch(lp["weight"]), sch(lp["activation"]), lp["reason"]
+            )
+            for lp in d["layers"]
+        ),
+    )

@@ -14,15 +14,29 @@ submodules, which load on first use.
 
 from .text import VOCAB_SIZE, decode, encode, load_text, perplexity, require_transformers
 
-_LAZY = {"quantize_model": "calibrated", "smooth_model": "smooth", "quantize_checkpoint": "checkpoint",
-         "eval_ppl": "evaluate", "load_causal_lm": "evaluate"}
+_LAZY = {
+    "quantize_model": "calibrated",
+    "smooth_model": "smooth",
+    "quantize_checkpoint": "checkpoint",
+    "eval_ppl": "evaluate",
+    "load_causal_lm": "evaluate",
+}
 
-__all__ = ["VOCAB_SIZE", "encode", "decode", "load_text", "perplexity", "require_transformers", *_LAZY]
+__all__ = [
+    "VOCAB_SIZE",
+    "encode",
+    "decode",
+    "load_text",
+    "perplexity",
+    "require_transformers",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str):
     """The heavier entry points, imported on first use."""
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,8 @@ shape) looks like: ``model.model.embed_tokens``, ``model.model.layers`` (each wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -35,12 +35,13 @@ LLAMA_GROUPS = (
 @dataclass
 class Decoder:
     """The parts of a decoder the block-by-block methods need."""
+
     model: nn.Module
     embed: nn.Embedding
     layers: nn.ModuleList
     norm: nn.Module
     lm_head: nn.Linear
-    prefix: str                     # name of the layer list, e.g. "model.layers"
+    prefix: str  # name of the layer list, e.g. "model.layers"
 
 
 def decoder_parts(model: nn.Module) -> Decoder:
@@ -48,11 +49,17 @@ def decoder_parts(model: nn.Module) -> Decoder:
     inner = getattr(model, "model", None)
     parts = [getattr(inner, a, None) for a in ("embed_tokens", "layers", "norm")]
     head = getattr(model, "lm_head", None)
-    if (not isinstance(parts[0], nn.Embedding) or not isinstance(parts[1], nn.ModuleList)
-            or parts[2] is None or not isinstance(head, nn.Linear)):
-        raise PlanError(f"{type(model).__name__} is not a LLaMA-style decoder (model.embed_tokens, "
-                        "model.layers, model.norm, lm_head); the calibrated methods (gptq, awq) "
-                        "need one: use method='rtn' or 'hqq' for other models")
+    if (
+        not isinstance(parts[0], nn.Embedding)
+        or not isinstance(parts[1], nn.ModuleList)
+        or parts[2] is None
+        or not isinstance(head, nn.Linear)
+    ):
+        raise PlanError(
+            f"{type(model).__name__} is not a LLaMA-style decoder (model.embed_tokens, "
+            "model.layers, model.norm, lm_head); the calibrated methods (gptq, awq) "
+            "need one: use method='rtn' or 'hqq' for other models"
+        )
     return Decoder(model, parts[0], parts[1], parts[2], head, "model.layers")
 
 
@@ -71,7 +78,9 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def first_layer_inputs(dec: Decoder, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict]:
+def first_layer_inputs(
+    dec: Decoder, batches: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], dict]:
     """The hidden states entering the first decoder layer for each batch of token ids, and the
     keyword arguments (position embeddings, mask) the model passes its layers. All batches must
     have one shape, so one set of keyword arguments serves them all."""
@@ -113,15 +122,22 @@ def run_layer(layer: nn.Module, hidden: list[torch.Tensor], kwargs: dict) -> lis
 
 
 @torch.no_grad()
-def feed(layer: nn.Module, targets: dict[str, nn.Module], hidden: list[torch.Tensor], kwargs: dict,
-         fn: Callable[[str, torch.Tensor], None]) -> None:
+def feed(
+    layer: nn.Module,
+    targets: dict[str, nn.Module],
+    hidden: list[torch.Tensor],
+    kwargs: dict,
+    fn: Callable[[str, torch.Tensor], None],
+) -> None:
     """Run ``layer`` on every batch, calling ``fn(name, x)`` with the input of each target
     module (x flattened to rows of in_features)."""
     handles = []
     for name, mod in targets.items():
+
         def hook(_m, args, name=name):
             x = args[0]
             fn(name, x.reshape(-1, x.shape[-1]))
+
         handles.append(mod.register_forward_pre_hook(hook))
     try:
         for h in hidden:

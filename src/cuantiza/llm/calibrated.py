@@ -21,18 +21,19 @@ import time
 import torch
 from torch import nn
 
-from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..errors import CalibrationError, ConfigError
+from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..nn.plan import plan
-from ..progress import bar
 from ..nn.surgery import copy_model
+from ..progress import bar
 from .blocks import Decoder, decoder_parts, feed, first_layer_inputs, layer_groups, run_layer
 
-AWQ_ROWS = 8192          # calibration rows (tokens) the AWQ search uses per group
+AWQ_ROWS = 8192  # calibration rows (tokens) the AWQ search uses per group
 
 
-def calibration_batches(tokens: torch.Tensor, seq_len: int = 256, n_samples: int = 128,
-                        batch_size: int = 8) -> list[torch.Tensor]:
+def calibration_batches(
+    tokens: torch.Tensor, seq_len: int = 256, n_samples: int = 128, batch_size: int = 8
+) -> list[torch.Tensor]:
     """Batches of ``seq_len``-token windows cut from a 1-D token stream (or rows of a 2-D
     one), at most ``n_samples`` windows, in order (deterministic)."""
     t = torch.as_tensor(tokens)
@@ -40,13 +41,15 @@ def calibration_batches(tokens: torch.Tensor, seq_len: int = 256, n_samples: int
         n = t.numel() // seq_len
         t = t[: n * seq_len].reshape(n, seq_len)
     if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] < 2:
-        raise CalibrationError(f"calibration text is too short: need at least one window of {seq_len} "
-                               f"tokens, got {tuple(torch.as_tensor(tokens).shape)}")
+        raise CalibrationError(
+            f"calibration text is too short: need at least one window of {seq_len} "
+            f"tokens, got {tuple(torch.as_tensor(tokens).shape)}"
+        )
     t = t[:n_samples].long()
     if t.shape[0] <= batch_size:
         return [t]
-    n = t.shape[0] - t.shape[0] % batch_size          # equal shapes: one set of layer kwargs
-    return [t[i:i + batch_size] for i in range(0, n, batch_size)]
+    n = t.shape[0] - t.shape[0] % batch_size  # equal shapes: one set of layer kwargs
+    return [t[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def _set_weight(mod: nn.Linear, w: torch.Tensor) -> None:
@@ -55,6 +58,7 @@ def _set_weight(mod: nn.Linear, w: torch.Tensor) -> None:
 
 def gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: dict) -> dict:
     from ..algorithms.gptq import Hessian, gptq
+
     mods = {n: layer.get_submodule(n) for n in names if plans.get(f"{prefix}.{n}") is not None}
     if not mods:
         return {}
@@ -64,8 +68,14 @@ def gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: 
     for n, m in mods.items():
         full = f"{prefix}.{n}"
         lp = plans[full]
-        qt = gptq(m.weight.detach().float(), hs[n], lp.weight, name=full, range=lp.config.weight_range,
-                  **options)
+        qt = gptq(
+            m.weight.detach().float(),
+            hs[n],
+            lp.weight,
+            name=full,
+            range=lp.config.weight_range,
+            **options,
+        )
         out[full] = qt
         _set_weight(m, qt.dequantize())
     return out
@@ -73,6 +83,7 @@ def gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: 
 
 def head_gptq(dec: Decoder, hidden, plans: dict, options: dict) -> dict:
     from ..algorithms.gptq import Hessian, gptq
+
     lp = plans.get("lm_head")
     if lp is None or dec.lm_head.weight is dec.embed.weight:
         return {}
@@ -81,8 +92,14 @@ def head_gptq(dec: Decoder, hidden, plans: dict, options: dict) -> dict:
         for x in hidden:
             y = dec.norm(x)
             h.add(y.reshape(-1, y.shape[-1]))
-    qt = gptq(dec.lm_head.weight.detach().float(), h, lp.weight, name="lm_head",
-              range=lp.config.weight_range, **options)
+    qt = gptq(
+        dec.lm_head.weight.detach().float(),
+        h,
+        lp.weight,
+        name="lm_head",
+        range=lp.config.weight_range,
+        **options,
+    )
     return {"lm_head": qt}
 
 
@@ -97,18 +114,21 @@ def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
 def fold_scales(prev: nn.Module, mods: list[nn.Linear], s: torch.Tensor) -> None:
     """Scale the group's input channels by s, and the op in front by 1/s (in place)."""
     from ..algorithms.awq import apply_scales
+
     bias = prev.bias if isinstance(prev, nn.Linear) else None
-    f = apply_scales(prev.weight.data, [m.weight.data for m in mods], s,
-                     None if bias is None else bias.data)
+    f = apply_scales(
+        prev.weight.data, [m.weight.data for m in mods], s, None if bias is None else bias.data
+    )
     prev.weight.data = f.prev
     if bias is not None:
         prev.bias.data = f.prev_bias
-    for m, w in zip(mods, f.weights):
+    for m, w in zip(mods, f.weights, strict=False):
         m.weight.data = w
 
 
 def awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) -> str | None:
     from ..algorithms.awq import awq_scales
+
     mods = [layer.get_submodule(n) for n in names]
     lps = [plans.get(f"{prefix}.{n}") for n in names]
     if prev_name is None or all(lp is None for lp in lps):
@@ -116,26 +136,44 @@ def awq_group(layer, names, prev_name, hidden, kwargs, plans, prefix, options) -
     prev = layer.get_submodule(prev_name) if prefix else prev_name
     width = mods[0].in_features
     if isinstance(prev, nn.Linear) and prev.out_features != width:
-        return f"{prefix}.{names[0]}: no AWQ scaling (the previous linear has {prev.out_features} outputs)"
+        return (
+            f"{prefix}.{names[0]}: no AWQ scaling (the previous linear has "
+            f"{prev.out_features} outputs)"
+        )
     xs: list = []
     feed(layer, {names[0]: mods[0]}, hidden, kwargs, lambda _n, x: xs.append(x.float()))
     x = _rows(torch.cat(xs), AWQ_ROWS)
     lp = next(lp for lp in lps if lp is not None)
-    s = awq_scales(x, [m.weight.detach().float() for m in mods], lp.weight, name=f"{prefix}.{names[0]}",
-                   range=lp.config.weight_range, **options)
+    s = awq_scales(
+        x,
+        [m.weight.detach().float() for m in mods],
+        lp.weight,
+        name=f"{prefix}.{names[0]}",
+        range=lp.config.weight_range,
+        **options,
+    )
     fold_scales(prev, mods, s)
     return None
 
 
 def head_awq(dec: Decoder, hidden, plans: dict, options: dict) -> None:
     from ..algorithms.awq import awq_scales
+
     lp = plans.get("lm_head")
     if lp is None or dec.lm_head.weight is dec.embed.weight or not hasattr(dec.norm, "weight"):
         return
     with torch.no_grad():
-        x = _rows(torch.cat([dec.norm(h).reshape(-1, h.shape[-1]) for h in hidden]).float(), AWQ_ROWS)
-    s = awq_scales(x, [dec.lm_head.weight.detach().float()], lp.weight, name="lm_head",
-                   range=lp.config.weight_range, **options)
+        x = _rows(
+            torch.cat([dec.norm(h).reshape(-1, h.shape[-1]) for h in hidden]).float(), AWQ_ROWS
+        )
+    s = awq_scales(
+        x,
+        [dec.lm_head.weight.detach().float()],
+        lp.weight,
+        name="lm_head",
+        range=lp.config.weight_range,
+        **options,
+    )
     fold_scales(dec.norm, [dec.lm_head], s)
 
 
@@ -159,21 +197,31 @@ def _layers(dec: Decoder, m_cfg: QuantConfig, hidden, kwargs, plans: dict) -> tu
     return qts, notes
 
 
-def quantize_model(model: nn.Module, config: QuantConfig, calibration, *, seq_len: int = 256,
-                   n_samples: int = 128, batch_size: int = 8) -> nn.Module:
+def quantize_model(
+    model: nn.Module,
+    config: QuantConfig,
+    calibration,
+    *,
+    seq_len: int = 256,
+    n_samples: int = 128,
+    batch_size: int = 8,
+) -> nn.Module:
     """Weight-only quantization of a LLaMA-style decoder with GPTQ or AWQ (``config.method``),
     calibrated on ``calibration`` token ids (a 1-D stream or (n, seq_len) rows). Returns a new
     model of cuantiza ``QuantLinear`` / ``QuantEmbedding`` layers; ``model`` is untouched.
     The embedding (if quantized) is rounded to nearest: it has no input to calibrate on."""
     from ..nn.workflows import convert_with_weights
+
     if config.method not in CALIBRATED_METHODS:
-        raise ConfigError(f"quantize_model runs {CALIBRATED_METHODS}; for method={config.method!r} "
-                          "use cz.quantize_weights (no calibration needed)")
+        raise ConfigError(
+            f"quantize_model runs {CALIBRATED_METHODS}; for method={config.method!r} "
+            "use cz.quantize_weights (no calibration needed)"
+        )
     start = time.perf_counter()
     batches = calibration_batches(calibration, seq_len, n_samples, batch_size)
     m = copy_model(model).float().eval()
     dec = decoder_parts(m)
-    p = plan(m, config, "weight_only")                  # group sizes etc. checked before any work
+    p = plan(m, config, "weight_only")  # group sizes etc. checked before any work
     plans = {lp.name: lp for lp in p.quantized()}
     hidden, kwargs = first_layer_inputs(dec, batches)
     qts, notes = _layers(dec, config, hidden, kwargs, plans)
@@ -182,8 +230,11 @@ def quantize_model(model: nn.Module, config: QuantConfig, calibration, *, seq_le
     info = q.cuantiza_info
     took = f"{time.perf_counter() - start:.1f} s for the model"
     for name in plans:
-        info.notes.setdefault(name, f"{config.method}, calibrated on {sum(b.shape[0] for b in batches)} "
-                                    f"windows of {batches[0].shape[1]} tokens ({took})")
+        info.notes.setdefault(
+            name,
+            f"{config.method}, calibrated on {sum(b.shape[0] for b in batches)} "
+            f"windows of {batches[0].shape[1]} tokens ({took})",
+        )
     for n in notes:
         info.notes[n.split(":")[0]] = n
     return q

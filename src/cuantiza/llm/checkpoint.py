@@ -38,9 +38,11 @@ def _run_unit(ckpt: Checkpoint, names: list, jobs: dict, s, entries: dict, pbar)
     u = Unit()
     for name in names:
         info = ckpt.info(name)
-        needs = any(j.kind in ("float", "bias") or (j.kind in ("linear", "embedding") and j.share is None)
-                    for j in jobs[name])
-        t = ckpt.read(name).contiguous() if needs else None         # FAULTS 21
+        needs = any(
+            j.role in ("float", "bias") or (j.role in ("linear", "embedding") and j.share is None)
+            for j in jobs[name]
+        )
+        t = ckpt.read(name).contiguous() if needs else None  # FAULTS 21
         for job in jobs[name]:
             do_job(job, name, t, s, u, entries)
         del t
@@ -50,8 +52,16 @@ def _run_unit(ckpt: Checkpoint, names: list, jobs: dict, s, entries: dict, pbar)
     return u.meta()
 
 
-def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, calibration=None,
-                        overwrite: bool = False, progress: bool = True, **calibration_options) -> Summary:
+def quantize_checkpoint(
+    src,
+    dst,
+    config: QuantConfig = QuantConfig(),
+    *,
+    calibration=None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **calibration_options,
+) -> Summary:
     """Quantize the weights of the Hugging Face style folder ``src`` into the cuantiza save
     ``dst`` (see the module docstring), streaming one tensor at a time; returns a ``Summary``.
     Everything is checked before work starts; nothing partial is ever published at ``dst``.
@@ -59,13 +69,25 @@ def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, calibr
     at a time (``checkpoint_calibrated``; options ``seq_len``, ``n_samples``, ``batch_size``)."""
     if config.method in CALIBRATED_METHODS:
         if calibration is None:
-            raise ConfigError(f"method {config.method!r} needs calibration token ids (calibration=...)")
+            raise ConfigError(
+                f"method {config.method!r} needs calibration token ids (calibration=...)"
+            )
         from .checkpoint_calibrated import quantize_checkpoint_calibrated
-        return quantize_checkpoint_calibrated(src, dst, config, calibration, overwrite=overwrite,
-                                              progress=progress, **calibration_options)
+
+        return quantize_checkpoint_calibrated(
+            src,
+            dst,
+            config,
+            calibration,
+            overwrite=overwrite,
+            progress=progress,
+            **calibration_options,
+        )
     t0 = time.perf_counter()
     ckpt = open_checkpoint(src)
-    writer = ShardedWriter(dst, src=ckpt.dir, fingerprint=fingerprint(ckpt, config), overwrite=overwrite)
+    writer = ShardedWriter(
+        dst, src=ckpt.dir, fingerprint=fingerprint(ckpt, config), overwrite=overwrite
+    )
     jobs = plan_checkpoint(ckpt, config)
     units = {f"shard-{i + 1:05d}": names for i, names in enumerate(ckpt.shards().values())}
     summary = Summary(str(src), str(writer.dst), units=len(units))
@@ -90,5 +112,3 @@ def quantize_checkpoint(src, dst, config: QuantConfig = QuantConfig(), *, calibr
     finally:
         pbar.close()
     return summarize(summary, metas, out, t0)
-
-

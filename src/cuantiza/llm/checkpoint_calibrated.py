@@ -21,8 +21,8 @@ import time
 import torch
 from torch import nn
 
-from ..nn.config import QuantConfig
 from ..errors import PlanError
+from ..nn.config import QuantConfig
 from ..nn.plan import LayerPlan
 from ..progress import bar
 from .blocks import Decoder, decoder_parts, first_layer_inputs, layer_groups, run_layer
@@ -37,6 +37,7 @@ def _skeleton(ckpt: Checkpoint) -> Decoder:
     """The model on ``meta`` with a real rotary embedding (its buffers are computed, not saved)."""
     from .evaluate import transformers_config
     from .text import require_transformers
+
     cfg = transformers_config(ckpt.dir)
     with torch.device("meta"):
         model = require_transformers().AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -53,7 +54,9 @@ def _materialize(mod: nn.Module, prefix: str, ckpt: Checkpoint) -> None:
         for name, p in mod.named_parameters():
             key = f"{prefix}.{name}"
             if key not in ckpt.names():
-                raise PlanError(f"{ckpt.dir}: the checkpoint lacks {key}, which config.json's architecture has")
+                raise PlanError(
+                    f"{ckpt.dir}: the checkpoint lacks {key}, which config.json's architecture has"
+                )
             p.copy_(ckpt.read(key).to(torch.float32))
 
 
@@ -63,7 +66,7 @@ def _layer_plans(jobs: dict) -> dict:
     out = {}
     for js in jobs.values():
         for j in js:
-            if j.kind in ("linear", "embedding") and j.share is None:
+            if j.role in ("linear", "embedding") and j.share is None:
                 out[j.key] = LayerPlan(j.key, j.layer, j.scheme, None, j.note, j.cfg)
     return out
 
@@ -77,7 +80,7 @@ def _write(s, ckpt, names, jobs, tensors: dict, qts: dict, entries: dict) -> dic
         info = ckpt.info(name)
         raw = tensors[name].contiguous() if name in tensors else None
         for job in jobs[name]:
-            quantized = job.kind in ("linear", "embedding")
+            quantized = job.role in ("linear", "embedding")
             t = raw if quantized or raw is None else raw.to(info.dtype)
             do_job(job, name, t, s, u, entries, qts)
         u.params += info.numel
@@ -114,7 +117,7 @@ def _run_head_unit(dec, ckpt, jobs, plans, config, hidden, s, entries) -> None:
     if "lm_head.weight" in ckpt.names():
         _materialize(dec.lm_head, "lm_head", ckpt)
     else:
-        dec.lm_head.weight = dec.embed.weight                 # tied in the file: one tensor
+        dec.lm_head.weight = dec.embed.weight  # tied in the file: one tensor
     qts = head_gptq(dec, hidden, plans, options) if config.method == "gptq" else {}
     if config.method == "awq":
         head_awq(dec, hidden, plans, options)
@@ -130,9 +133,18 @@ def _calibration_id(batches: list) -> str:
     return h.hexdigest()
 
 
-def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *, overwrite: bool = False,
-                                   progress: bool = True, seq_len: int = 256, n_samples: int = 128,
-                                   batch_size: int = 8) -> Summary:
+def quantize_checkpoint_calibrated(
+    src,
+    dst,
+    config: QuantConfig,
+    calibration,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    seq_len: int = 256,
+    n_samples: int = 128,
+    batch_size: int = 8,
+) -> Summary:
     """GPTQ or AWQ (``config.method``) from the folder ``src`` into the cuantiza save ``dst``,
     one decoder layer at a time (module docstring); ``calibration``: token ids."""
     t0 = time.perf_counter()
@@ -141,16 +153,23 @@ def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *
     fp = {**fingerprint(ckpt, config), "calibration": _calibration_id(batches)}
     writer = ShardedWriter(dst, src=ckpt.dir, fingerprint=fp, overwrite=overwrite)
     jobs = plan_checkpoint(ckpt, dataclasses.replace(config, method="rtn"))
-    jobs = {n: [dataclasses.replace(j, cfg=dataclasses.replace(j.cfg, method="rtn")) if j.cfg else j
-                for j in js] for n, js in jobs.items()}
+    jobs = {
+        n: [
+            dataclasses.replace(j, cfg=dataclasses.replace(j.cfg, method="rtn")) if j.cfg else j
+            for j in js
+        ]
+        for n, js in jobs.items()
+    }
     plans = _layer_plans(jobs)
     dec = _skeleton(ckpt)
     _materialize(dec.embed, "model.embed_tokens", ckpt)
     units = [f"layer-{i:05d}" for i in range(len(dec.layers))] + ["head"]
     summary = Summary(str(src), str(writer.dst), units=len(units))
     metas, entries = [], {}
-    hidden, kwargs = first_layer_inputs(dec, batches)        # the embedding only: cheap
-    pbar = bar(total=len(units), desc=f"{config.method} checkpoint", unit="unit", disable=not progress)
+    hidden, kwargs = first_layer_inputs(dec, batches)  # the embedding only: cheap
+    pbar = bar(
+        total=len(units), desc=f"{config.method} checkpoint", unit="unit", disable=not progress
+    )
     with writer as w:
         for k, unit in enumerate(units):
             if w.done(unit):
@@ -163,7 +182,9 @@ def quantize_checkpoint_calibrated(src, dst, config: QuantConfig, calibration, *
                     if unit == "head":
                         _run_head_unit(dec, ckpt, jobs, plans, config, hidden, s, entries)
                     else:
-                        hidden = _run_layer_unit(k, dec, ckpt, jobs, plans, config, hidden, kwargs, s, entries)
+                        hidden = _run_layer_unit(
+                            k, dec, ckpt, jobs, plans, config, hidden, kwargs, s, entries
+                        )
                     meta = dict(s.meta)
                 summary.params_run += meta["params"]
             entries.update(meta["modules"])

@@ -17,31 +17,50 @@ import torch
 from .._version import __version__
 from ..core.qtensor import QTensor
 from ..core.quantize import check_finite
-from ..io.saveformat import (FORMAT, FORMAT_VERSION, embedding_entry, scheme_to_json, weight_entry,
-                             weight_only_linear_entry)
+from ..io.saveformat import (
+    FORMAT,
+    FORMAT_VERSION,
+    embedding_entry,
+    scheme_to_json,
+    weight_entry,
+    weight_only_linear_entry,
+)
 from ..nn.config import QuantConfig
 from ..nn.plan import LayerPlan
-from ..nn.workflows import quantize_layer_weight  # the in-memory dispatch: same bits as quantize_weights
+from ..nn.workflows import (
+    quantize_layer_weight,
+)  # the in-memory dispatch: same bits as quantize_weights
 from .shards import CONFIG, INDEX, Checkpoint
 from .tensorplan import Job
 
-
-SIDE_FILES = (CONFIG, "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-              "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
-              "chat_template.json", "chat_template.jinja")
+SIDE_FILES = (
+    CONFIG,
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.json",
+    "chat_template.jinja",
+)
 
 
 @dataclass
 class Summary:
     """What ``quantize_checkpoint`` did; ``seconds_per_mparam`` covers this run's tensors."""
+
     src: str
     dst: str
     bytes_in: int = 0
     bytes_out: int = 0
     params: int = 0
-    params_run: int = 0                                  # parameters processed by this run
-    quantized: dict = field(default_factory=dict)        # tensor -> scheme
-    kept_float: dict = field(default_factory=dict)       # tensor -> reason
+    params_run: int = 0  # parameters processed by this run
+    quantized: dict = field(default_factory=dict)  # tensor -> scheme
+    kept_float: dict = field(default_factory=dict)  # tensor -> reason
     units: int = 0
     units_resumed: int = 0
     seconds: float = 0.0
@@ -51,10 +70,13 @@ class Summary:
         return self.seconds / max(self.params_run / 1e6, 1e-9)
 
     def __str__(self) -> str:
-        return (f"{self.src} -> {self.dst}: {len(self.quantized)} tensors quantized, {len(self.kept_float)} "
-                f"kept float; {self.bytes_in / 2**20:.1f} MiB -> {self.bytes_out / 2**20:.1f} MiB; "
-                f"{self.units} shards ({self.units_resumed} resumed); {self.seconds:.1f} s "
-                f"({self.seconds_per_mparam:.3f} s per million parameters)")
+        return (
+            f"{self.src} -> {self.dst}: {len(self.quantized)} tensors quantized, "
+            f"{len(self.kept_float)} "
+            f"kept float; {self.bytes_in / 2**20:.1f} MiB -> {self.bytes_out / 2**20:.1f} MiB; "
+            f"{self.units} shards ({self.units_resumed} resumed); {self.seconds:.1f} s "
+            f"({self.seconds_per_mparam:.3f} s per million parameters)"
+        )
 
 
 class Unit:
@@ -68,8 +90,16 @@ class Unit:
         return dict(self.__dict__)
 
 
-def add_quantized(s, name: str, qt: QTensor, *, embedding: bool = False, bias: str | None = None,
-                  padding_idx: int | None = None, weight: dict | None = None) -> dict:
+def add_quantized(
+    s,
+    name: str,
+    qt: QTensor,
+    *,
+    embedding: bool = False,
+    bias: str | None = None,
+    padding_idx: int | None = None,
+    weight: dict | None = None,
+) -> dict:
     """Write the tensors of module ``name``'s quantized weight ``qt`` into the open unit ``s``
     and return its manifest entry (the save format's, ``io.saveformat``): a weight-only
     ``QuantLinear`` (``bias``: the bias' state key) or a ``QuantEmbedding``. With ``weight``
@@ -84,7 +114,9 @@ def add_quantized(s, name: str, qt: QTensor, *, embedding: bool = False, bias: s
     return weight_only_linear_entry(weight, bias)
 
 
-def quantized_entry(job: Job, t: torch.Tensor | None, s, entries: dict, qts: dict | None = None) -> dict:
+def quantized_entry(
+    job: Job, t: torch.Tensor | None, s, entries: dict, qts: dict | None = None
+) -> dict:
     """Quantize (unless shared, or made already: ``qts`` by module name, e.g. by GPTQ) and
     write one Linear / Embedding weight; its module entry."""
     qt, weight = None, None
@@ -93,29 +125,44 @@ def quantized_entry(job: Job, t: torch.Tensor | None, s, entries: dict, qts: dic
     elif qts and job.key in qts:
         qt = qts[job.key]
     else:
-        check_finite(t, f"{job.key}.weight")                  # FAULTS 1, 2
-        qt = quantize_layer_weight(t, LayerPlan(job.key, job.layer, job.scheme, None, job.note, job.cfg))
-    return add_quantized(s, job.key, qt, embedding=job.kind == "embedding", bias=job.bias,
-                         padding_idx=job.pad, weight=weight)
+        check_finite(t, f"{job.key}.weight")  # FAULTS 1, 2
+        qt = quantize_layer_weight(
+            t, LayerPlan(job.key, job.layer, job.scheme, None, job.note, job.cfg)
+        )
+    return add_quantized(
+        s,
+        job.key,
+        qt,
+        embedding=job.role == "embedding",
+        bias=job.bias,
+        padding_idx=job.pad,
+        weight=weight,
+    )
 
 
 def do_job(job: Job, name: str, t, s, u: Unit, entries: dict, qts: dict | None = None) -> None:
-    if job.kind == "alias":
+    if job.role == "alias":
         u.state[job.key] = job.target
-    elif job.kind in ("float", "bias"):
-        s.add(job.key, t.to(torch.float32) if job.kind == "bias" else t)
+    elif job.role in ("float", "bias"):
+        s.add(job.key, t.to(torch.float32) if job.role == "bias" else t)
         u.state[job.key] = job.key
     else:
         entries[job.key] = u.modules[job.key] = quantized_entry(job, t, s, entries, qts)
         u.quantized[f"{job.key}.weight"] = job.scheme.describe()
-    if job.kind in ("float", "bias", "alias"):
+    if job.role in ("float", "bias", "alias"):
         u.float[job.key] = job.note
-    if job.note and job.layer and job.kind != "float":
+    if job.note and job.layer and job.role != "float":
         u.notes[job.key.removesuffix(".weight")] = job.note
     if job.layer:
-        u.layers.append({"name": job.key.removesuffix(".weight"), "kind": job.layer, "activation": None,
-                         "weight": None if job.scheme is None else scheme_to_json(job.scheme),
-                         "reason": job.note})
+        u.layers.append(
+            {
+                "name": job.key.removesuffix(".weight"),
+                "kind": job.layer,
+                "activation": None,
+                "weight": None if job.scheme is None else scheme_to_json(job.scheme),
+                "reason": job.note,
+            }
+        )
 
 
 def fingerprint(ckpt: Checkpoint, config: QuantConfig) -> dict:
@@ -126,8 +173,12 @@ def fingerprint(ckpt: Checkpoint, config: QuantConfig) -> dict:
         if p.is_file():
             st = p.stat()
             files[name] = [st.st_size, st.st_mtime_ns]
-    return {"producer": "cuantiza.llm.quantize_checkpoint", "cuantiza": __version__,
-            "config": repr(config), "files": files}
+    return {
+        "producer": "cuantiza.llm.quantize_checkpoint",
+        "cuantiza": __version__,
+        "config": repr(config),
+        "files": files,
+    }
 
 
 def manifest(ckpt: Checkpoint, metas: list, config: QuantConfig) -> dict:
@@ -137,11 +188,22 @@ def manifest(ckpt: Checkpoint, metas: list, config: QuantConfig) -> dict:
         for k in merged:
             merged[k].update(m[k])
         layers += m["layers"]
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "cuantiza_version": __version__,
-            "training": False, "workflow": "weight_only", "folded": [], "observers": {},
-            "plan": {"workflow": "weight_only", "layers": layers}, **merged,
-            "source": {"model_type": ckpt.config.get("model_type"), "method": config.method,
-                       "architectures": ckpt.config.get("architectures")}}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cuantiza_version": __version__,
+        "training": False,
+        "workflow": "weight_only",
+        "folded": [],
+        "observers": {},
+        "plan": {"workflow": "weight_only", "layers": layers},
+        **merged,
+        "source": {
+            "model_type": ckpt.config.get("model_type"),
+            "method": config.method,
+            "architectures": ckpt.config.get("architectures"),
+        },
+    }
 
 
 def summarize(summary: Summary, metas: list, out: Path, t0: float) -> Summary:

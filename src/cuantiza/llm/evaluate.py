@@ -36,9 +36,11 @@ def transformers_config(folder: Path):
 def _stored_float_dtype(folder: Path) -> torch.dtype:
     """The dtype the quantized folder keeps its float state (norms) in: scales may be float16
     in a float32 model, so only tensors of the manifest's ``state`` count."""
-    state = set(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("state", {}).values())
+    state = set(
+        json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("state", {}).values()
+    )
     for f in sorted(folder.glob("*.safetensors")):
-        for name, info in SafetensorsFile(f).infos.items():      # headers only, our reader
+        for name, info in SafetensorsFile(f).infos.items():  # headers only, our reader
             if name in state and info.dtype.is_floating_point:
                 return info.dtype
     return torch.float32
@@ -47,19 +49,21 @@ def _stored_float_dtype(folder: Path) -> torch.dtype:
 def load_causal_lm(dir) -> nn.Module:
     """The model in ``dir`` in eval mode, computing in float32."""
     from ..io import model_io as io
+
     folder = Path(dir)
     cfg = transformers_config(folder)
     tf = require_transformers()
     if is_quiet():
         tf.utils.logging.disable_progress_bar()
     if not (folder / MANIFEST).is_file():
-        return tf.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
-                                                       dtype=torch.float32).eval()
+        return tf.AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, dtype=torch.float32
+        ).eval()
     skeleton = tf.AutoModelForCausalLM.from_config(cfg).to(_stored_float_dtype(folder))
     m = io.load(folder, skeleton)
     with torch.no_grad():
         for mod in m.modules():
-            if hasattr(mod, "weight_q"):           # cuantiza layers: integers as stored
+            if hasattr(mod, "weight_q"):  # cuantiza layers: integers as stored
                 continue
             for p in mod.parameters(recurse=False):
                 p.data = p.data.float()
@@ -69,6 +73,7 @@ def load_causal_lm(dir) -> nn.Module:
 def tokenize(dir, text: str) -> torch.Tensor:
     """Token ids of ``text`` with the folder's tokenizer (bytes when it has none)."""
     from .text import encode
+
     tok = Path(dir) / "tokenizer.json"
     if not tok.is_file():
         return encode(text)
@@ -92,9 +97,12 @@ class PplResult:
     perplexity: float
 
 
-def eval_ppl(dir, text: str, *, seq_len: int = 256, batch_size: int = 8, progress: bool = True) -> PplResult:
+def eval_ppl(
+    dir, text: str, *, seq_len: int = 256, batch_size: int = 8, progress: bool = True
+) -> PplResult:
     """Perplexity of the model in ``dir`` on ``text`` (non-overlapping windows of ``seq_len``)."""
     from .text import perplexity
+
     tokens = tokenize(dir, text)
     model = load_causal_lm(dir)
     ppl = perplexity(model, tokens, seq_len=seq_len, batch_size=batch_size, progress=progress)

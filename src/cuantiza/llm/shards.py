@@ -28,20 +28,33 @@ from ..errors import CorruptFileError, UnsafeFileError
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-MAX_HEADER = 100 * 2**20          # safetensors' own limit on the JSON header
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 
 # safetensors dtype name <-> torch dtype (the unsigned 16..64-bit types where torch has them)
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-          "U8": torch.uint8, "BOOL": torch.bool,
-          **{k: getattr(torch, v) for k, v in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"))
-             if hasattr(torch, v)}}
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    **{
+        k: getattr(torch, v)
+        for k, v in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64"))
+        if hasattr(torch, v)
+    },
+}
 NAMES = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one tensor lives: its dtype, shape, shard file name and absolute byte range."""
+
     dtype: torch.dtype
     shape: tuple
     shard: str
@@ -73,8 +86,10 @@ class SafetensorsFile:
 
 
 def _corrupt(path: Path, what: str) -> CorruptFileError:
-    return CorruptFileError(f"{path}: {what}; the file is truncated or not a safetensors file: "
-                            "download or convert the checkpoint again")
+    return CorruptFileError(
+        f"{path}: {what}; the file is truncated or not a safetensors file: "
+        "download or convert the checkpoint again"
+    )
 
 
 def _read_header_bytes(path: Path) -> tuple[bytes, int]:
@@ -99,9 +114,15 @@ def _read_header_bytes(path: Path) -> tuple[bytes, int]:
 
 def _entry(path: Path, name: str, e, base: int, shard: str) -> TensorInfo:
     """One header entry checked: dtype known, shape and offsets integers, size consistent."""
-    ok = isinstance(e, dict) and isinstance(e.get("shape"), list) and isinstance(e.get("data_offsets"), list)
+    ok = (
+        isinstance(e, dict)
+        and isinstance(e.get("shape"), list)
+        and isinstance(e.get("data_offsets"), list)
+    )
     if not ok or e.get("dtype") not in DTYPES or len(e["data_offsets"]) != 2:
-        raise _corrupt(path, f"header entry {name!r} is malformed or has an unknown dtype ({e!r:.120})")
+        raise _corrupt(
+            path, f"header entry {name!r} is malformed or has an unknown dtype ({e!r:.120})"
+        )
     ints = list(e["shape"]) + list(e["data_offsets"])
     if not all(type(v) is int and v >= 0 for v in ints):
         raise _corrupt(path, f"header entry {name!r} has non-integer or negative sizes")
@@ -111,8 +132,11 @@ def _entry(path: Path, name: str, e, base: int, shard: str) -> TensorInfo:
     for s in e["shape"]:
         n *= s
     if end < b or end - b != n * dtype.itemsize:
-        raise _corrupt(path, f"tensor {name!r}: byte range {b}..{end} does not hold shape "
-                             f"{e['shape']} of {e['dtype']}")
+        raise _corrupt(
+            path,
+            f"tensor {name!r}: byte range {b}..{end} does not hold shape "
+            f"{e['shape']} of {e['dtype']}",
+        )
     return TensorInfo(dtype, tuple(e["shape"]), shard, base + b, base + end)
 
 
@@ -129,13 +153,17 @@ def _parse_header(path: Path) -> tuple[dict, dict]:
     if not isinstance(meta, dict):
         raise _corrupt(path, "__metadata__ is not a JSON object")
     base = 8 + len(raw)
-    by_start = sorted(((_entry(path, k, v, base, path.name), k) for k, v in header.items()),
-                      key=lambda p: (p[0].start, p[0].end))
+    by_start = sorted(
+        ((_entry(path, k, v, base, path.name), k) for k, v in header.items()),
+        key=lambda p: (p[0].start, p[0].end),
+    )
     pos = base
     for info, name in by_start:
         if info.start != pos:
             what = "overlaps the previous one" if info.start < pos else "leaves a gap before it"
-            raise _corrupt(path, f"tensor {name!r} {what} (byte {info.start - base}, expected {pos - base})")
+            raise _corrupt(
+                path, f"tensor {name!r} {what} (byte {info.start - base}, expected {pos - base})"
+            )
         pos = info.end
     if pos != size:
         why = "is truncated" if pos > size else "has trailing bytes"
@@ -156,13 +184,17 @@ def read_range(path: Path, info: TensorInfo, name: str) -> torch.Tensor:
             while got < info.nbytes:
                 n = f.readinto(view[got:])
                 if not n:
-                    raise CorruptFileError(f"{path}: tensor {name!r} is cut short at byte {info.start + got} "
-                                           "(the file changed or was truncated); download it again")
+                    raise CorruptFileError(
+                        f"{path}: tensor {name!r} is cut short at byte {info.start + got} "
+                        "(the file changed or was truncated); download it again"
+                    )
                 got += n
     except OSError as e:
         if isinstance(e, CorruptFileError):
             raise
-        raise CorruptFileError(f"{path}: cannot read tensor {name!r} ({type(e).__name__}: {e})") from e
+        raise CorruptFileError(
+            f"{path}: cannot read tensor {name!r} ({type(e).__name__}: {e})"
+        ) from e
     return buf.view(info.dtype).reshape(info.shape)
 
 
@@ -172,7 +204,7 @@ class Checkpoint:
     def __init__(self, dir: Path, config: dict, files: dict):
         self.dir = dir
         self.config = config
-        self._files = files                                  # shard name -> SafetensorsFile
+        self._files = files  # shard name -> SafetensorsFile
         self._infos = {n: i for f in files.values() for n, i in f.infos.items()}
 
     def names(self) -> list[str]:
@@ -201,8 +233,10 @@ def open_checkpoint(dir) -> Checkpoint:
     """A checked checkpoint folder (see the module docstring for what is checked)."""
     d = Path(dir)
     if not d.is_dir():
-        raise CorruptFileError(f"{d} is not a folder; pass a Hugging Face style model folder "
-                               f"({CONFIG} + *.safetensors)")
+        raise CorruptFileError(
+            f"{d} is not a folder; pass a Hugging Face style model folder "
+            f"({CONFIG} + *.safetensors)"
+        )
     config = read_config(d / CONFIG)
     if (d / INDEX).is_file():
         files = _indexed_shards(d)
@@ -217,12 +251,16 @@ def read_config(path: Path) -> dict:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CorruptFileError(f"{path} is missing; a model folder needs the model's {CONFIG}") from None
+        raise CorruptFileError(
+            f"{path} is missing; a model folder needs the model's {CONFIG}"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptFileError(f"{path} is not valid JSON ({type(e).__name__}: {e})") from e
     if not isinstance(cfg, dict) or not (cfg.get("model_type") or cfg.get("architectures")):
-        raise CorruptFileError(f"{path} names no 'model_type' or 'architectures'; it is not a "
-                               "transformers model config")
+        raise CorruptFileError(
+            f"{path} names no 'model_type' or 'architectures'; it is not a "
+            "transformers model config"
+        )
     return cfg
 
 
@@ -231,13 +269,17 @@ def _refuse_missing(d: Path):
     pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise UnsafeFileError(
-            f"{d} holds only pickle checkpoints ({', '.join(pickles[:4])}); cuantiza never unpickles "
+            f"{d} holds only pickle checkpoints ({', '.join(pickles[:4])}); cuantiza never "
+            "unpickles "
             "(loading a pickle can run arbitrary code). Convert it to safetensors where you trust "
-            "the file, e.g. model.save_pretrained(out, safe_serialization=True)")
+            "the file, e.g. model.save_pretrained(out, safe_serialization=True)"
+        )
     others = sorted(p.name for p in d.glob("*.safetensors"))
     hint = f" (found {', '.join(others[:4])} but no index)" if others else ""
-    raise CorruptFileError(f"{d} has neither {SINGLE} nor {INDEX}{hint}; save the model with "
-                           "save_pretrained or add the index")
+    raise CorruptFileError(
+        f"{d} has neither {SINGLE} nor {INDEX}{hint}; save the model with "
+        "save_pretrained or add the index"
+    )
 
 
 def _read_index(path: Path) -> dict:
@@ -249,9 +291,15 @@ def _read_index(path: Path) -> dict:
     if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
         raise CorruptFileError(f"{path} has no 'weight_map' of tensor name -> shard file")
     for shard in set(wm.values()):
-        if shard != os.path.basename(shard) or shard in ("", ".", "..") or not shard.endswith(".safetensors"):
-            raise UnsafeFileError(f"{path} lists the shard {shard!r}: shards must be *.safetensors "
-                                  "files in the model folder itself")
+        if (
+            shard != os.path.basename(shard)
+            or shard in ("", ".", "..")
+            or not shard.endswith(".safetensors")
+        ):
+            raise UnsafeFileError(
+                f"{path} lists the shard {shard!r}: shards must be *.safetensors "
+                "files in the model folder itself"
+            )
     return wm
 
 
@@ -261,18 +309,27 @@ def _indexed_shards(d: Path) -> dict:
     names = sorted(set(wm.values()))
     missing = [s for s in names if not (d / s).is_file()]
     if missing:
-        raise CorruptFileError(f"{d / INDEX} lists shard(s) that are missing: {', '.join(missing[:5])}")
+        raise CorruptFileError(
+            f"{d / INDEX} lists shard(s) that are missing: {', '.join(missing[:5])}"
+        )
     files = {s: SafetensorsFile(d / s) for s in names}
     problems = []
     for name, shard in wm.items():
         if name not in files[shard].infos:
             where = [s for s, f in files.items() if name in f.infos]
-            problems.append(f"{name} (index: {shard}; " + (f"found in {where[0]})" if where else "in no shard)"))
+            problems.append(
+                f"{name} (index: {shard}; " + (f"found in {where[0]})" if where else "in no shard)")
+            )
     for s, f in files.items():
         problems += [f"{n} (in {s}, not in the index)" for n in f.infos if n not in wm]
-        problems += [f"{n} (in {s} and in {wm[n]}: stored twice)" for n in f.infos
-                     if n in wm and wm[n] != s and n in files[wm[n]].infos]
+        problems += [
+            f"{n} (in {s} and in {wm[n]}: stored twice)"
+            for n in f.infos
+            if n in wm and wm[n] != s and n in files[wm[n]].infos
+        ]
     if problems:
-        raise CorruptFileError(f"{d / INDEX} does not match the shard headers: {len(problems)} tensor(s): "
-                               f"{'; '.join(problems[:6])}; fix or regenerate the index")
+        raise CorruptFileError(
+            f"{d / INDEX} does not match the shard headers: {len(problems)} tensor(s): "
+            f"{'; '.join(problems[:6])}; fix or regenerate the index"
+        )
     return files

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..algorithms.smoothquant import ActAbsMax, smooth_scales
-from ..progress import bar
 from ..nn.surgery import copy_model
+from ..progress import bar
 from .blocks import decoder_parts, feed, first_layer_inputs, layer_groups, run_layer
 from .calibrated import calibration_batches, fold_scales
 
@@ -28,16 +28,25 @@ def _smooth_group(layer, names, prev_name, hidden, kwargs, alpha: float, where: 
     mods = [layer.get_submodule(n) for n in names]
     prev = layer.get_submodule(prev_name)
     if isinstance(prev, nn.Linear) and prev.out_features != mods[0].in_features:
-        return                                   # grouped-query attention: v rows != o columns
+        return  # grouped-query attention: v rows != o columns
     stats = ActAbsMax(mods[0].in_features, name=f"{where}.{names[0]}")
     feed(layer, {names[0]: mods[0]}, hidden, kwargs, lambda _n, x: stats.add(x))
-    s = smooth_scales(stats, [m.weight.detach().float() for m in mods], alpha, name=f"{where}.{names[0]}")
+    s = smooth_scales(
+        stats, [m.weight.detach().float() for m in mods], alpha, name=f"{where}.{names[0]}"
+    )
     fold_scales(prev, mods, s)
 
 
 @torch.no_grad()
-def smooth_model(model: nn.Module, calibration, alpha: float = 0.5, *, seq_len: int = 256,
-                 n_samples: int = 128, batch_size: int = 8) -> nn.Module:
+def smooth_model(
+    model: nn.Module,
+    calibration,
+    alpha: float = 0.5,
+    *,
+    seq_len: int = 256,
+    n_samples: int = 128,
+    batch_size: int = 8,
+) -> nn.Module:
     """A float copy of the LLaMA-style ``model`` with SmoothQuant scales folded in (the same
     function, easier activations); quantize it with ``cz.quantize_dynamic`` for W8A8."""
     batches = calibration_batches(calibration, seq_len, n_samples, batch_size)
@@ -52,5 +61,9 @@ def smooth_model(model: nn.Module, calibration, alpha: float = 0.5, *, seq_len: 
         stats = ActAbsMax(dec.lm_head.in_features, name="lm_head")
         for h in hidden:
             stats.add(dec.norm(h))
-        fold_scales(dec.norm, [dec.lm_head], smooth_scales(stats, [dec.lm_head.weight.float()], alpha, name="lm_head"))
+        fold_scales(
+            dec.norm,
+            [dec.lm_head],
+            smooth_scales(stats, [dec.lm_head.weight.float()], alpha, name="lm_head"),
+        )
     return m

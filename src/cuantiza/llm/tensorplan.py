@@ -19,13 +19,28 @@ from dataclasses import dataclass
 
 import torch
 
-from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..errors import ConfigError, PlanError
+from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..nn.plan import weight_scheme
 from .shards import CONFIG, Checkpoint
 
-LLAMA_STYLE = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma",
-               "gemma2", "phi3", "olmo", "olmo2", "granite", "stablelm", "smollm3")
+LLAMA_STYLE = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "stablelm",
+    "smollm3",
+)
 LINEAR_LEAVES = ("lm_head", "gate", "w1", "w2", "w3", "shared_expert_gate")
 EMBED_LEAVES = ("embed_tokens",)
 HEAD = "lm_head"
@@ -34,16 +49,17 @@ HEAD = "lm_head"
 @dataclass(frozen=True)
 class Job:
     """One output made from one input tensor."""
-    kind: str                    # "linear" | "embedding" (quantized), "float", "bias" (float32), "alias"
-    key: str                     # module name (quantized kinds) or state_dict key (the others)
-    layer: str | None = None     # "Linear" / "Embedding" when the tensor is a layer's weight
+
+    role: str  # "linear" | "embedding" (quantized), "float", "bias" (float32), "alias"
+    key: str  # module name (quantized roles) or state_dict key (the others)
+    layer: str | None = None  # "Linear" / "Embedding" when the tensor is a layer's weight
     scheme: object = None
     cfg: QuantConfig | None = None
     note: str = ""
-    share: str | None = None     # quantized kinds: reuse this module's weight entry
-    target: str | None = None    # alias: the stored tensor it points to
-    bias: str | None = None      # linear: its bias' state key
-    pad: int | None = None       # embedding: padding_idx
+    share: str | None = None  # quantized roles: reuse this module's weight entry
+    target: str | None = None  # alias: the stored tensor it points to
+    bias: str | None = None  # linear: its bias' state key
+    pad: int | None = None  # embedding: padding_idx
 
 
 def _check_family(ckpt: Checkpoint) -> None:
@@ -51,9 +67,11 @@ def _check_family(ckpt: Checkpoint) -> None:
     archs = [str(a).lower() for a in ckpt.config.get("architectures") or []]
     if mt in LLAMA_STYLE or (not mt and any(a.startswith(f) for a in archs for f in LLAMA_STYLE)):
         return
-    raise PlanError(f"{ckpt.dir / CONFIG}: model type {mt or archs!r} is not one quantize_checkpoint "
-                    f"knows the layers of (LLaMA-style: {', '.join(LLAMA_STYLE)}); load the model and "
-                    "use cz.quantize_weights instead")
+    raise PlanError(
+        f"{ckpt.dir / CONFIG}: model type {mt or archs!r} is not one quantize_checkpoint "
+        f"knows the layers of (LLaMA-style: {', '.join(LLAMA_STYLE)}); load the model and "
+        "use cz.quantize_weights instead"
+    )
 
 
 def _layer_of(name: str, shape: tuple) -> str | None:
@@ -66,21 +84,32 @@ def _layer_of(name: str, shape: tuple) -> str | None:
     return "Linear" if last.endswith("_proj") or last in LINEAR_LEAVES else None
 
 
-def _weight_job(layer: str, mod: str, dtype: torch.dtype, k: int, config: QuantConfig, pad=None) -> Job:
+def _weight_job(
+    layer: str, mod: str, dtype: torch.dtype, k: int, config: QuantConfig, pad=None
+) -> Job:
     """The job of one Linear / Embedding weight: quantized with its scheme, or float and why."""
     key = f"{mod}.weight"
     if not dtype.is_floating_point:
-        return Job("float", key, layer, note=f"integer weights ({dtype}) are already quantized or not weights")
+        return Job(
+            "float",
+            key,
+            layer,
+            note=f"integer weights ({dtype}) are already quantized or not weights",
+        )
     cfg = config.resolve(mod)
     if cfg is None:
         return Job("float", key, layer, note="excluded by config")
     if layer == "Embedding" and not cfg.quantize_embeddings:
         return Job("float", key, layer, note="embeddings kept in float by config")
     if cfg.method in CALIBRATED_METHODS:
-        raise ConfigError(f"{mod}: method {cfg.method!r} needs calibration data, which quantize_checkpoint "
-                          "does not take; use method 'rtn' or 'hqq' here")
+        raise ConfigError(
+            f"{mod}: method {cfg.method!r} needs calibration data, which quantize_checkpoint "
+            "does not take; use method 'rtn' or 'hqq' here"
+        )
     scheme, note = weight_scheme(mod, k, cfg)
-    return Job("linear" if layer == "Linear" else "embedding", mod, layer, scheme, cfg, note, pad=pad)
+    return Job(
+        "linear" if layer == "Linear" else "embedding", mod, layer, scheme, cfg, note, pad=pad
+    )
 
 
 def plan_checkpoint(ckpt: Checkpoint, config: QuantConfig) -> dict:
@@ -94,38 +123,43 @@ def plan_checkpoint(ckpt: Checkpoint, config: QuantConfig) -> dict:
         layer = _layer_of(name, info.shape)
         if layer is not None:
             mod = name.rpartition(".")[0]
-            p = pad if layer == "Embedding" and isinstance(pad, int) and not isinstance(pad, bool) else None
-            jobs[name] = [_weight_job(layer, mod, info.dtype, info.shape[1], config,
-                                      None if p is None else p % info.shape[0])]
-    for name in names:                      # the rest, once every layer's fate is known
+            p = (
+                pad
+                if layer == "Embedding" and isinstance(pad, int) and not isinstance(pad, bool)
+                else None
+            )
+            jobs[name] = [
+                _weight_job(
+                    layer,
+                    mod,
+                    info.dtype,
+                    info.shape[1],
+                    config,
+                    None if p is None else p % info.shape[0],
+                )
+            ]
+    for name in names:  # the rest, once every layer's fate is known
         mod = name.rpartition(".")[0]
         weight = jobs.get(f"{mod}.weight", [None])[0]
         if name in jobs:
-            if jobs[name][0].kind == "linear" and f"{mod}.bias" in names:
+            if jobs[name][0].role == "linear" and f"{mod}.bias" in names:
                 jobs[name] = [dataclasses.replace(jobs[name][0], bias=f"{mod}.bias")]
-        elif name.endswith(".bias") and weight is not None and weight.kind == "linear":
+        elif name.endswith(".bias") and weight is not None and weight.role == "linear":
             jobs[name] = [Job("bias", name, note="bias of a quantized layer: stored as float32")]
         else:
-            jobs[name] = [Job("float", name, note="not a Linear or Embedding weight: kept as it is")]
+            jobs[name] = [
+                Job("float", name, note="not a Linear or Embedding weight: kept as it is")
+            ]
     _tie(ckpt, config, jobs)
-    _check_methods(jobs)
     return {n: jobs[n] for n in names}
 
 
-def _check_methods(jobs: dict) -> None:
-    """hqq must be importable before work starts."""
-    if any(j.cfg is not None and j.cfg.method == "hqq" for js in jobs.values() for j in js):
-        try:
-            from ..algorithms import hqq
-        except ImportError as e:
-            raise ConfigError(f"method 'hqq' is not available in this install ({e})") from e
-        if not callable(hqq):
-            raise ConfigError("method 'hqq' is not available in this install (cuantiza.algorithms.hqq "
-                              "is not a function)")
-
-
 def _same_scheme(a: Job, b: Job) -> bool:
-    return (a.scheme, a.cfg.weight_range, a.cfg.method) == (b.scheme, b.cfg.weight_range, b.cfg.method)
+    return (a.scheme, a.cfg.weight_range, a.cfg.method) == (
+        b.scheme,
+        b.cfg.weight_range,
+        b.cfg.method,
+    )
 
 
 def _tie(ckpt: Checkpoint, config: QuantConfig, jobs: dict) -> None:
@@ -137,14 +171,22 @@ def _tie(ckpt: Checkpoint, config: QuantConfig, jobs: dict) -> None:
         return
     present = head in jobs
     if present and not torch.equal(ckpt.read(emb), ckpt.read(head)):
-        return                                              # two different weights: nothing tied
+        return  # two different weights: nothing tied
     e = jobs[emb][0]
     info = ckpt.info(emb)
     h = _weight_job("Linear", HEAD, info.dtype, info.shape[1], config)
-    if e.kind == "float":
-        h = Job("alias", head, "Linear", target=emb, note=f"tied to {emb}, which stays float: kept float")
-    elif h.kind != "float" and _same_scheme(e, h):
-        first, second = (head, emb) if present and names.index(head) < names.index(emb) else (emb, head)
+    if e.role == "float":
+        h = Job(
+            "alias",
+            head,
+            "Linear",
+            target=emb,
+            note=f"tied to {emb}, which stays float: kept float",
+        )
+    elif h.role != "float" and _same_scheme(e, h):
+        first, second = (
+            (head, emb) if present and names.index(head) < names.index(emb) else (emb, head)
+        )
         owner = first.rpartition(".")[0]
         other = jobs[second][0] if second in jobs else h
         shared = dataclasses.replace(other, share=owner, note=f"tied with {owner}: quantized once")
@@ -152,7 +194,7 @@ def _tie(ckpt: Checkpoint, config: QuantConfig, jobs: dict) -> None:
             jobs[second] = [shared]
             return
         h = shared
-    elif h.kind != "float":
+    elif h.role != "float":
         h = dataclasses.replace(h, note="shares a weight quantized with another scheme: untied")
     if present:
         jobs[head] = [h]

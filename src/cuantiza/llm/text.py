@@ -75,8 +75,10 @@ def require_transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ConfigError("this needs Hugging Face transformers, an optional dependency: "
-                          "pip install transformers (or pip install 'cuantiza[examples]')") from e
+        raise ConfigError(
+            "this needs Hugging Face transformers, an optional dependency: "
+            "pip install transformers (or pip install 'cuantiza[examples]')"
+        ) from e
     return transformers
 
 
@@ -91,22 +93,29 @@ def _windows(tokens, seq_len: int, batch_size: int, config) -> torch.Tensor:
     if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
         raise ConfigError(f"token ids must be integers, got {tokens.dtype}")
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
-        raise ConfigError(f"seq_len must be an int >= 2 (one context token and one target), "
-                          f"got {seq_len!r}")
+        raise ConfigError(
+            f"seq_len must be an int >= 2 (one context token and one target), got {seq_len!r}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if max_positions is not None and seq_len > max_positions:
-        raise ConfigError(f"seq_len {seq_len} exceeds the model's max_position_embeddings "
-                          f"{max_positions}; use a shorter seq_len")
+        raise ConfigError(
+            f"seq_len {seq_len} exceeds the model's max_position_embeddings "
+            f"{max_positions}; use a shorter seq_len"
+        )
     n = tokens.numel() // seq_len
     if n == 0:
-        raise ConfigError(f"the text is too short: {tokens.numel()} tokens make no full window of "
-                          f"seq_len={seq_len}; give at least {seq_len} tokens or a smaller seq_len")
+        raise ConfigError(
+            f"the text is too short: {tokens.numel()} tokens make no full window of "
+            f"seq_len={seq_len}; give at least {seq_len} tokens or a smaller seq_len"
+        )
     if tokens.min() < 0:
         raise ConfigError(f"token ids must be >= 0, got {int(tokens.min())}")
     if vocab is not None and tokens.max() >= vocab:
-        raise ConfigError(f"token id {int(tokens.max())} is outside the model's vocabulary "
-                          f"(size {vocab}); encode the text with the model's tokenizer")
+        raise ConfigError(
+            f"token id {int(tokens.max())} is outside the model's vocabulary "
+            f"(size {vocab}); encode the text with the model's tokenizer"
+        )
     return tokens[: n * seq_len].long().reshape(n, seq_len)
 
 
@@ -116,15 +125,18 @@ def _batch_nll(model, batch: torch.Tensor) -> torch.Tensor:
     logits = getattr(out, "logits", out)
     vocab = logits.shape[-1]
     if int(batch.max()) >= vocab:
-        raise ConfigError(f"token id {int(batch.max())} is outside the model's vocabulary "
-                          f"(size {vocab}); encode the text with the model's tokenizer")
+        raise ConfigError(
+            f"token id {int(batch.max())} is outside the model's vocabulary "
+            f"(size {vocab}); encode the text with the model's tokenizer"
+        )
     pred = logits[:, :-1].float().reshape(-1, vocab)
     nll = F.cross_entropy(pred, batch[:, 1:].reshape(-1), reduction="none")
     return nll.double().sum().cpu()
 
 
-def perplexity(model, tokens: torch.LongTensor, seq_len: int = 256, batch_size: int = 8,
-               progress: bool = True) -> float:
+def perplexity(
+    model, tokens: torch.LongTensor, seq_len: int = 256, batch_size: int = 8, progress: bool = True
+) -> float:
     """exp(mean negative log-likelihood) of ``tokens`` under the causal LM ``model``.
 
     The tokens are cut into non-overlapping windows of ``seq_len`` (a trailing partial window
@@ -148,9 +160,9 @@ def perplexity(model, tokens: torch.LongTensor, seq_len: int = 256, batch_size: 
             model.eval()
         with torch.no_grad():
             for s in starts:
-                total += _batch_nll(model, windows[s: s + batch_size].to(device))
+                total += _batch_nll(model, windows[s : s + batch_size].to(device))
     finally:
-        for m, training in modes:          # every submodule back in the mode it was in
+        for m, training in modes:  # every submodule back in the mode it was in
             m.training = training
     mean = total.item() / (windows.shape[0] * (seq_len - 1))
     return math.exp(mean) if mean < 709.0 or math.isnan(mean) else math.inf

@@ -39,14 +39,16 @@ class UnitShard:
         self.extras: dict = {}
         self._data_path = staging / f".{unit}.data"
         self._f = open(self._data_path, "wb")
-        self._entries: dict = {}                 # name -> (dtype name, shape, offset, nbytes)
+        self._entries: dict = {}  # name -> (dtype name, shape, offset, nbytes)
         self._pos = 0
         self._tmp: list = []
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Append ``tensor``'s bytes (made contiguous, on the CPU) to the unit's data file."""
         if not isinstance(name, str) or not name or name == "__metadata__" or name in self._entries:
-            raise PlanError(f"unit {self.unit}: tensor name {name!r} is empty, reserved or added twice")
+            raise PlanError(
+                f"unit {self.unit}: tensor name {name!r} is empty, reserved or added twice"
+            )
         flat = _flat_bytes(tensor, name)
         self._f.write(memoryview(flat.numpy()))
         self._entries[name] = (NAMES[tensor.dtype], list(tensor.shape), self._pos, flat.numel())
@@ -55,9 +57,17 @@ class UnitShard:
     def close(self) -> dict:
         """Assemble, fsync and rename the unit's files; return its progress record."""
         self._f.close()
-        json.dumps(self.meta)                    # TypeError now, not after the work is on disk
-        rec = {"unit": self.unit, "file": None, "bytes": 0, "sha256": None, "tensors": list(self._entries),
-               "tensor_bytes": self._pos, "meta": json.loads(canonical(self.meta)), "extras": None}
+        json.dumps(self.meta)  # TypeError now, not after the work is on disk
+        rec = {
+            "unit": self.unit,
+            "file": None,
+            "bytes": 0,
+            "sha256": None,
+            "tensors": list(self._entries),
+            "tensor_bytes": self._pos,
+            "meta": json.loads(canonical(self.meta)),
+            "extras": None,
+        }
         if self.extras:
             rec["extras"] = f"unit-{self.unit}.extras.safetensors"
             self._assemble(rec["extras"], _memory_entries(self.extras), self.extras)
@@ -81,11 +91,13 @@ class UnitShard:
         with staged_file(self.staging / final) as tmp:
             self._tmp.append(tmp)
             with open(tmp, "xb") as out, open(self._data_path, "rb") as src:
+
                 def emit(b):
                     nonlocal total
                     out.write(b)
                     h.update(b)
                     total += len(b)
+
                 emit(struct.pack("<Q", len(raw)) + raw)
                 for n in order:
                     if tensors is not None:
@@ -99,7 +111,10 @@ class UnitShard:
     def abort(self) -> None:
         """Remove everything this unit wrote."""
         self._f.close()
-        done = [self.staging / f"unit-{self.unit}{ext}" for ext in (".safetensors", ".extras.safetensors")]
+        done = [
+            self.staging / f"unit-{self.unit}{ext}"
+            for ext in (".safetensors", ".extras.safetensors")
+        ]
         for p in [self._data_path, *self._tmp, *done]:
             p.unlink(missing_ok=True)
 
@@ -108,17 +123,23 @@ def _flat_bytes(tensor: torch.Tensor, name: str) -> torch.Tensor:
     """The tensor's bytes as a flat uint8 tensor (contiguous CPU copy only when needed)."""
     if not isinstance(tensor, torch.Tensor) or tensor.dtype not in NAMES:
         what = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise PlanError(f"{name}: cannot store {what} in safetensors; supported: {sorted(NAMES.values(), key=str)}")
-    if tensor.device.type == "meta":                     # FAULTS 22
+        raise PlanError(
+            f"{name}: cannot store {what} in safetensors; supported: "
+            f"{sorted(NAMES.values(), key=str)}"
+        )
+    if tensor.device.type == "meta":  # FAULTS 22
         raise PlanError(f"{name} is on the meta device (no data); materialize it before writing")
-    t = tensor.detach().to("cpu").contiguous()           # FAULTS 21
+    t = tensor.detach().to("cpu").contiguous()  # FAULTS 21
     return t.reshape(-1).view(torch.uint8)
 
 
 def _memory_entries(tensors: dict) -> dict:
     for n, t in tensors.items():
-        _flat_bytes(t, n)                                 # type check up front
-    return {n: (NAMES[t.dtype], list(t.shape), 0, t.numel() * t.element_size()) for n, t in tensors.items()}
+        _flat_bytes(t, n)  # type check up front
+    return {
+        n: (NAMES[t.dtype], list(t.shape), 0, t.numel() * t.element_size())
+        for n, t in tensors.items()
+    }
 
 
 def _copy_range(src, offset: int, size: int, emit) -> None:

@@ -40,8 +40,8 @@ import re
 import shutil
 from pathlib import Path
 
-from ..io.atomic import fresh_sibling, fsync_dir, publish_file, publish_staged, write_synced
 from ..errors import CuantizaError, OutputExistsError, PlanError
+from ..io.atomic import fresh_sibling, fsync_dir, publish_file, publish_staged, write_synced
 from ..io.model_io import MANIFEST, check_output_folder
 from .shards import INDEX, SafetensorsFile
 from .unitshard import COPY_CHUNK, UnitShard, canonical
@@ -64,11 +64,15 @@ def check_paths(dst: Path, src) -> None:
         return
     d, s = Path(os.path.realpath(dst)), Path(os.path.realpath(src))
     if d == s or s in d.parents:
-        raise OutputExistsError(f"the output {dst} is {'the input' if d == s else 'inside the input'} "
-                                f"{src}; choose a folder outside the model folder")
+        raise OutputExistsError(
+            f"the output {dst} is {'the input' if d == s else 'inside the input'} "
+            f"{src}; choose a folder outside the model folder"
+        )
     if d in s.parents:
-        raise OutputExistsError(f"the input {src} is inside the output {dst}; publishing would "
-                                "replace the input: choose another output folder")
+        raise OutputExistsError(
+            f"the input {src} is inside the output {dst}; publishing would "
+            "replace the input: choose another output folder"
+        )
 
 
 class ShardedWriter:
@@ -80,12 +84,12 @@ class ShardedWriter:
         check_output_folder(self.dst, overwrite)
         self.staging = self.dst.with_name(f".{self.dst.name}.partial")
         self.fingerprint = json.loads(canonical(fingerprint))
-        self._units: dict = {}                 # unit -> record, in the order they finished
-        self.resumed: list = []                # units kept from an earlier run
+        self._units: dict = {}  # unit -> record, in the order they finished
+        self.resumed: list = []  # units kept from an earlier run
         self._busy = False
         self._overwrite = overwrite
 
-    def __enter__(self) -> "ShardedWriter":
+    def __enter__(self) -> ShardedWriter:
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         old = self._read_progress()
         if old is None or canonical(old.get("fingerprint")) != canonical(self.fingerprint):
@@ -160,7 +164,9 @@ class ShardedWriter:
     def shard(self, unit: str):
         """Write one unit: yields a ``UnitShard``; committed on a clean exit, erased otherwise."""
         if not isinstance(unit, str) or not _UNIT.fullmatch(unit):
-            raise PlanError(f"unit name {unit!r}: use letters, digits, '.', '_' or '-' (a file name)")
+            raise PlanError(
+                f"unit name {unit!r}: use letters, digits, '.', '_' or '-' (a file name)"
+            )
         if unit in self._units or self._busy:
             raise PlanError(f"unit {unit!r} is already finished or another unit is open")
         self._busy = True
@@ -186,23 +192,28 @@ class ShardedWriter:
         missing = [u for u in units if u not in self._units]
         if missing:
             raise PlanError(f"finish: unit(s) {missing[:5]} were never finished")
-        check_output_folder(self.dst, self._overwrite)     # it may have appeared meanwhile
+        check_output_folder(self.dst, self._overwrite)  # it may have appeared meanwhile
         recs = [self._units[u] for u in units if self._units[u]["file"]]
         names = _final_names(len(recs))
         weight_map = _weight_map(recs, names)
         tmp = fresh_sibling(self.dst)
         try:
-            for rec, name in zip(recs, names):
+            for rec, name in zip(recs, names, strict=False):
                 _link_or_copy(self.staging / rec["file"], tmp / name)
             for name, data in sorted((files or {}).items()):
                 if name in names or name in (MANIFEST, INDEX) or name != os.path.basename(name):
                     raise PlanError(f"finish: extra file name {name!r} is not allowed")
-                write_synced(tmp / name, data if isinstance(data, bytes) else Path(data).read_bytes())
+                write_synced(
+                    tmp / name, data if isinstance(data, bytes) else Path(data).read_bytes()
+                )
             if len(names) > 1:
                 total = sum(r["tensor_bytes"] for r in recs)
                 index = {"metadata": {"total_size": total}, "weight_map": weight_map}
                 write_synced(tmp / INDEX, _pretty(index))
-            checks = {n: {"bytes": r["bytes"], "sha256": r["sha256"]} for r, n in zip(recs, names)}
+            checks = {
+                n: {"bytes": r["bytes"], "sha256": r["sha256"]}
+                for r, n in zip(recs, names, strict=False)
+            }
             write_synced(tmp / MANIFEST, _pretty({**doc, "files": checks}))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -225,10 +236,12 @@ def _final_names(n: int) -> list[str]:
 
 def _weight_map(recs: list, names: list) -> dict:
     out = {}
-    for rec, name in zip(recs, names):
+    for rec, name in zip(recs, names, strict=False):
         for t in rec["tensors"]:
             if t in out:
-                raise PlanError(f"finish: tensor {t!r} was written by two units ({out[t]} and {name})")
+                raise PlanError(
+                    f"finish: tensor {t!r} was written by two units ({out[t]} and {name})"
+                )
             out[t] = name
     return dict(sorted(out.items()))
 

@@ -3,5 +3,12 @@
 from .fake import FakeQuantConv, FakeQuantEmbedding, FakeQuantLinear
 from .quantized import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
 
-__all__ = ["QuantLinear", "QuantConv", "QuantEmbedding", "DynamicQuantLinear",
-           "FakeQuantLinear", "FakeQuantConv", "FakeQuantEmbedding"]
+__all__ = [
+    "QuantLinear",
+    "QuantConv",
+    "QuantEmbedding",
+    "DynamicQuantLinear",
+    "FakeQuantLinear",
+    "FakeQuantConv",
+    "FakeQuantEmbedding",
+]

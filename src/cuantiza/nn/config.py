@@ -1,6 +1,7 @@
 """QuantConfig: what to quantize and how, for a whole model, with per-module control.
 
->>> cfg = QuantConfig(exclude=("classifier*",), overrides={"features.0": {"weight": QScheme(bits=8)}})
+>>> cfg = QuantConfig(exclude=("classifier*",),
+...                   overrides={"features.0": {"weight": QScheme(bits=8)}})
 >>> cfg.resolve("classifier.1") is None, cfg.resolve("features.0").weight.bits
 (True, 8)
 
@@ -25,13 +26,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Mapping
+from typing import Any
 
-from ..errors import ConfigError
-from ..core.scheme import PerChannel, PerTensor, QScheme
 from ..core.range_specs import MinMax, RangeSpec
+from ..core.scheme import PerChannel, PerTensor, QScheme
+from ..errors import ConfigError
 
 DYNAMIC_MODES = ("per_tensor", "per_token")
 REMAINDER_MODES = ("error", "pad", "per_channel")
@@ -61,13 +63,17 @@ class QuantConfig:
         if self.activation is not None and not isinstance(self.activation, QScheme):
             raise ConfigError(f"activation must be a QScheme or None, got {self.activation!r}")
         if self.activation is not None and not isinstance(self.activation.granularity, PerTensor):
-            raise ConfigError("activation schemes are per-tensor (dynamic='per_token' for per-row ranges)")
+            raise ConfigError(
+                "activation schemes are per-tensor (dynamic='per_token' for per-row ranges)"
+            )
         if self.activation is not None and self.activation.binary:
             raise ConfigError("1-bit activations are not supported; use 2..8 bits")
         if self.dynamic not in DYNAMIC_MODES:
             raise ConfigError(f"dynamic must be one of {DYNAMIC_MODES}, got {self.dynamic!r}")
         if self.group_remainder not in REMAINDER_MODES:
-            raise ConfigError(f"group_remainder must be one of {REMAINDER_MODES}, got {self.group_remainder!r}")
+            raise ConfigError(
+                f"group_remainder must be one of {REMAINDER_MODES}, got {self.group_remainder!r}"
+            )
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         for name in ("include", "exclude"):
@@ -76,9 +82,11 @@ class QuantConfig:
         fields = {f.name for f in dataclasses.fields(self)} - {"include", "exclude", "overrides"}
         for glob, change in dict(self.overrides).items():
             if change is not None and not set(change) <= fields:
-                raise ConfigError(f"override {glob!r} sets unknown fields {sorted(set(change) - fields)}")
+                raise ConfigError(
+                    f"override {glob!r} sets unknown fields {sorted(set(change) - fields)}"
+                )
 
-    def resolve(self, name: str) -> "QuantConfig | None":
+    def resolve(self, name: str) -> QuantConfig | None:
         """The config that applies to module ``name``, or None to keep it in float."""
         if not any(fnmatchcase(name, g) for g in self.include):
             return None

@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.quantize import fake_quantize, int_ste, tensor_qparams
-from .plan import LayerPlan
-from ..core.qparams import QParams
-from .layer_math import channel_scales, conv_args, weight_2d
-from .quantized import conv_exit
 from ..backends import layers as kernels
+from ..core.qparams import QParams
+from ..core.quantize import fake_quantize, int_ste, tensor_qparams
+from .layer_math import conv_args, exit_scales, weight_2d
+from .plan import LayerPlan
+from .quantized import conv_exit
 
 
 class _FakeQuant(nn.Module):
@@ -39,12 +39,16 @@ class _FakeQuant(nn.Module):
         self.weight_range = cfg.weight_range
         self.act_observer = cfg.observer.make() if self.ascheme is not None else None
         self.observing = self.ascheme is not None
-        self.calibrating = False     # set by calibrate(): observe even in eval mode
+        self.calibrating = False  # set by calibrate(): observe even in eval mode
         self.fake_quant = False
 
     def weight_qparams(self) -> QParams:
-        return tensor_qparams(weight_2d(self.weight.detach()), self.wscheme, self.weight_range,
-                              name=f"{self.layer_plan.name}.weight")
+        return tensor_qparams(
+            weight_2d(self.weight.detach()),
+            self.wscheme,
+            self.weight_range,
+            name=f"{self.layer_plan.name}.weight",
+        )
 
     def act_qparams(self) -> QParams:
         return self.act_observer.qparams(self.ascheme)
@@ -56,8 +60,10 @@ class _FakeQuant(nn.Module):
 
     def extra_repr(self) -> str:
         act = self.ascheme.describe() if self.ascheme else "float"
-        return (f"{self.layer_plan.name}: w {self.wscheme.describe()}, act {act}, "
-                f"observing={self.observing}, fake_quant={self.fake_quant}")
+        return (
+            f"{self.layer_plan.name}: w {self.wscheme.describe()}, act {act}, "
+            f"observing={self.observing}, fake_quant={self.fake_quant}"
+        )
 
 
 class FakeQuantLinear(_FakeQuant):
@@ -69,8 +75,8 @@ class FakeQuantLinear(_FakeQuant):
         if self.ascheme is None:
             return F.linear(x, fake_quantize(self.weight, qp_w), self.bias)
         qp_x = self.act_qparams()
-        acc = F.linear(int_ste(x, qp_x), int_ste(self.weight, qp_w))        # float64, exact
-        return kernels.dequant_acc(acc, channel_scales(qp_w), qp_x.scale.to(torch.float32), self.bias)
+        acc = F.linear(int_ste(x, qp_x), int_ste(self.weight, qp_w))  # float64, exact
+        return kernels.dequant_acc(acc, exit_scales(qp_w), qp_x.scale.to(torch.float32), self.bias)
 
 
 class FakeQuantConv(_FakeQuant):
@@ -93,8 +99,8 @@ class FakeQuantConv(_FakeQuant):
         else:
             qp_w, qp_x = self.weight_qparams(), self.act_qparams()
             w_int = int_ste(weight_2d(self.weight), qp_w).reshape(w4.shape)
-            acc = F.conv2d(int_ste(x4, qp_x), w_int, None, *args)              # float64, exact
-            y = conv_exit(acc, channel_scales(qp_w), qp_x.scale.to(torch.float32), self.bias)
+            acc = F.conv2d(int_ste(x4, qp_x), w_int, None, *args)  # float64, exact
+            y = conv_exit(acc, exit_scales(qp_w), qp_x.scale.to(torch.float32), self.bias)
         return y.squeeze(2) if one_d else y
 
 

@@ -25,8 +25,13 @@ def conv_args(conv: nn.Module) -> dict:
     if conv.padding_mode != "zeros":
         raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported")
     pad = tuple(pad) if len(pad) == 2 else (0, pad[0])
-    return {"stride": two(conv.stride), "padding": pad, "dilation": two(conv.dilation),
-            "groups": conv.groups, "dims": conv.weight.ndim - 2}
+    return {
+        "stride": two(conv.stride),
+        "padding": pad,
+        "dilation": two(conv.dilation),
+        "groups": conv.groups,
+        "dims": conv.weight.ndim - 2,
+    }
 
 
 def weight_2d(w: torch.Tensor) -> torch.Tensor:
@@ -53,8 +58,9 @@ def act_info(scheme: QScheme, scalar_zp: bool = True) -> ActInfo:
     return ActInfo(scheme.qmax - scheme.qmin + 1, scheme.symmetric, scalar_zp)
 
 
-def channel_scales(qp: QParams) -> torch.Tensor:
-    """Per-output-channel (or scalar) weight scales as float32, for the layer's exit."""
+def exit_scales(qp: QParams) -> torch.Tensor:
+    """The weight scales a layer's exit multiplies by, as float32: one per output channel
+    (PerChannel(0)) or one for the tensor (PerTensor); integer layers take no other granularity."""
     return qp.scale.to(torch.float32)
 
 
@@ -69,8 +75,12 @@ def dynamic_qparams(x2d: torch.Tensor, scheme, per_token: bool) -> QParams:
 
 def fused_rows_ok(scheme: QScheme) -> bool:
     """Schemes ``quantize_sym_rows`` computes exactly: symmetric, restricted, float32 scales."""
-    return scheme.symmetric and not scheme.binary and not scheme.full_range and \
-        scheme.torch_scale_dtype == torch.float32
+    return (
+        scheme.symmetric
+        and not scheme.binary
+        and not scheme.full_range
+        and scheme.torch_scale_dtype == torch.float32
+    )
 
 
 def quantize_sym_rows(x2d: torch.Tensor, scheme: QScheme, offset: int = 0):

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends import layers as kernels
-from ..core.quantize import quantize, quantize_2d
 from ..core.qparams import QParams
 from ..core.qtensor import QTensor
+from ..core.quantize import quantize, quantize_2d
 from ..core.scheme import PerChannel, PerGroup, QScheme
-from .layer_math import act_info, channel_scales, dynamic_qparams, fused_rows_ok, int_weight
+from .layer_math import act_info, dynamic_qparams, exit_scales, fused_rows_ok, int_weight
 
 
 class _QuantWeight(nn.Module):
@@ -26,11 +26,16 @@ class _QuantWeight(nn.Module):
     def __init__(self, weight: QTensor, bias: torch.Tensor | None):
         super().__init__()
         self.weight_q = weight
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
-        self.kernel = "dequantize"       # weight-only: float compute on dequantized weights
+        self.register_buffer(
+            "bias", None if bias is None else bias.detach().to(torch.float32).clone()
+        )
+        self.kernel = "dequantize"  # weight-only: float compute on dequantized weights
 
-    def _choose(self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False):
-        """Integer execution: keep w_int (int8, or int16 for asymmetric weights) and pick a kernel."""
+    def _choose(
+        self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False
+    ):
+        """Integer execution: keep w_int (int8, or int16 for asymmetric weights) and pick a "
+        "kernel."""
         self.w_int = int_weight(self.weight_q)
         k = self.weight_q.shape[1]
         self.kernel = kernels.choose(k, act_info(act_scheme, scalar_zp), self.w_int, prefer, conv)
@@ -43,69 +48,94 @@ class _QuantWeight(nn.Module):
 
 
 class QuantLinear(_QuantWeight):
-    def __init__(self, weight: QTensor, bias=None, act: QParams | None = None, kernel: str | None = None):
+    def __init__(
+        self, weight: QTensor, bias=None, act: QParams | None = None, kernel: str | None = None
+    ):
         super().__init__(weight, bias)
         self.act = act
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         if act is not None:
             self._choose(act.scheme, kernel)
-            self.s_w, self.s_x = channel_scales(weight.qparams), act.scale.to(torch.float32)
+            self.s_w, self.s_x = exit_scales(weight.qparams), act.scale.to(torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is None:
             return F.linear(x.to(torch.float32), self.dequantized_weight(), self.bias)
         q_x = quantize(x, self.act)
-        return kernels.linear(self.kernel, q_x, self.act.zero_point, self.w_int, self.s_w, self.s_x, self.bias)
+        return kernels.linear(
+            self.kernel, q_x, self.act.zero_point, self.w_int, self.s_w, self.s_x, self.bias
+        )
 
 
 class DynamicQuantLinear(_QuantWeight):
     """Activations quantized per batch (per tensor or per token) from their own min/max."""
 
-    def __init__(self, weight: QTensor, bias=None, act_scheme: QScheme | None = None,
-                 per_token: bool = False, kernel: str | None = None):
+    def __init__(
+        self,
+        weight: QTensor,
+        bias=None,
+        act_scheme: QScheme | None = None,
+        per_token: bool = False,
+        kernel: str | None = None,
+    ):
         super().__init__(weight, bias)
         self.act_scheme = act_scheme or QScheme(bits=8, symmetric=False)
         self.per_token = per_token
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self._choose(self.act_scheme, kernel, scalar_zp=not per_token)
-        self.s_w = channel_scales(weight.qparams)
+        self.s_w = exit_scales(weight.qparams)
 
-    def _choose(self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False):
+    def _choose(
+        self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False
+    ):
         super()._choose(act_scheme, prefer, scalar_zp, conv)
         # per-token symmetric codes straight into a u8 x s8 GEMM (the native layer, else oneDNN's):
-        # the hot path of dynamic transformers, one call per layer instead of the general path's dozens
+        # the hot path of dynamic transformers, one call per layer instead of the general path's
+        # dozens
         self.fused = not scalar_zp and self.kernel == "onednn" and fused_rows_ok(act_scheme)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)                    # (M, K)
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)  # (M, K)
         if self.fused:
-            y = kernels.per_token_linear(self.kernel, x2, self.act_scheme.qmax, self.w_int, self.s_w, self.bias)
+            y = kernels.per_token_linear(
+                self.kernel, x2, self.act_scheme.qmax, self.w_int, self.s_w, self.bias
+            )
             if y is not None:
                 return y.reshape(*lead, -1)
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
         q_x = quantize_2d(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
         s_x = qp.scale.reshape(-1, 1) if self.per_token else qp.scale
-        y = kernels.linear(self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias)
+        y = kernels.linear(
+            self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias
+        )
         return y.reshape(*lead, -1)
+
 
 class QuantConv(_QuantWeight):
     """Conv1d / Conv2d. The weight is stored as (O, C/groups * k...) rows."""
 
-    def __init__(self, weight: QTensor, kernel_shape: tuple, conv: dict, bias=None,
-                 act: QParams | None = None, kernel: str | None = None):
+    def __init__(
+        self,
+        weight: QTensor,
+        weight_shape: tuple,
+        conv: dict,
+        bias=None,
+        act: QParams | None = None,
+        kernel: str | None = None,
+    ):
         super().__init__(weight, bias)
-        self.kernel_shape = tuple(kernel_shape)            # (O, C/groups, kh, kw) or (O, C/g, k)
+        self.weight_shape = tuple(weight_shape)  # (O, C/groups, kh, kw) or (O, C/g, k)
         self.conv = dict(conv)
         self.act = act
         if act is not None:
             self._choose(act.scheme, kernel, conv=True)
-            self.s_w, self.s_x = channel_scales(weight.qparams), act.scale.to(torch.float32)
+            self.s_w, self.s_x = exit_scales(weight.qparams), act.scale.to(torch.float32)
             self.w_int.w = self.w_int.w.reshape(self._shape4d())
 
     def _shape4d(self) -> tuple:
-        s = self.kernel_shape
+        s = self.weight_shape
         return s if len(s) == 4 else (s[0], s[1], 1, s[2])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,16 +144,34 @@ class QuantConv(_QuantWeight):
         c = self.conv
         if self.act is None:
             w = self.dequantized_weight().reshape(self._shape4d())
-            y = F.conv2d(x4.to(torch.float32), w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+            y = F.conv2d(
+                x4.to(torch.float32),
+                w,
+                self.bias,
+                c["stride"],
+                c["padding"],
+                c["dilation"],
+                c["groups"],
+            )
         else:
             q_x = quantize(x4, self.act)
-            acc = kernels.conv2d_acc(self.kernel, q_x, self.act.zero_point, self.w_int,
-                                     c["stride"], c["padding"], c["dilation"], c["groups"])
+            acc = kernels.conv2d_acc(
+                self.kernel,
+                q_x,
+                self.act.zero_point,
+                self.w_int,
+                c["stride"],
+                c["padding"],
+                c["dilation"],
+                c["groups"],
+            )
             y = conv_exit(acc, self.s_w, self.s_x, self.bias)
         return y.squeeze(2) if one_d else y
 
 
-def conv_exit(acc: torch.Tensor, s_w: torch.Tensor, s_x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def conv_exit(
+    acc: torch.Tensor, s_w: torch.Tensor, s_x: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """dequant_acc with per-output-channel s_w and bias on the channel axis of (N, O, H, W)."""
     shape = (1, -1, 1, 1)
     s_w = s_w.reshape(shape) if s_w.ndim else s_w
@@ -146,10 +194,10 @@ class QuantEmbedding(nn.Module):
         self.per_row = isinstance(g, (PerChannel, PerGroup))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        q = self.codes[idx].to(torch.float32)                                # (..., D)
+        q = self.codes[idx].to(torch.float32)  # (..., D)
         if not self.per_row:
             return (q - self.zero) * self.scale
-        s, z = self.scale[idx], self.zero[idx]                               # (...,) or (..., G)
+        s, z = self.scale[idx], self.zero[idx]  # (...,) or (..., G)
         if self.group is None:
             s, z = s[..., None], z[..., None]
         else:

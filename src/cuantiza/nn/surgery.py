@@ -6,6 +6,7 @@ Callers pass a copy (``copy_model``); the user's model is never modified.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 from torch import nn
@@ -48,11 +49,16 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     mods = dict(gm.named_modules())
     pairs = []
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods.get(node.target), nn.modules.batchnorm._BatchNorm):
+        if node.op != "call_module" or not isinstance(
+            mods.get(node.target), nn.modules.batchnorm._BatchNorm
+        ):
             continue
         src = node.args[0]
-        if (getattr(src, "op", None) == "call_module" and isinstance(mods.get(src.target), (nn.Conv1d, nn.Conv2d))
-                and len(src.users) == 1):
+        if (
+            getattr(src, "op", None) == "call_module"
+            and isinstance(mods.get(src.target), (nn.Conv1d, nn.Conv2d))
+            and len(src.users) == 1
+        ):
             pairs.append((src.target, node.target))
     return pairs
 
@@ -62,8 +68,10 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Sequential):
             kids = list(mod.named_children())
-            for (a, ma), (b, mb) in zip(kids, kids[1:]):
-                if isinstance(ma, (nn.Conv1d, nn.Conv2d)) and isinstance(mb, nn.modules.batchnorm._BatchNorm):
+            for (a, ma), (b, mb) in itertools.pairwise(kids):
+                if isinstance(ma, (nn.Conv1d, nn.Conv2d)) and isinstance(
+                    mb, nn.modules.batchnorm._BatchNorm
+                ):
                     pre = f"{name}." if name else ""
                     pairs.append((pre + a, pre + b))
     return pairs

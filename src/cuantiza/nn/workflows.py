@@ -7,20 +7,27 @@ here carries ``cuantiza_info`` (a ``QuantInfo``): the plan and a note per layer,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import nn
 
-from .config import CALIBRATED_METHODS, QuantConfig
+from ..core.qtensor import QTensor
 from ..errors import CalibrationError, PlanError
-from . import (DynamicQuantLinear, FakeQuantConv, FakeQuantEmbedding, FakeQuantLinear, QuantConv,
-               QuantEmbedding, QuantLinear)
+from ..progress import bar
+from . import (
+    DynamicQuantLinear,
+    FakeQuantConv,
+    FakeQuantEmbedding,
+    FakeQuantLinear,
+    QuantConv,
+    QuantEmbedding,
+    QuantLinear,
+)
+from .config import CALIBRATED_METHODS, QuantConfig
 from .layer_math import conv_args, weight_2d
 from .plan import LayerPlan, Plan, plan
-from ..progress import bar
-from ..core.qtensor import QTensor
 from .surgery import copy_model, fold_batchnorm, get_module, set_module
 
 FAKE = (FakeQuantLinear, FakeQuantConv, FakeQuantEmbedding)
@@ -30,12 +37,14 @@ FAKE = (FakeQuantLinear, FakeQuantConv, FakeQuantEmbedding)
 class QuantInfo:
     workflow: str
     plan: Plan
-    notes: dict = field(default_factory=dict)   # layer name -> note (fallbacks, ties, kernels)
+    notes: dict = field(default_factory=dict)  # layer name -> note (fallbacks, ties, kernels)
     folded: list = field(default_factory=list)  # (conv, bn) pairs folded
     observers: dict = field(default_factory=dict)  # layer -> {n_seen, n_nan, n_inf} of its observer
 
 
-def _prepared_copy(model: nn.Module, config: QuantConfig, workflow: str) -> tuple[nn.Module, Plan, list]:
+def _prepared_copy(
+    model: nn.Module, config: QuantConfig, workflow: str
+) -> tuple[nn.Module, Plan, list]:
     m = copy_model(model)
     folded = fold_batchnorm(m) if config.fold_bn and workflow in ("static", "qat") else []
     return m, plan(m, config, workflow), folded
@@ -65,11 +74,15 @@ def quantize_layer_weight(w: torch.Tensor, lp: LayerPlan) -> QTensor:
     nearest over ``weight_range``, or HQQ started from that range's rounding."""
     cfg = lp.config
     if cfg.method in CALIBRATED_METHODS:
-        raise PlanError(f"{lp.name}: method {cfg.method!r} needs calibration data; use "
-                        "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
+        raise PlanError(
+            f"{lp.name}: method {cfg.method!r} needs calibration data; use "
+            "cuantiza.llm.quantize_model(model, config, calibration_tokens)"
+        )
     from ..algorithms import quantize_weight
-    return quantize_weight(w, lp.weight, cfg.method, cfg.weight_range, f"{lp.name}.weight",
-                           **dict(cfg.method_options))
+
+    return quantize_weight(
+        w, lp.weight, cfg.method, cfg.weight_range, f"{lp.name}.weight", **dict(cfg.method_options)
+    )
 
 
 def _bias(mod):
@@ -88,12 +101,18 @@ def _quant_module(mod: nn.Module, lp: LayerPlan, qt: QTensor, act, dynamic: str 
     return QuantLinear(qt, _bias(mod), act)
 
 
-def _convert_plain(model: nn.Module, config: QuantConfig, workflow: str, weights: dict | None = None) -> nn.Module:
+def _convert_plain(
+    model: nn.Module, config: QuantConfig, workflow: str, weights: dict | None = None
+) -> nn.Module:
     m, p, folded = _prepared_copy(model, config, workflow)
     info, cache = QuantInfo(workflow, p, folded=folded), _WeightCache()
     for lp in bar(p.quantized(), desc=f"quantize ({workflow})", unit="layer"):
         mod = get_module(m, lp.name)
-        qt = weights[lp.name] if weights and lp.name in weights else cache.get(mod.weight, lp, info.notes)
+        qt = (
+            weights[lp.name]
+            if weights and lp.name in weights
+            else cache.get(mod.weight, lp, info.notes)
+        )
         dyn = config.dynamic if workflow == "dynamic" else None
         if dyn and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             info.notes.setdefault(lp.name, "dynamic: convolutions run weight-only")
@@ -111,8 +130,10 @@ def quantize_weights(model: nn.Module, config: QuantConfig = QuantConfig()) -> n
 
 def _data_free(config: QuantConfig) -> None:
     if config.method in CALIBRATED_METHODS:
-        raise PlanError(f"method {config.method!r} needs calibration data; use "
-                        "cuantiza.llm.quantize_model(model, config, calibration_tokens)")
+        raise PlanError(
+            f"method {config.method!r} needs calibration data; use "
+            "cuantiza.llm.quantize_model(model, config, calibration_tokens)"
+        )
 
 
 def convert_with_weights(model: nn.Module, config: QuantConfig, weights: dict) -> nn.Module:
@@ -218,7 +239,9 @@ def freeze_observers(model: nn.Module) -> nn.Module:
 
 
 def _unfed(mods: list) -> list:
-    return [m.layer_plan.name for m in mods if m.act_observer is not None and m.act_observer.n_seen == 0]
+    return [
+        m.layer_plan.name for m in mods if m.act_observer is not None and m.act_observer.n_seen == 0
+    ]
 
 
 def convert(prepared: nn.Module, unobserved: str = "error") -> nn.Module:
@@ -230,10 +253,14 @@ def convert(prepared: nn.Module, unobserved: str = "error") -> nn.Module:
     if unfed and unobserved != "float":
         raise CalibrationError(
             f"{len(unfed)} layer(s) saw no calibration data: {', '.join(unfed)}; feed batches that "
-            "reach them, exclude them, or convert(..., unobserved='float')")
+            "reach them, exclude them, or convert(..., unobserved='float')"
+        )
     m = copy_model(prepared)
     old = prepared.cuantiza_info
-    info, cache = QuantInfo(old.workflow, old.plan, dict(old.notes), list(old.folded)), _WeightCache()
+    info, cache = (
+        QuantInfo(old.workflow, old.plan, dict(old.notes), list(old.folded)),
+        _WeightCache(),
+    )
     for fm in fake_modules(m):
         lp = fm.layer_plan
         name = lp.name
@@ -242,12 +269,13 @@ def convert(prepared: nn.Module, unobserved: str = "error") -> nn.Module:
             info.notes[name] = "no calibration data reached it: kept in float"
             continue
         if fm.act_observer is not None:
-            info.observers[name] = {k: getattr(fm.act_observer, k) for k in ("n_seen", "n_nan", "n_inf")}
+            info.observers[name] = {
+                k: getattr(fm.act_observer, k) for k in ("n_seen", "n_nan", "n_inf")
+            }
         act = fm.act_qparams() if fm.ascheme is not None else None
         set_module(m, name, _quant_module(fm, lp, cache.get(fm.weight, lp, info.notes), act, None))
     m.cuantiza_info = info
     return m.eval()
-
 
 
 def _float_module(fm) -> nn.Module:

@@ -52,14 +52,24 @@ class GraphBuilder:
         """A scalar initializer."""
         return self.init(helper.make_tensor(name, dtype, [], [value]))
 
-    def node(self, op: str, inputs: list, prefix: str, outputs: list | None = None,
-             domain: str = "", **attrs) -> str:
+    def node(
+        self,
+        op: str,
+        inputs: list,
+        prefix: str,
+        outputs: list | None = None,
+        domain: str = "",
+        **attrs,
+    ) -> str:
         """Append ``op(inputs) -> outputs`` (fresh ``prefix/op`` names unless given); returns
         the first output's name."""
         node_name = self.name(f"{prefix}/{op}")
         outputs = outputs or [self.name(f"{node_name}_output")]
-        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), node_name,
-                                           domain=domain or None, **attrs))
+        self.nodes.append(
+            helper.make_node(
+                op, list(inputs), list(outputs), node_name, domain=domain or None, **attrs
+            )
+        )
         return outputs[0]
 
     def take(self) -> list[NodeProto]:

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ def _npz_batches(path: Path, batch_size: int):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CorruptFileError(f"{path} is not a readable .npz file ({e})") from e
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise CorruptFileError(f"{path} holds a single array; save calibration data with np.savez(path, "
-                               "input_name=array, ...)")
+        raise CorruptFileError(
+            f"{path} holds a single array; save calibration data with np.savez(path, "
+            "input_name=array, ...)"
+        )
     with data:
         try:
             arrays = {k: data[k] for k in data.files}
@@ -51,7 +53,7 @@ def _npz_batches(path: Path, batch_size: int):
         raise CalibrationError(f"{path}: arrays have different lengths along axis 0: {sizes}")
     n = next(iter(sizes.values()), 0)
     for start in range(0, n, batch_size):
-        yield {k: a[start:start + batch_size] for k, a in arrays.items()}
+        yield {k: a[start : start + batch_size] for k, a in arrays.items()}
 
 
 def _as_array(v) -> np.ndarray:
@@ -66,18 +68,24 @@ def feeds(calibration, inputs: dict, batch_size: int = NPZ_BATCH):
     if isinstance(calibration, (str, os.PathLike)):
         source = _npz_batches(Path(calibration), batch_size)
     elif isinstance(calibration, dict):
-        raise CalibrationError("calibration must be an iterable of feed dicts (or an .npz path), "
-                               "not a single dict: wrap it in a list")
+        raise CalibrationError(
+            "calibration must be an iterable of feed dicts (or an .npz path), "
+            "not a single dict: wrap it in a list"
+        )
     else:
         source = calibration
     for i, batch in enumerate(source):
         if not isinstance(batch, dict):
-            raise CalibrationError(f"calibration batch {i} is a {type(batch).__name__}; give dicts "
-                                   f"{{input name: array}} for the inputs {sorted(inputs)}")
+            raise CalibrationError(
+                f"calibration batch {i} is a {type(batch).__name__}; give dicts "
+                f"{{input name: array}} for the inputs {sorted(inputs)}"
+            )
         missing, unknown = sorted(set(inputs) - set(batch)), sorted(set(batch) - set(inputs))
         if missing or unknown:
-            raise CalibrationError(f"calibration batch {i}: missing inputs {missing}, unknown {unknown}; "
-                                   f"the graph's inputs are {sorted(inputs)}")
+            raise CalibrationError(
+                f"calibration batch {i}: missing inputs {missing}, unknown {unknown}; "
+                f"the graph's inputs are {sorted(inputs)}"
+            )
         yield {k: _as_array(v).astype(inputs[k], copy=False) for k, v in batch.items()}
 
 
@@ -93,13 +101,15 @@ def _session(model: ModelProto, tmp: str):
     if model.ByteSize() < fileio.EXTERNAL_THRESHOLD:
         return fileio.make_session(model.SerializeToString(), threads=0)
     from .publish import save_unchecked
+
     path = Path(tmp) / "calibration.onnx"
     save_unchecked(model, path)
     return fileio.make_session(str(path), threads=0)
 
 
-def observe(model: ModelProto, observers: dict, batches: Iterable, inputs: dict,
-            total: int | None = None) -> tuple[int, dict]:
+def observe(
+    model: ModelProto, observers: dict, batches: Iterable, inputs: dict, total: int | None = None
+) -> tuple[int, dict]:
     """Run ``batches`` through ``model``, feeding ``observers`` ({tensor: [observer, ...]}).
     Returns (number of batches, the first feed dict, for checking the result)."""
     graph_inputs = set(inputs)
@@ -108,9 +118,11 @@ def observe(model: ModelProto, observers: dict, batches: Iterable, inputs: dict,
     with tempfile.TemporaryDirectory(prefix="cuantiza-calib-") as tmp:
         sess = _session(_augmented(model, names), tmp)
         for feed in bar(batches, desc="calibrate", total=total, unit="batch"):
-            outs = dict(zip(names, sess.run(names, feed))) if names else {}
+            outs = dict(zip(names, sess.run(names, feed), strict=False)) if names else {}
             for name, obs_list in observers.items():
-                values = torch.from_numpy(np.ascontiguousarray(feed[name] if name in graph_inputs else outs[name]))
+                values = torch.from_numpy(
+                    np.ascontiguousarray(feed[name] if name in graph_inputs else outs[name])
+                )
                 for obs in obs_list:
                     obs.observe(values)
             first = feed if first is None else first

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from onnx import ModelProto, helper, load_from_string, version_converter
 from torch import nn
 
+from ..core.scheme import PerGroup
 from ..errors import ConfigError, PlanError
 from ..nn import QuantConv, QuantEmbedding
-from ..core.scheme import PerGroup
 from ..nn.surgery import set_module
 from ..nn.workflows import FAKE
 from .builder import GraphBuilder, graph_names
@@ -40,9 +40,9 @@ from .storage import BLOCK_OPSET, MIN_OPSET, needed_opset
 from .summary import OnnxSummary, notes_for, write_metadata
 
 DOMAIN = "cuantiza"
-TRACE_OPSET = 17              # the TorchScript exporter's well-trodden opset (ANCHORS.md)
-DEFAULT_OPSET = 21            # INT4 / UINT4 and block_size in DequantizeLinear
-MAX_OPSET = 25                # INT2 / UINT2; the newest opset checked against onnxruntime 1.32
+TRACE_OPSET = 17  # the TorchScript exporter's well-trodden opset (ANCHORS.md)
+DEFAULT_OPSET = 21  # INT4 / UINT4 and block_size in DequantizeLinear
+MAX_OPSET = 25  # INT2 / UINT2; the newest opset checked against onnxruntime 1.32
 
 
 class _Marker(torch.autograd.Function):
@@ -66,7 +66,7 @@ class _StandIn(nn.Module):
     def __init__(self, mod: nn.Module, index: int):
         super().__init__()
         self.index = index
-        self.__dict__["qmod"] = mod          # not a submodule: the trace must not enter it
+        self.__dict__["qmod"] = mod  # not a submodule: the trace must not enter it
         self.__dict__["w"] = mod.weight_q.dequantize()
 
     def _float(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +74,11 @@ class _StandIn(nn.Module):
         if isinstance(m, QuantEmbedding):
             return F.embedding(x, w)
         if isinstance(m, QuantConv):
-            c, w = m.conv, w.reshape(m.kernel_shape)
+            c, w = m.conv, w.reshape(m.weight_shape)
             if c["dims"] == 1:
-                return F.conv1d(x, w, m.bias, c["stride"][1], c["padding"][1], c["dilation"][1], c["groups"])
+                return F.conv1d(
+                    x, w, m.bias, c["stride"][1], c["padding"][1], c["dilation"][1], c["groups"]
+                )
             return F.conv2d(x, w, m.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
         return F.linear(x, w, m.bias)
 
@@ -95,8 +97,10 @@ def _quant_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(mod, QUANT_MODULES):
             found.append((name, mod))
     if not found:
-        raise PlanError("the model holds no cuantiza quantized layer: quantize it first "
-                        "(cz.quantize_weights, cz.quantize_dynamic, or prepare/calibrate/convert)")
+        raise PlanError(
+            "the model holds no cuantiza quantized layer: quantize it first "
+            "(cz.quantize_weights, cz.quantize_dynamic, or prepare/calibrate/convert)"
+        )
     return found
 
 
@@ -107,8 +111,10 @@ def _choose_opset(mods: list, opset: int | None) -> int:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
     if opset < BLOCK_OPSET and any(isinstance(s.granularity, PerGroup) for s in schemes):
-        raise ConfigError(f"per-group weights need DequantizeLinear's block_size (opset >= {BLOCK_OPSET}); "
-                          f"got opset {opset}")
+        raise ConfigError(
+            f"per-group weights need DequantizeLinear's block_size (opset >= {BLOCK_OPSET}); "
+            f"got opset {opset}"
+        )
     return opset
 
 
@@ -131,9 +137,17 @@ def _trace(model: nn.Module, args: tuple, mods: list, dynamic_batch: bool) -> Mo
             set_module(model, name, stand_ins[id(mod)])
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, f, dynamo=False, opset_version=TRACE_OPSET,
-                              input_names=in_names, output_names=["output"], dynamic_axes=axes,
-                              custom_opsets={DOMAIN: 1})
+            torch.onnx.export(
+                model,
+                args,
+                f,
+                dynamo=False,
+                opset_version=TRACE_OPSET,
+                input_names=in_names,
+                output_names=["output"],
+                dynamic_axes=axes,
+                custom_opsets={DOMAIN: 1},
+            )
     finally:
         for name, mod in mods:
             set_module(model, name, mod)
@@ -162,9 +176,16 @@ def _rewrite(proto: ModelProto, mods: list, opset: int, form: str) -> list:
     return [records[id(m)] for _, m in unique if id(m) in records]
 
 
-def export_onnx(qmodel: nn.Module, example_input, path, *, opset: int | None = None,
-                dynamic_batch: bool = True, dynamic_form: str = "auto",
-                overwrite: bool = False) -> OnnxSummary:
+def export_onnx(
+    qmodel: nn.Module,
+    example_input,
+    path,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    dynamic_form: str = "auto",
+    overwrite: bool = False,
+) -> OnnxSummary:
     """Export ``qmodel`` (made by a cuantiza workflow) to ``path`` in QDQ form.
 
     ``example_input``: a tensor or a tuple of tensors, traced and run in onnxruntime before the
@@ -178,12 +199,24 @@ def export_onnx(qmodel: nn.Module, example_input, path, *, opset: int | None = N
     opset = _choose_opset(mods, opset)
     proto = version_converter.convert_version(_trace(qmodel, args, mods, dynamic_batch), opset)
     records = _rewrite(proto, mods, opset, dynamic_form)
-    proto.ir_version = max(proto.ir_version, helper.find_min_ir_version_for(list(proto.opset_import)))
+    proto.ir_version = max(
+        proto.ir_version, helper.find_min_ir_version_for(list(proto.opset_import))
+    )
     info = getattr(qmodel, "cuantiza_info", None)
     skipped = tuple((lp.name, lp.reason) for lp in info.plan.skipped()) if info else ()
-    summary = OnnxSummary(dst, f"export:{info.workflow if info else 'unknown'}", opset, tuple(records),
-                          skipped, notes=notes_for(records))
+    summary = OnnxSummary(
+        dst,
+        f"export:{info.workflow if info else 'unknown'}",
+        opset,
+        tuple(records),
+        skipped,
+        notes=notes_for(records),
+    )
     write_metadata(proto, summary)
-    feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(proto.graph.input, args)}
+    feeds = {
+        i.name: a.detach().cpu().numpy() for i, a in zip(proto.graph.input, args, strict=False)
+    }
     files = save_model(proto, dst, feeds)
-    return dataclasses.replace(summary, files=tuple(files), file_bytes=sum(p.stat().st_size for p in files))
+    return dataclasses.replace(
+        summary, files=tuple(files), file_bytes=sum(p.stat().st_size for p in files)
+    )

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from ..nn import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
 from ..core.scheme import PerTensor
+from ..nn import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
 from .builder import GraphBuilder
 from .layouts import linear_layout, rows_layout
 from .qdq import dequant_weight, dynamic_act, static_act
@@ -35,7 +35,12 @@ QUANT_MODULES = (QuantLinear, DynamicQuantLinear, QuantConv, QuantEmbedding)
 def _ort_form_ok(mod: DynamicQuantLinear) -> bool:
     """DynamicQuantizeLinear is uint8, asymmetric, per tensor only."""
     s = mod.act_scheme
-    return s.bits == 8 and not s.symmetric and isinstance(s.granularity, PerTensor) and not mod.per_token
+    return (
+        s.bits == 8
+        and not s.symmetric
+        and isinstance(s.granularity, PerTensor)
+        and not mod.per_token
+    )
 
 
 def _act(b: GraphBuilder, name: str, x: str, mod, opset: int, form: str) -> tuple[str, str, str]:
@@ -55,7 +60,9 @@ def _act(b: GraphBuilder, name: str, x: str, mod, opset: int, form: str) -> tupl
 def _bias(b: GraphBuilder, name: str, mod) -> str | None:
     if getattr(mod, "bias", None) is None:
         return None
-    return b.init(numpy_helper.from_array(mod.bias.detach().to(torch.float32).numpy(), f"{name}.bias"))
+    return b.init(
+        numpy_helper.from_array(mod.bias.detach().to(torch.float32).numpy(), f"{name}.bias")
+    )
 
 
 def _weight(b: GraphBuilder, name: str, mod, opset: int, cache: dict) -> tuple[str, int, object]:
@@ -66,15 +73,19 @@ def _weight(b: GraphBuilder, name: str, mod, opset: int, cache: dict) -> tuple[s
     int_acts = isinstance(mod, DynamicQuantLinear) or getattr(mod, "act", None) is not None
     storage = choose_storage(qt.scheme, opset, int_acts)
     if isinstance(mod, QuantConv):
-        lay, reshape = rows_layout(qt, mod.kernel_shape)
+        lay, reshape = rows_layout(qt, mod.weight_shape)
     elif isinstance(mod, QuantEmbedding):
         lay, reshape = rows_layout(qt, qt.shape)
     else:
         lay, reshape = linear_layout(qt), False
     w, nbytes = dequant_weight(b, name, lay, storage)
     if reshape:
-        shape = helper.make_tensor(f"{name}.kernel_shape", TensorProto.INT64, [len(mod.kernel_shape)],
-                                   list(mod.kernel_shape))
+        shape = helper.make_tensor(
+            f"{name}.kernel_shape",
+            TensorProto.INT64,
+            [len(mod.weight_shape)],
+            list(mod.weight_shape),
+        )
         w = b.node("Reshape", [w, b.init(shape)], name)
     cache[id(mod)] = (w, nbytes, storage)
     return w, nbytes, storage
@@ -85,11 +96,17 @@ def _conv_attrs(conv: dict) -> dict:
     (sh, sw), (ph, pw), (dh, dw) = conv["stride"], conv["padding"], conv["dilation"]
     if conv["dims"] == 1:
         return {"strides": [sw], "pads": [pw, pw], "dilations": [dw], "group": conv["groups"]}
-    return {"strides": [sh, sw], "pads": [ph, pw, ph, pw], "dilations": [dh, dw], "group": conv["groups"]}
+    return {
+        "strides": [sh, sw],
+        "pads": [ph, pw, ph, pw],
+        "dilations": [dh, dw],
+        "group": conv["groups"],
+    }
 
 
-def layer_nodes(b: GraphBuilder, name: str, mod, x: str, y: str, opset: int, form: str,
-                cache: dict) -> LayerRecord:
+def layer_nodes(
+    b: GraphBuilder, name: str, mod, x: str, y: str, opset: int, form: str, cache: dict
+) -> LayerRecord:
     """Append the nodes computing ``y`` from ``x`` for the quantized module ``mod``."""
     w, nbytes, storage = _weight(b, name, mod, opset, cache)
     if isinstance(mod, QuantEmbedding):
@@ -100,11 +117,19 @@ def layer_nodes(b: GraphBuilder, name: str, mod, x: str, y: str, opset: int, for
         bias = _bias(b, name, mod)
         if isinstance(mod, QuantConv):
             op = "Conv"
-            b.node("Conv", [xq, w] + ([bias] if bias else []), name, outputs=[y], **_conv_attrs(mod.conv))
+            b.node(
+                "Conv",
+                [xq, w] + ([bias] if bias else []),
+                name,
+                outputs=[y],
+                **_conv_attrs(mod.conv),
+            )
         else:
             op = "MatMul"
             mm = b.node("MatMul", [xq, w], name, outputs=None if bias else [y])
             if bias:
                 b.node("Add", [mm, bias], name, outputs=[y])
     qs = mod.weight_q.scheme
-    return LayerRecord(name, op, qs.describe(), storage.type_name, adesc, nbytes, storage.note, x, codes, y)
+    return LayerRecord(
+        name, op, qs.describe(), storage.type_name, adesc, nbytes, storage.note, x, codes, y
+    )

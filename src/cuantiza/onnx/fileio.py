@@ -21,13 +21,17 @@ from pathlib import Path
 
 import onnx
 from onnx import ModelProto, TensorProto
-from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+from onnx.external_data_helper import (
+    ExternalDataInfo,
+    load_external_data_for_model,
+    uses_external_data,
+)
 
 from ..errors import CorruptFileError, PlanError, UnsafeFileError
 
 # protobuf messages are limited to 2 GiB; keep a margin for the graph itself
 EXTERNAL_THRESHOLD = 2**31 - 2**24
-EXTERNAL_MIN_TENSOR = 1024      # tensors smaller than this stay inside the model file
+EXTERNAL_MIN_TENSOR = 1024  # tensors smaller than this stay inside the model file
 
 
 def all_tensors(graph: onnx.GraphProto):
@@ -48,22 +52,28 @@ def _check_location(t: TensorProto, base: Path, path: Path) -> None:
     where = f"{path}: tensor {t.name!r} keeps its data in {loc!r}"
     p = Path(loc)
     if not loc or p.is_absolute() or p.drive or ".." in p.parts or loc.startswith(("/", "\\")):
-        raise UnsafeFileError(f"{where}, outside the model's folder; move the data file next to "
-                              "the model and give a relative location")
+        raise UnsafeFileError(
+            f"{where}, outside the model's folder; move the data file next to "
+            "the model and give a relative location"
+        )
     cur = base
     for part in p.parts:
         cur = cur / part
         if cur.is_symlink():
-            raise UnsafeFileError(f"{where}, through the symbolic link {cur}; copy the real file "
-                                  "into the model's folder")
+            raise UnsafeFileError(
+                f"{where}, through the symbolic link {cur}; copy the real file "
+                "into the model's folder"
+            )
     if not cur.is_file():
         raise CorruptFileError(f"{where}, which is missing; copy it next to the model")
     size = cur.stat().st_size
     offset = int(info.offset or 0)
     length = int(info.length) if info.length is not None else size - offset
     if offset < 0 or length < 0 or offset + length > size:
-        raise CorruptFileError(f"{where} at bytes [{offset}, {offset + length}) but the file has "
-                               f"{size} bytes: it is truncated")
+        raise CorruptFileError(
+            f"{where} at bytes [{offset}, {offset + length}) but the file has "
+            f"{size} bytes: it is truncated"
+        )
 
 
 def parse(path: Path) -> ModelProto:
@@ -72,8 +82,10 @@ def parse(path: Path) -> ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001  (protobuf raises DecodeError, RuntimeWarning...)
-        raise CorruptFileError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e}); "
-                               "export or download it again") from e
+        raise CorruptFileError(
+            f"{path} is not a readable ONNX model ({type(e).__name__}: {e}); "
+            "export or download it again"
+        ) from e
     if not model.HasField("graph") or not model.graph.node:
         raise CorruptFileError(f"{path} holds no graph (empty or truncated file); export it again")
     return model
@@ -101,6 +113,7 @@ def load_model(path) -> ModelProto:
 def make_session(source, threads: int = 1):
     """An onnxruntime CPU session on ``source`` (serialized model bytes or a path)."""
     import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -24,33 +24,49 @@ from dataclasses import dataclass
 
 from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper
 
-from ..nn.config import QuantConfig
-from ..errors import PlanError
-from ..nn.plan import weight_scheme
 from ..core.scheme import QScheme
+from ..errors import PlanError
+from ..nn.config import QuantConfig
+from ..nn.plan import weight_scheme
 from .fileio import all_tensors
 
 OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-QUANT_TYPES = (TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4,
-               TensorProto.INT2, TensorProto.UINT2)
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
-             "ConvInteger", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-             "GatherBlockQuantized", "QGemm", "QAttention")
+QUANT_TYPES = (
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.INT4,
+    TensorProto.UINT4,
+    TensorProto.INT2,
+    TensorProto.UINT2,
+)
+QUANT_OPS = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "MatMulNBits",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "GatherBlockQuantized",
+    "QGemm",
+    "QAttention",
+)
 
 
 @dataclass(frozen=True)
 class WeightUse:
     """One node reading one weight initializer, and what to do with it."""
 
-    index: int              # position in graph.node
-    name: str               # display name (globs match it)
+    index: int  # position in graph.node
+    name: str  # display name (globs match it)
     op: str
-    slot: int               # which input of the node is the weight
-    init: str               # initializer name
+    slot: int  # which input of the node is the weight
+    init: str  # initializer name
     shape: tuple
-    rows_transposed: bool   # True: the initializer is (K, O), rows are its transpose
-    act: str | None         # activation tensor to quantize (None: weight-only by nature)
+    rows_transposed: bool  # True: the initializer is (K, O), rows are its transpose
+    act: str | None  # activation tensor to quantize (None: weight-only by nature)
     scheme: QScheme
     config: QuantConfig
     note: str = ""
@@ -66,14 +82,22 @@ def _nodes(graph: GraphProto):
 
 def refuse_quantized(model: ModelProto, path) -> None:
     """PlanError if ``model`` already holds quantized nodes or integer weight initializers."""
-    ops = sorted({n.op_type for n in _nodes(model.graph)
-                  if n.op_type in QUANT_OPS or n.op_type.startswith("QLinear")})
+    ops = sorted(
+        {
+            n.op_type
+            for n in _nodes(model.graph)
+            if n.op_type in QUANT_OPS or n.op_type.startswith("QLinear")
+        }
+    )
     ints = sorted(t.name for t in all_tensors(model.graph) if t.data_type in QUANT_TYPES)
     if ops or ints:
-        what = ([f"nodes {', '.join(ops)}"] if ops else []) + \
-               ([f"{len(ints)} integer initializer(s) such as {ints[0]!r}"] if ints else [])
-        raise PlanError(f"{path} is already quantized ({'; '.join(what)}); quantizing it again would "
-                        "compound the error: give cuantiza the float model")
+        what = ([f"nodes {', '.join(ops)}"] if ops else []) + (
+            [f"{len(ints)} integer initializer(s) such as {ints[0]!r}"] if ints else []
+        )
+        raise PlanError(
+            f"{path} is already quantized ({'; '.join(what)}); quantizing it again would "
+            "compound the error: give cuantiza the float model"
+        )
 
 
 def node_names(graph: GraphProto) -> list[str]:
@@ -81,7 +105,10 @@ def node_names(graph: GraphProto) -> list[str]:
     counts: dict = {}
     for n in graph.node:
         counts[n.name] = counts.get(n.name, 0) + 1
-    return [n.name if n.name and counts[n.name] == 1 else f"{n.op_type}_{i}" for i, n in enumerate(graph.node)]
+    return [
+        n.name if n.name and counts[n.name] == 1 else f"{n.op_type}_{i}"
+        for i, n in enumerate(graph.node)
+    ]
 
 
 def unique_node_names(graph: GraphProto) -> None:
@@ -89,7 +116,7 @@ def unique_node_names(graph: GraphProto) -> None:
     counts: dict = {}
     for n in graph.node:
         counts[n.name] = counts.get(n.name, 0) + 1
-    for node, name in zip(graph.node, node_names(graph)):
+    for node, name in zip(graph.node, node_names(graph), strict=False):
         if node.name and counts[node.name] > 1:
             node.name = name
 
@@ -137,7 +164,7 @@ def plan_graph(graph: GraphProto, config: QuantConfig, op_types=OP_TYPES) -> tup
     inits = {t.name: t for t in graph.initializer}
     overridable = {i.name for i in graph.input}
     uses, skipped = [], []
-    for i, (node, name) in enumerate(zip(graph.node, node_names(graph))):
+    for i, (node, name) in enumerate(zip(graph.node, node_names(graph), strict=False)):
         if node.op_type not in OP_TYPES:
             continue
         if node.op_type not in op_types:
@@ -145,19 +172,42 @@ def plan_graph(graph: GraphProto, config: QuantConfig, op_types=OP_TYPES) -> tup
             continue
         cfg = config.resolve(name)
         found = _weight_slot(node, inits)
-        why = ("excluded by config" if cfg is None else found if isinstance(found, str) else
-               "its weight is also a graph input (callers may override it)"
-               if node.input[found[0]] in overridable else "")
+        why = (
+            "excluded by config"
+            if cfg is None
+            else found
+            if isinstance(found, str)
+            else "its weight is also a graph input (callers may override it)"
+            if node.input[found[0]] in overridable
+            else ""
+        )
         if why:
             skipped.append((name, why))
             continue
         slot, transposed, act = found
         shape = tuple(inits[node.input[slot]].dims)
         scheme, note = weight_scheme(name, _reduction(shape, transposed), cfg)
-        uses.append(WeightUse(i, name, node.op_type, slot, node.input[slot], shape, transposed, act,
-                              scheme, cfg, note))
+        uses.append(
+            WeightUse(
+                i,
+                name,
+                node.op_type,
+                slot,
+                node.input[slot],
+                shape,
+                transposed,
+                act,
+                scheme,
+                cfg,
+                note,
+            )
+        )
     if not uses:
-        raise PlanError("no node can be quantized: "
-                        + ("; ".join(f"{n}: {w}" for n, w in skipped[:5]) or "the graph has no MatMul, Gemm, "
-                           "Conv or Gather with a float weight initializer"))
+        raise PlanError(
+            "no node can be quantized: "
+            + (
+                "; ".join(f"{n}: {w}" for n, w in skipped[:5])
+                or "the graph has no MatMul, Gemm, Conv or Gather with a float weight initializer"
+            )
+        )
     return uses, skipped

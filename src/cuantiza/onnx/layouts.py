@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import ConfigError
 from ..core.qtensor import QTensor
 from ..core.scheme import PerChannel, PerGroup
+from ..errors import ConfigError
 from .qdq import WeightLayout
 
 
@@ -26,17 +26,17 @@ def _zero_point(qt: QTensor) -> torch.Tensor | None:
 
 
 def _codes(qt: QTensor) -> np.ndarray:
-    return qt.int_repr().to(torch.int16).numpy()        # (O, K), exact integers
+    return qt.int_repr().to(torch.int16).numpy()  # (O, K), exact integers
 
 
 def linear_layout(qt: QTensor) -> WeightLayout:
     """(O, K) rows -> (K, O) for ``MatMul(x, B)``; axes flip with the transpose."""
     g = qt.scheme.granularity
-    q = np.ascontiguousarray(_codes(qt).T)                                 # (K, O)
+    q = np.ascontiguousarray(_codes(qt).T)  # (K, O)
     s, z = qt.qparams.scale, _zero_point(qt)
     if isinstance(g, PerChannel):
         return WeightLayout(q, s, z, 1 - g.axis % 2)
-    if isinstance(g, PerGroup):                                            # scales (O, G) -> (G, O)
+    if isinstance(g, PerGroup):  # scales (O, G) -> (G, O)
         zt = None if z is None else z.t().contiguous()
         return WeightLayout(q, s.t().contiguous(), zt, 1 - g.axis % 2, g.size)
     return WeightLayout(q, s, z, None)
@@ -53,7 +53,9 @@ def rows_layout(qt: QTensor, shape: tuple) -> tuple[WeightLayout, bool]:
     q = q.reshape(shape)
     if isinstance(g, PerChannel):
         if g.axis % 2 and len(shape) != 2:
-            raise ConfigError(f"per-channel scales along the reduction of a {len(shape)}-d kernel "
-                              "have no ONNX axis; quantize weights per output channel (axis 0)")
+            raise ConfigError(
+                f"per-channel scales along the reduction of a {len(shape)}-d kernel "
+                "have no ONNX axis; quantize weights per output channel (axis 0)"
+            )
         return WeightLayout(q, s, z, g.axis % 2), False
     return WeightLayout(q, s, z, None), False

@@ -16,18 +16,20 @@ from pathlib import Path
 
 from onnx import ModelProto, TensorProto
 
-from ..io.atomic import publish_file, staged_file, write_synced
 from ..errors import OutputExistsError
+from ..io.atomic import publish_file, staged_file, write_synced
 from . import fileio
 
-_ALIGN = 4096       # tensors start on page boundaries in the data file (lets runtimes mmap)
+_ALIGN = 4096  # tensors start on page boundaries in the data file (lets runtimes mmap)
 
 
 def check_output(dst, overwrite: bool, src=None) -> Path:
     """Refuse the input itself, a folder, or an existing file without ``overwrite``."""
     dst = Path(os.path.abspath(dst))
-    if src is not None and (dst == Path(os.path.abspath(src))
-                            or (dst.exists() and Path(src).exists() and os.path.samefile(dst, src))):
+    if src is not None and (
+        dst == Path(os.path.abspath(src))
+        or (dst.exists() and Path(src).exists() and os.path.samefile(dst, src))
+    ):
         raise OutputExistsError(f"{dst} is the input model; write the quantized model elsewhere")
     if dst.is_dir():
         raise OutputExistsError(f"{dst} is a folder; give a file path such as {dst / 'model.onnx'}")
@@ -44,13 +46,21 @@ def _old_data_files(dst: Path) -> set:
         old = fileio.parse(dst)
     except Exception:  # noqa: BLE001  (an unreadable previous file has no data files to keep)
         return set()
-    return {dict((e.key, e.value) for e in t.external_data).get("location", "")
-            for t in fileio.all_tensors(old.graph) if t.data_location == TensorProto.EXTERNAL}
+    return {
+        dict((e.key, e.value) for e in t.external_data).get("location", "")
+        for t in fileio.all_tensors(old.graph)
+        if t.data_location == TensorProto.EXTERNAL
+    }
 
 
 def _remove_stale(dst: Path, old: set, keep: str | None) -> None:
     for loc in old:
-        if loc != keep and loc.startswith(dst.name + ".") and loc.endswith(".data") and "/" not in loc:
+        if (
+            loc != keep
+            and loc.startswith(dst.name + ".")
+            and loc.endswith(".data")
+            and "/" not in loc
+        ):
             (dst.parent / loc).unlink(missing_ok=True)
 
 
@@ -75,8 +85,11 @@ def _externalize(model: ModelProto, dst: Path) -> tuple[ModelProto, list, str]:
     [(offset, bytes)] to write, data file name)."""
     m = ModelProto()
     m.CopyFrom(model)
-    big = [t for t in fileio.all_tensors(m.graph)
-           if t.HasField("raw_data") and len(t.raw_data) >= fileio.EXTERNAL_MIN_TENSOR]
+    big = [
+        t
+        for t in fileio.all_tensors(m.graph)
+        if t.HasField("raw_data") and len(t.raw_data) >= fileio.EXTERNAL_MIN_TENSOR
+    ]
     digest = hashlib.sha256()
     for t in big:
         digest.update(t.name.encode() + b"\0" + len(t.raw_data).to_bytes(8, "little"))
@@ -110,7 +123,7 @@ def _save_external(model: ModelProto, dst: Path, feeds: dict) -> list[Path]:
     existed = data.exists()
     try:
         _write_data(data, chunks)
-        with staged_file(dst) as tmp:          # checked from its temporary name, then renamed
+        with staged_file(dst) as tmp:  # checked from its temporary name, then renamed
             write_synced(tmp, m.SerializeToString(deterministic=True))
             fileio.validate(str(tmp), m, feeds, dst)
     except BaseException:

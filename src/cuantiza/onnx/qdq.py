@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from onnx import TensorProto, helper
 
-from ..errors import ConfigError
 from ..core.qparams import QParams
 from ..core.scheme import QScheme
+from ..errors import ConfigError
 from .builder import GraphBuilder
 from .storage import Storage, code_tensor, scale_tensor
 
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)      # smallest normal: floor of every scale
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal: floor of every scale
 DYNAMIC_FORMS = ("auto", "exact", "ort")
 
 
@@ -54,14 +54,16 @@ def check_dynamic_form(form: str) -> None:
 class WeightLayout:
     """Integer codes and qparams arranged as the ONNX initializer (not cuantiza's rows)."""
 
-    q: np.ndarray                    # integers, initializer shape
-    scale: torch.Tensor              # () per tensor, (C,) per axis, or blocked (q's rank)
+    q: np.ndarray  # integers, initializer shape
+    scale: torch.Tensor  # () per tensor, (C,) per axis, or blocked (q's rank)
     zero_point: torch.Tensor | None  # like scale; None for symmetric schemes
-    axis: int | None                 # None: per tensor
-    block_size: int | None = None    # per-group along ``axis``
+    axis: int | None  # None: per tensor
+    block_size: int | None = None  # per-group along ``axis``
 
 
-def dequant_weight(b: GraphBuilder, prefix: str, lay: WeightLayout, storage: Storage) -> tuple[str, int]:
+def dequant_weight(
+    b: GraphBuilder, prefix: str, lay: WeightLayout, storage: Storage
+) -> tuple[str, int]:
     """Add the initializers and the DequantizeLinear of one weight. Returns (float output
     name, bytes of the initializers)."""
     q = b.init(code_tensor(f"{prefix}.weight_q", lay.q, storage))
@@ -99,7 +101,9 @@ def static_act(b: GraphBuilder, prefix: str, x: str, qp: QParams) -> tuple[str, 
     if sch.qmin > type_lo or sch.qmax < type_hi:
         lo = float(np.float32(s) * np.float32(sch.qmin - z))
         hi = float(np.float32(s) * np.float32(sch.qmax - z))
-        x = b.node("Clip", [x, b.const(f"{prefix}.act_min", lo), b.const(f"{prefix}.act_max", hi)], prefix)
+        x = b.node(
+            "Clip", [x, b.const(f"{prefix}.act_min", lo), b.const(f"{prefix}.act_max", hi)], prefix
+        )
     s_name = b.const(f"{prefix}.act_scale", s)
     z_name = b.const(f"{prefix}.act_zero_point", z, _zp_type(sch))
     codes = b.node("QuantizeLinear", [x, s_name, z_name], prefix)
@@ -110,9 +114,13 @@ def _reduce(b: GraphBuilder, op: str, x: str, prefix: str, per_row: bool, opset:
     """ReduceMin/ReduceMax over the last axis (kept) or over everything (scalar)."""
     if not per_row:
         return b.node(op, [x], prefix, keepdims=0)
-    if opset >= 18:                                     # axes became an input in opset 18
-        return b.node(op, [x, b.init(helper.make_tensor(f"{prefix}.axes", TensorProto.INT64, [1], [-1]))],
-                      prefix, keepdims=1)
+    if opset >= 18:  # axes became an input in opset 18
+        return b.node(
+            op,
+            [x, b.init(helper.make_tensor(f"{prefix}.axes", TensorProto.INT64, [1], [-1]))],
+            prefix,
+            keepdims=1,
+        )
     return b.node(op, [x], prefix, axes=[-1], keepdims=1)
 
 
@@ -128,7 +136,7 @@ def _dynamic_scale(b: GraphBuilder, p: str, lo: str, hi: str, sch: QScheme) -> t
         s64 = b.node("Div", [b.node("Sub", [hi64, lo64], p), levels], p)
     zero = b.const(f"{p}.zero64", 0.0, TensorProto.DOUBLE)
     one = b.const(f"{p}.one64", 1.0, TensorProto.DOUBLE)
-    s64 = b.node("Where", [b.node("Equal", [s64, zero], p), one, s64], p)          # zero range: 1
+    s64 = b.node("Where", [b.node("Equal", [s64, zero], p), one, s64], p)  # zero range: 1
     s64 = b.node("Max", [s64, b.const(f"{p}.tiny", FLOAT32_TINY, TensorProto.DOUBLE)], p)
     return b.node("Cast", [s64], p, to=TensorProto.FLOAT), lo64
 
@@ -136,14 +144,32 @@ def _dynamic_scale(b: GraphBuilder, p: str, lo: str, hi: str, sch: QScheme) -> t
 def _dynamic_zero_point(b: GraphBuilder, p: str, lo64: str, s: str, sch: QScheme) -> str:
     """z = clamp(round(qmin - lo / s), qmin, qmax) in float64, as float32 (small integer)."""
     ratio = b.node("Div", [lo64, b.node("Cast", [s], p, to=TensorProto.DOUBLE)], p)
-    t = b.node("Round", [b.node("Sub", [b.const(f"{p}.qmin64", float(sch.qmin), TensorProto.DOUBLE), ratio], p)], p)
-    t = b.node("Clip", [t, b.const(f"{p}.zmin", float(sch.qmin), TensorProto.DOUBLE),
-                        b.const(f"{p}.zmax", float(sch.qmax), TensorProto.DOUBLE)], p)
+    t = b.node(
+        "Round",
+        [b.node("Sub", [b.const(f"{p}.qmin64", float(sch.qmin), TensorProto.DOUBLE), ratio], p)],
+        p,
+    )
+    t = b.node(
+        "Clip",
+        [
+            t,
+            b.const(f"{p}.zmin", float(sch.qmin), TensorProto.DOUBLE),
+            b.const(f"{p}.zmax", float(sch.qmax), TensorProto.DOUBLE),
+        ],
+        p,
+    )
     return b.node("Cast", [t], p, to=TensorProto.FLOAT)
 
 
-def dynamic_act(b: GraphBuilder, prefix: str, x: str, sch: QScheme, per_row: bool,
-                opset: int, form: str = "exact") -> tuple[str, str]:
+def dynamic_act(
+    b: GraphBuilder,
+    prefix: str,
+    x: str,
+    sch: QScheme,
+    per_row: bool,
+    opset: int,
+    form: str = "exact",
+) -> tuple[str, str]:
     """Activation quantized from its own range at run time. Returns (codes, dequantized);
     codes are float32 integers in the exact form, uint8 in the ``"ort"`` form."""
     p = prefix
@@ -151,13 +177,19 @@ def dynamic_act(b: GraphBuilder, prefix: str, x: str, sch: QScheme, per_row: boo
         outs = [b.name(f"{p}/dql_{k}") for k in ("q", "scale", "zero_point")]
         b.node("DynamicQuantizeLinear", [x], p, outputs=outs)
         return outs[0], b.node("DequantizeLinear", outs, p)
-    lo = b.node("Min", [_reduce(b, "ReduceMin", x, p, per_row, opset), b.const(f"{p}.zero", 0.0)], p)
-    hi = b.node("Max", [_reduce(b, "ReduceMax", x, p, per_row, opset), b.const(f"{p}.zero", 0.0)], p)
+    lo = b.node(
+        "Min", [_reduce(b, "ReduceMin", x, p, per_row, opset), b.const(f"{p}.zero", 0.0)], p
+    )
+    hi = b.node(
+        "Max", [_reduce(b, "ReduceMax", x, p, per_row, opset), b.const(f"{p}.zero", 0.0)], p
+    )
     s, lo64 = _dynamic_scale(b, p, lo, hi, sch)
     t = b.node("Round", [b.node("Div", [x, s], p)], p)
     if not sch.symmetric:
         z = _dynamic_zero_point(b, p, lo64, s, sch)
         t = b.node("Add", [t, z], p)
-    codes = b.node("Clip", [t, b.const(f"{p}.qmin", float(sch.qmin)), b.const(f"{p}.qmax", float(sch.qmax))], p)
+    codes = b.node(
+        "Clip", [t, b.const(f"{p}.qmin", float(sch.qmin)), b.const(f"{p}.qmax", float(sch.qmax))], p
+    )
     centered = codes if sch.symmetric else b.node("Sub", [codes, z], p)
     return codes, b.node("Mul", [centered, s], p)

@@ -30,12 +30,14 @@ from .storage import choose_storage
 
 @dataclass
 class WeightEdit:
-    output: str              # tensor the node reads instead of the float weight
+    output: str  # tensor the node reads instead of the float weight
     storage: object
     nbytes: int
     note: str = ""
     nodes: list = field(default_factory=list)
-    scale: np.ndarray | None = None   # float32 scales per tensor () or per output channel; None per group
+    scale: np.ndarray | None = (
+        None  # float32 scales per tensor () or per output channel; None per group
+    )
 
 
 def _rows(t: TensorProto, u: WeightUse) -> torch.Tensor:
@@ -44,7 +46,9 @@ def _rows(t: TensorProto, u: WeightUse) -> torch.Tensor:
     return w.t().contiguous() if u.rows_transposed else w.reshape(u.shape[0], -1)
 
 
-def _quantize_one(b: GraphBuilder, t: TensorProto, u: WeightUse, opset: int, int_acts: bool) -> WeightEdit:
+def _quantize_one(
+    b: GraphBuilder, t: TensorProto, u: WeightUse, opset: int, int_acts: bool
+) -> WeightEdit:
     qt = QTensor.from_float(_rows(t, u), u.scheme, u.config.weight_range, name=f"{u.name}:{u.init}")
     storage = choose_storage(u.scheme, opset, int_acts)
     if u.rows_transposed:
@@ -53,7 +57,9 @@ def _quantize_one(b: GraphBuilder, t: TensorProto, u: WeightUse, opset: int, int
         lay, reshape = rows_layout(qt, u.shape)
     out, nbytes = dequant_weight(b, u.init, lay, storage)
     if reshape:
-        shape = helper.make_tensor(f"{u.init}.shape", TensorProto.INT64, [len(u.shape)], list(u.shape))
+        shape = helper.make_tensor(
+            f"{u.init}.shape", TensorProto.INT64, [len(u.shape)], list(u.shape)
+        )
         out = b.node("Reshape", [out, b.init(shape)], u.init)
     if t.data_type != TensorProto.FLOAT:
         out = b.node("Cast", [out], u.init, to=t.data_type)
@@ -72,11 +78,14 @@ def readers(graph: GraphProto) -> dict:
             for a in n.attribute:
                 for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                     walk(sub)
+
     walk(graph)
     return counts
 
 
-def weight_edits(b: GraphBuilder, graph: GraphProto, uses: list, opset: int, int_acts) -> tuple[dict, set]:
+def weight_edits(
+    b: GraphBuilder, graph: GraphProto, uses: list, opset: int, int_acts
+) -> tuple[dict, set]:
     """({use index: WeightEdit}, names of float initializers nothing reads any more).
     ``int_acts(use)``: whether that node's activations are quantized too (``storage``)."""
     inits = {t.name: t for t in graph.initializer}
@@ -87,8 +96,13 @@ def weight_edits(b: GraphBuilder, graph: GraphProto, uses: list, opset: int, int
         key = (u.init, u.scheme, u.rows_transposed, u.config.weight_range, int_acts(u))
         if key in done:
             first, e = done[key]
-            edits[u.index] = WeightEdit(e.output, e.storage, 0, f"shares {u.init!r} with {first}: quantized once",
-                                        scale=e.scale)
+            edits[u.index] = WeightEdit(
+                e.output,
+                e.storage,
+                0,
+                f"shares {u.init!r} with {first}: quantized once",
+                scale=e.scale,
+            )
         else:
             e = _quantize_one(b, inits[u.init], u, opset, key[-1])
             done[key] = (u.name, e)
@@ -99,7 +113,9 @@ def weight_edits(b: GraphBuilder, graph: GraphProto, uses: list, opset: int, int
     for u in uses:
         if u.init not in unused and edits[u.index].nbytes:
             e = edits[u.index]
-            e.note = "; ".join(x for x in (e.note, f"{u.init!r} is also read in float elsewhere: kept") if x)
+            e.note = "; ".join(
+                x for x in (e.note, f"{u.init!r} is also read in float elsewhere: kept") if x
+            )
     return edits, unused
 
 
@@ -122,8 +138,16 @@ def cast_around(b: GraphBuilder, x: str, elem: int, prefix: str, build) -> tuple
     return codes, b.node("Cast", [dq], prefix, to=elem)
 
 
-def rebuild(graph: GraphProto, head: list, before: dict, inputs: dict, unused: set, b: GraphBuilder,
-            after: dict | None = None, outputs: dict | None = None) -> None:
+def rebuild(
+    graph: GraphProto,
+    head: list,
+    before: dict,
+    inputs: dict,
+    unused: set,
+    b: GraphBuilder,
+    after: dict | None = None,
+    outputs: dict | None = None,
+) -> None:
     """Rewrite ``graph`` in place: ``head`` nodes first, ``before[i]`` / ``after[i]`` nodes
     around node i, node inputs renamed per ``inputs[(i, slot)]`` and outputs per
     ``outputs[(i, slot)]``, unused float initializers dropped and the builder's initializers

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from onnx import ModelProto, TensorProto
 
-from ..errors import CalibrationError
 from ..core.scheme import PerTensor, QScheme
+from ..errors import CalibrationError
 from .builder import GraphBuilder
 from .calibrate import feeds, observe
 from .qdq import dynamic_act, static_act
@@ -30,17 +30,19 @@ MATMULS = ("MatMul", "Gemm")
 
 @dataclass
 class ActEdits:
-    before: dict = field(default_factory=dict)      # node index -> nodes to insert before it
-    after: dict = field(default_factory=dict)       # node index -> nodes to insert after it
-    renames: dict = field(default_factory=dict)     # (node index, slot) -> new input name
+    before: dict = field(default_factory=dict)  # node index -> nodes to insert before it
+    after: dict = field(default_factory=dict)  # node index -> nodes to insert after it
+    renames: dict = field(default_factory=dict)  # (node index, slot) -> new input name
     out_renames: dict = field(default_factory=dict)  # (node index, slot) -> new output name
-    unused: set = field(default_factory=set)        # float initializers nothing reads any more
-    described: dict = field(default_factory=dict)   # node index -> (codes tensor, description)
-    notes: dict = field(default_factory=dict)       # node index -> note
+    unused: set = field(default_factory=set)  # float initializers nothing reads any more
+    described: dict = field(default_factory=dict)  # node index -> (codes tensor, description)
+    notes: dict = field(default_factory=dict)  # node index -> note
 
 
 def _ort_ok(s: QScheme, per_token: bool) -> bool:
-    return s.bits == 8 and not s.symmetric and isinstance(s.granularity, PerTensor) and not per_token
+    return (
+        s.bits == 8 and not s.symmetric and isinstance(s.granularity, PerTensor) and not per_token
+    )
 
 
 def _calibrate(model: ModelProto, groups: dict, calibration, inputs: dict, batch_size: int):
@@ -51,14 +53,21 @@ def _calibrate(model: ModelProto, groups: dict, calibration, inputs: dict, batch
             made[(tensor, spec)] = spec.make()
             observers.setdefault(tensor, []).append(made[(tensor, spec)])
     sized = hasattr(calibration, "__len__") and not isinstance(calibration, (str, os.PathLike))
-    n, first = observe(model, observers, feeds(calibration, inputs, batch_size), inputs,
-                       len(calibration) if sized else None)
+    n, first = observe(
+        model,
+        observers,
+        feeds(calibration, inputs, batch_size),
+        inputs,
+        len(calibration) if sized else None,
+    )
     if n == 0:
         raise CalibrationError("the calibration data yielded no batches")
     unfed = sorted({t for (t, _), o in made.items() if o.n_seen == 0})
     if unfed:
-        raise CalibrationError(f"{len(unfed)} activation(s) saw no finite calibration value: {', '.join(unfed[:5])}; "
-                               "feed batches that reach them, or exclude the nodes reading them")
+        raise CalibrationError(
+            f"{len(unfed)} activation(s) saw no finite calibration value: {', '.join(unfed[:5])}; "
+            "feed batches that reach them, or exclude the nodes reading them"
+        )
     return {k: made[(k[0], k[2])].qparams(k[1]) for k in groups}, first
 
 
@@ -74,10 +83,20 @@ def _quantizer(b: GraphBuilder, key: tuple, mode: str, qparams: dict, opset: int
     return (lambda xf: dynamic_act(b, x, xf, scheme, per_token, opset, f)), desc
 
 
-def activation_edits(b: GraphBuilder, model: ModelProto, uses: list, mode: str, inputs: dict,
-                     calibration, batch_size: int, elem_types: dict, opset: int,
-                     form: str = "auto", outputs: str = "auto", weights: dict | None = None
-                     ) -> tuple[ActEdits, dict | None]:
+def activation_edits(
+    b: GraphBuilder,
+    model: ModelProto,
+    uses: list,
+    mode: str,
+    inputs: dict,
+    calibration,
+    batch_size: int,
+    elem_types: dict,
+    opset: int,
+    form: str = "auto",
+    outputs: str = "auto",
+    weights: dict | None = None,
+) -> tuple[ActEdits, dict | None]:
     """The activation nodes for ``mode``; returns (edits, first calibration feed or None).
     ``outputs``: static output handling (``qgraph_outputs``); ``weights``: the weight edits
     ({use index: WeightEdit}), whose scales an INT32 bias needs."""
@@ -89,25 +108,41 @@ def activation_edits(b: GraphBuilder, model: ModelProto, uses: list, mode: str, 
         for u in uses:
             if u.op == "Conv":
                 edits.notes[u.index] = "dynamic: convolutions run weight-only"
-        groups = act_groups(uses, lambda u: (u.act, u.config.activation, u.config.dynamic == "per_token")
-                            if u.op in MATMULS else None)
+        groups = act_groups(
+            uses,
+            lambda u: (
+                (u.act, u.config.activation, u.config.dynamic == "per_token")
+                if u.op in MATMULS
+                else None
+            ),
+        )
         qparams, first = {}, None
     else:
-        groups = act_groups(uses, lambda u: (u.act, u.config.activation, u.config.observer) if u.act else None)
+        groups = act_groups(
+            uses, lambda u: (u.act, u.config.activation, u.config.observer) if u.act else None
+        )
         plan = plan_outputs(model.graph, uses, groups, outputs)
         keys = list(groups) + [k for k in plan.quant if k not in groups]
         qparams, first = _calibrate(model, keys, calibration, inputs, batch_size)
         edits.notes.update(plan.notes)
     for key in list(groups) + [k for k in plan.quant if k not in groups]:
-        _quantize_key(b, edits, key, groups.get(key, []), plan.quant.get(key), elem_types,
-                      _quantizer(b, key, mode, qparams, opset, form))
+        _quantize_key(
+            b,
+            edits,
+            key,
+            groups.get(key, []),
+            plan.quant.get(key),
+            elem_types,
+            _quantizer(b, key, mode, qparams, opset, form),
+        )
     if plan.bias:
         _int32_biases(b, model, plan.bias, groups, qparams, weights or {}, edits)
     return edits, first
 
 
-def _quantize_key(b: GraphBuilder, edits: ActEdits, key: tuple, group: list, producer, elem_types: dict,
-                  quantizer) -> None:
+def _quantize_key(
+    b: GraphBuilder, edits: ActEdits, key: tuple, group: list, producer, elem_types: dict, quantizer
+) -> None:
     """The Q/DQ of one key. ``producer`` (node index, output slot): the tensor is a layer
     output quantized for all its readers; its producer writes a fresh name, the
     DequantizeLinear (or the Cast back) writes the tensor's own name."""
@@ -129,23 +164,34 @@ def _quantize_key(b: GraphBuilder, edits: ActEdits, key: tuple, group: list, pro
         edits.described[u.index] = (codes, desc)
 
 
-def _int32_biases(b: GraphBuilder, model: ModelProto, gemms: list, groups: dict, qparams: dict,
-                  weights: dict, edits: ActEdits) -> None:
+def _int32_biases(
+    b: GraphBuilder,
+    model: ModelProto,
+    gemms: list,
+    groups: dict,
+    qparams: dict,
+    weights: dict,
+    edits: ActEdits,
+) -> None:
     """Gemm biases as INT32 DequantizeLinear at s_x s_w (``qgraph_outputs.int32_bias``)."""
     key_of = {u.index: k for k, group in groups.items() for u in group}
     counts, converted = readers(model.graph), {}
     for u in gemms:
         e = weights.get(u.index)
         s_x = float(qparams[key_of[u.index]].scale)
-        dq = int32_bias(b, model.graph, u, s_x, e.scale if e is not None and e.storage.bits == 8 else None)
+        dq = int32_bias(
+            b, model.graph, u, s_x, e.scale if e is not None and e.storage.bits == 8 else None
+        )
         name = model.graph.node[u.index].input[2]
         if dq is None:
-            edits.notes[u.index] = ("output read in float and the bias stays float (weights not 8-bit per "
-                                    "tensor / channel, or codes beyond int32): onnxruntime runs this Gemm in float")
+            edits.notes[u.index] = (
+                "output read in float and the bias stays float (weights not 8-bit per "
+                "tensor / channel, or codes beyond int32): onnxruntime runs this Gemm in float"
+            )
             continue
         edits.before.setdefault(u.index, []).extend(b.take())
         edits.renames[(u.index, 2)] = dq
         edits.notes[u.index] = BIAS_NOTE
         converted[name] = converted.get(name, 0) + 1
-        if counts.get(name, 0) == converted[name]:            # no float reader left
+        if counts.get(name, 0) == converted[name]:  # no float reader left
             edits.unused.add(name)

@@ -51,17 +51,19 @@ BIAS_NOTE = "bias INT32 at s_x s_w (fuses into QGemm, float output)"
 
 @dataclass
 class OutputPlan:
-    quant: dict = field(default_factory=dict)    # key (tensor, scheme, spec) -> (producer index, slot)
-    bias: list = field(default_factory=list)     # Gemm uses whose bias becomes INT32
-    notes: dict = field(default_factory=dict)    # use index -> note
+    quant: dict = field(
+        default_factory=dict
+    )  # key (tensor, scheme, spec) -> (producer index, slot)
+    bias: list = field(default_factory=list)  # Gemm uses whose bias becomes INT32
+    notes: dict = field(default_factory=dict)  # use index -> note
 
 
 @dataclass
 class _Index:
-    readers: dict            # tensor -> [(node index, input slot)]
-    producer: dict           # tensor -> (node index, output slot)
-    outputs: set             # graph outputs
-    hidden: set              # tensors read inside subgraphs (not renamable here)
+    readers: dict  # tensor -> [(node index, input slot)]
+    producer: dict  # tensor -> (node index, output slot)
+    outputs: set  # graph outputs
+    hidden: set  # tensors read inside subgraphs (not renamable here)
 
 
 def _index(graph: GraphProto) -> _Index:
@@ -73,6 +75,7 @@ def _index(graph: GraphProto) -> _Index:
             for a in n.attribute:
                 for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                     walk(sub)
+
     for i, n in enumerate(graph.node):
         for s, x in enumerate(n.input):
             readers.setdefault(x, []).append((i, s))
@@ -102,7 +105,11 @@ def _only_quantized(graph: GraphProto, idx: _Index, t: str, spec: tuple, act_key
         node = graph.node[i]
         if (slot == 0 and act_key.get(i) == (t,) + spec) or node.op_type in SHAPE_READS:
             continue
-        if node.op_type in RESHAPES and slot == 0 and _only_quantized(graph, idx, node.output[0], spec, act_key):
+        if (
+            node.op_type in RESHAPES
+            and slot == 0
+            and _only_quantized(graph, idx, node.output[0], spec, act_key)
+        ):
             continue
         return False
     return True
@@ -131,19 +138,31 @@ def plan_outputs(graph: GraphProto, uses: list, groups: dict, mode: str) -> Outp
         out = graph.node[u.index].output[0]
         t = _tail(graph, idx, out)
         readers = idx.readers.get(t, [])
-        if t not in idx.outputs and all(s == 0 and act_key.get(i) == (t,) + spec for i, s in readers):
-            continue                                    # already read by its QuantizeLinear only
-        free = isinstance(spec[0].granularity, PerTensor) and _only_quantized(graph, idx, t, spec, act_key)
+        if t not in idx.outputs and all(
+            s == 0 and act_key.get(i) == (t,) + spec for i, s in readers
+        ):
+            continue  # already read by its QuantizeLinear only
+        free = isinstance(spec[0].granularity, PerTensor) and _only_quantized(
+            graph, idx, t, spec, act_key
+        )
         if t not in idx.hidden and (mode == "all" or free):
             plan.quant[(t,) + spec] = idx.producer[t]
             plan.notes[u.index] = ALL_NOTE if mode == "all" else AUTO_NOTE
         else:
-            floats = [graph.node[i].op_type for i, s in readers if not (s == 0 and act_key.get(i) == (t,) + spec)]
-            _float_output(graph, u, t, floats + (["graph output"] if t in idx.outputs else []), inits, plan)
+            floats = [
+                graph.node[i].op_type
+                for i, s in readers
+                if not (s == 0 and act_key.get(i) == (t,) + spec)
+            ]
+            _float_output(
+                graph, u, t, floats + (["graph output"] if t in idx.outputs else []), inits, plan
+            )
     return plan
 
 
-def _float_output(graph: GraphProto, u, t: str, floats: list, inits: dict, plan: OutputPlan) -> None:
+def _float_output(
+    graph: GraphProto, u, t: str, floats: list, inits: dict, plan: OutputPlan
+) -> None:
     """A layer whose output stays float (read by ``floats``): MatMul and a Gemm without bias
     fuse as they are; a Gemm's float bias becomes INT32; anything else gets a note."""
     node = graph.node[u.index]
@@ -153,22 +172,30 @@ def _float_output(graph: GraphProto, u, t: str, floats: list, inits: dict, plan:
     if u.op == "Gemm" and t == node.output[0] and _bias_ok(node, inits):
         plan.bias.append(u)
         return
-    plan.notes[u.index] = (f"output read in float ({', '.join(sorted(set(floats)))}): onnxruntime runs this {u.op} in "
-                           "float; outputs='all' quantizes it")
+    plan.notes[u.index] = (
+        f"output read in float ({', '.join(sorted(set(floats)))}): onnxruntime runs this {u.op} in "
+        "float; outputs='all' quantizes it"
+    )
 
 
-def int32_bias(b: GraphBuilder, graph: GraphProto, u, x_scale: float, w_scale: np.ndarray | None) -> str | None:
+def int32_bias(
+    b: GraphBuilder, graph: GraphProto, u, x_scale: float, w_scale: np.ndarray | None
+) -> str | None:
     """DequantizeLinear of the Gemm's bias as INT32 codes at scale s_x s_w (float32, per
     output channel); None when the weight has per-group scales or the codes would not fit."""
     if w_scale is None:
         return None
     name = graph.node[u.index].input[2]
-    bias = numpy_helper.to_array(next(t for t in graph.initializer if t.name == name)).astype(np.float64)
-    s = np.broadcast_to(np.float32(x_scale) * w_scale.astype(np.float32), bias.shape).astype(np.float32)
+    bias = numpy_helper.to_array(next(t for t in graph.initializer if t.name == name)).astype(
+        np.float64
+    )
+    s = np.broadcast_to(np.float32(x_scale) * w_scale.astype(np.float32), bias.shape).astype(
+        np.float32
+    )
     if not (np.isfinite(s).all() and (s > 0).all()):
         return None
     q = np.rint(bias / s.astype(np.float64))
-    if np.abs(q).max(initial=0) >= 2 ** 31 - 1:
+    if np.abs(q).max(initial=0) >= 2**31 - 1:
         return None
     qn = b.init(numpy_helper.from_array(q.astype(np.int32), f"{name}.bias_q"))
     sn = b.init(numpy_helper.from_array(s, f"{name}.bias_scale"))

@@ -29,11 +29,11 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, version_converter
 
-from ..nn.config import QuantConfig
-from ..errors import CalibrationError, ConfigError, PlanError
 from ..core.scheme import PerGroup
-from .builder import GraphBuilder, graph_names
+from ..errors import CalibrationError, ConfigError, PlanError
+from ..nn.config import QuantConfig
 from . import fileio
+from .builder import GraphBuilder, graph_names
 from .fileio import load_model
 from .graphplan import OP_TYPES, plan_graph, refuse_quantized, unique_node_names
 from .publish import check_output, save_model
@@ -52,17 +52,30 @@ def _mode(mode: str | None, config: QuantConfig, calibration, outputs: str = "au
     if outputs not in OUTPUT_MODES:
         raise ConfigError(f"outputs must be one of {OUTPUT_MODES}, got {outputs!r}")
     if mode is None:
-        mode = "static" if calibration is not None else "dynamic" if config.activation else "weight_only"
+        mode = (
+            "static"
+            if calibration is not None
+            else "dynamic"
+            if config.activation
+            else "weight_only"
+        )
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "weight_only" and config.activation is None:
         raise ConfigError(f"mode {mode!r} needs config.activation; use mode='weight_only'")
     if outputs == "all" and mode != "static":
-        raise ConfigError(f"outputs='all' quantizes layer outputs with calibrated ranges: it needs mode='static', "
-                          f"got {mode!r}")
-    if mode == "static" and (calibration is None or (hasattr(calibration, "__len__") and len(calibration) == 0)):
-        raise CalibrationError("static quantization needs calibration data: an iterable of feed dicts "
-                               "or an .npz path (or use mode='dynamic')")
+        raise ConfigError(
+            "outputs='all' quantizes layer outputs with calibrated ranges: it needs "
+            "mode='static', "
+            f"got {mode!r}"
+        )
+    if mode == "static" and (
+        calibration is None or (hasattr(calibration, "__len__") and len(calibration) == 0)
+    ):
+        raise CalibrationError(
+            "static quantization needs calibration data: an iterable of feed dicts "
+            "or an .npz path (or use mode='dynamic')"
+        )
     return mode
 
 
@@ -75,7 +88,9 @@ def _target_opset(model: ModelProto, uses: list, opset: int | None) -> int:
     if opset is None:
         return max([have, MIN_OPSET] + [needed_opset(u.scheme) for u in uses])
     if not MIN_OPSET <= opset <= MAX_OPSET or opset < have:
-        raise ConfigError(f"opset must be in {max(MIN_OPSET, have)}..{MAX_OPSET} for this model, got {opset}")
+        raise ConfigError(
+            f"opset must be in {max(MIN_OPSET, have)}..{MAX_OPSET} for this model, got {opset}"
+        )
     return opset
 
 
@@ -86,21 +101,28 @@ def _lift(model: ModelProto, opset: int, src) -> ModelProto:
     try:
         lifted = version_converter.convert_version(model, opset)
     except Exception as e:  # noqa: BLE001  (the converter raises RuntimeError/ValidationError)
-        raise PlanError(f"{src}: cannot convert opset {_default_opset(model)} to {opset} ({e}); pass "
-                        f"opset={_default_opset(model)} to store the codes in 8-bit types") from e
-    lifted.ir_version = max(lifted.ir_version, helper.find_min_ir_version_for(list(lifted.opset_import)))
+        raise PlanError(
+            f"{src}: cannot convert opset {_default_opset(model)} to {opset} ({e}); pass "
+            f"opset={_default_opset(model)} to store the codes in 8-bit types"
+        ) from e
+    lifted.ir_version = max(
+        lifted.ir_version, helper.find_min_ir_version_for(list(lifted.opset_import))
+    )
     return lifted
 
 
 def _check_blocks(uses: list, opset: int) -> None:
     grouped = [u.name for u in uses if isinstance(u.scheme.granularity, PerGroup)]
     if grouped and opset < BLOCK_OPSET:
-        raise ConfigError(f"per-group weights ({', '.join(grouped[:3])}) need opset >= {BLOCK_OPSET} "
-                          f"(DequantizeLinear block_size); got opset {opset}")
+        raise ConfigError(
+            f"per-group weights ({', '.join(grouped[:3])}) need opset >= {BLOCK_OPSET} "
+            f"(DequantizeLinear block_size); got opset {opset}"
+        )
 
 
 def _integer_acts(u, mode: str) -> bool:
-    """Whether the node's activations get quantized (static: all but Gather; dynamic: MatMul, Gemm)."""
+    """Whether the node's activations get quantized (static: all but Gather; dynamic: MatMul, "
+    "Gemm)."""
     if mode == "static":
         return u.act is not None
     return mode == "dynamic" and u.op in ("MatMul", "Gemm")
@@ -109,8 +131,11 @@ def _integer_acts(u, mode: str) -> bool:
 def _input_types(model: ModelProto) -> dict:
     """Real graph inputs (not initializers) -> numpy dtype."""
     inits = {t.name for t in model.graph.initializer}
-    return {i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
-            for i in model.graph.input if i.name not in inits}
+    return {
+        i.name: helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        for i in model.graph.input
+        if i.name not in inits
+    }
 
 
 def _synthetic_feed(model: ModelProto) -> dict:
@@ -122,9 +147,15 @@ def _synthetic_feed(model: ModelProto) -> dict:
         if i.name in inits:
             continue
         tt = i.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+        shape = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim
+        ]
         dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        feed[i.name] = rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else np.zeros(shape, dt)
+        feed[i.name] = (
+            rng.standard_normal(shape).astype(dt)
+            if np.issubdtype(dt, np.floating)
+            else np.zeros(shape, dt)
+        )
     return feed
 
 
@@ -140,10 +171,21 @@ def _elem_types(model: ModelProto) -> dict:
     return {v.name: v.type.tensor_type.elem_type for v in vis}
 
 
-def quantize_onnx(src, dst, config: QuantConfig = QuantConfig(), calibration=None, *,
-                  mode: str | None = None, op_types=OP_TYPES, opset: int | None = None,
-                  batch_size: int = 32, example_feed: dict | None = None,
-                  dynamic_form: str = "auto", outputs: str = "auto", overwrite: bool = False) -> OnnxSummary:
+def quantize_onnx(
+    src,
+    dst,
+    config: QuantConfig = QuantConfig(),
+    calibration=None,
+    *,
+    mode: str | None = None,
+    op_types=OP_TYPES,
+    opset: int | None = None,
+    batch_size: int = 32,
+    example_feed: dict | None = None,
+    dynamic_form: str = "auto",
+    outputs: str = "auto",
+    overwrite: bool = False,
+) -> OnnxSummary:
     """Quantize the float ONNX model ``src`` into ``dst``; returns an ``OnnxSummary``.
 
     ``calibration``: iterable of feed dicts or an ``.npz`` path (static). ``op_types``: the ops
@@ -168,19 +210,43 @@ def quantize_onnx(src, dst, config: QuantConfig = QuantConfig(), calibration=Non
     inputs = _input_types(model)
     b = GraphBuilder(graph_names(model.graph))
     edits, unused = weight_edits(b, model.graph, uses, target, lambda u: _integer_acts(u, mode))
-    acts, first_feed = activation_edits(b, model, uses, mode, inputs, calibration, batch_size,
-                                        _elem_types(model), target, dynamic_form, outputs, edits)
+    acts, first_feed = activation_edits(
+        b,
+        model,
+        uses,
+        mode,
+        inputs,
+        calibration,
+        batch_size,
+        _elem_types(model),
+        target,
+        dynamic_form,
+        outputs,
+        edits,
+    )
     head = [n for e in edits.values() for n in e.nodes]
     renames = {(u.index, u.slot): edits[u.index].output for u in uses}
     renames.update(acts.renames)
     records = _records(model, uses, edits, acts)
-    rebuild(model.graph, head, acts.before, renames, unused | acts.unused, b, acts.after, acts.out_renames)
-    summary = OnnxSummary(dst, mode, target, tuple(records), tuple(skipped),
-                          notes=notes_for(records))
+    rebuild(
+        model.graph,
+        head,
+        acts.before,
+        renames,
+        unused | acts.unused,
+        b,
+        acts.after,
+        acts.out_renames,
+    )
+    summary = OnnxSummary(
+        dst, mode, target, tuple(records), tuple(skipped), notes=notes_for(records)
+    )
     write_metadata(model, summary)
     feed = example_feed if example_feed is not None else first_feed or _synthetic_feed(model)
     files = save_model(model, dst, feed)
-    return dataclasses.replace(summary, files=tuple(files), file_bytes=sum(p.stat().st_size for p in files))
+    return dataclasses.replace(
+        summary, files=tuple(files), file_bytes=sum(p.stat().st_size for p in files)
+    )
 
 
 def _records(model: ModelProto, uses: list, edits: dict, acts) -> list:
@@ -190,8 +256,20 @@ def _records(model: ModelProto, uses: list, edits: dict, acts) -> list:
         codes, desc = acts.described.get(u.index, ("", "weight-only"))
         note = "; ".join(x for x in (u.note, e.note, acts.notes.get(u.index, "")) if x)
         node = model.graph.node[u.index]
-        x = u.act or node.input[1]                                  # Gather: its indices
-        y = acts.out_renames.get((u.index, 0), node.output[0])      # its float output
-        out.append(LayerRecord(u.name, u.op, u.scheme.describe(), e.storage.type_name, desc, e.nbytes,
-                               note, x, codes, y))
+        x = u.act or node.input[1]  # Gather: its indices
+        y = acts.out_renames.get((u.index, 0), node.output[0])  # its float output
+        out.append(
+            LayerRecord(
+                u.name,
+                u.op,
+                u.scheme.describe(),
+                e.storage.type_name,
+                desc,
+                e.nbytes,
+                note,
+                x,
+                codes,
+                y,
+            )
+        )
     return out

@@ -45,8 +45,8 @@ TYPES = {
     4: (TensorProto.INT4, TensorProto.UINT4, 21),
     8: (TensorProto.INT8, TensorProto.UINT8, 13),
 }
-BLOCK_OPSET = 21          # DequantizeLinear's block_size attribute (per-group scales)
-MIN_OPSET = 13            # per-axis DequantizeLinear
+BLOCK_OPSET = 21  # DequantizeLinear's block_size attribute (per-group scales)
+MIN_OPSET = 13  # per-axis DequantizeLinear
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,11 @@ class Storage:
     """The ONNX integer type holding a scheme's codes."""
 
     onnx_type: int
-    bits: int                # 2, 4 or 8
+    bits: int  # 2, 4 or 8
     signed: bool
     scheme_bits: int
-    note: str = ""           # why the storage is wider than the scheme, if it is
-    offset: int = 0          # stored code = q + offset, stored zero point = z + offset
+    note: str = ""  # why the storage is wider than the scheme, if it is
+    offset: int = 0  # stored code = q + offset, stored zero point = z + offset
 
     @property
     def type_name(self) -> str:
@@ -71,8 +71,10 @@ def needed_opset(scheme: QScheme) -> int:
     return TYPES[bits][2]
 
 
-U8_NOTE = ("int8 weights stored as UINT8 + 128 (zero point 128): onnxruntime's u8 x s8 integer "
-           "kernels saturate int16 pair sums on CPUs without VNNI (255 * 127 * 2 > 32767)")
+U8_NOTE = (
+    "int8 weights stored as UINT8 + 128 (zero point 128): onnxruntime's u8 x s8 integer "
+    "kernels saturate int16 pair sums on CPUs without VNNI (255 * 127 * 2 > 32767)"
+)
 
 
 def choose_storage(scheme: QScheme, opset: int, integer_acts: bool = False) -> Storage:
@@ -93,11 +95,16 @@ def choose_storage(scheme: QScheme, opset: int, integer_acts: bool = False) -> S
         native = min(b for b in TYPES if b >= scheme.bits)
         note = ""
         if bits != scheme.bits and bits == native:
-            note = f"{scheme.bits}-bit codes stored as {name}: ONNX has no {scheme.bits}-bit integer type"
+            note = (
+                f"{scheme.bits}-bit codes stored as {name}: "
+                f"ONNX has no {scheme.bits}-bit integer type"
+            )
         elif bits != native:
-            note = (f"{scheme.bits}-bit codes stored as {name}: opset {opset} lacks "
-                    f"{TensorProto.DataType.Name(TYPES[native][0 if signed else 1])} "
-                    f"(needs opset {TYPES[native][2]})")
+            note = (
+                f"{scheme.bits}-bit codes stored as {name}: opset {opset} lacks "
+                f"{TensorProto.DataType.Name(TYPES[native][0 if signed else 1])} "
+                f"(needs opset {TYPES[native][2]})"
+            )
         return Storage(onnx_type, bits, signed, scheme.bits, note)
     raise AssertionError("8-bit storage exists in every supported opset")
 
@@ -118,8 +125,11 @@ def code_tensor(name: str, q: np.ndarray, storage: Storage) -> TensorProto:
     return helper.make_tensor(name, storage.onnx_type, dims, raw, raw=True)
 
 
-_SCALE_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
-                torch.bfloat16: TensorProto.BFLOAT16}
+_SCALE_TYPES = {
+    torch.float32: TensorProto.FLOAT,
+    torch.float16: TensorProto.FLOAT16,
+    torch.bfloat16: TensorProto.BFLOAT16,
+}
 
 
 def scale_tensor(name: str, scale: torch.Tensor) -> TensorProto:

@@ -14,9 +14,19 @@ from torch import nn
 
 from ..nn import DynamicQuantLinear
 from ..nn.layer_math import weight_2d
-from .stats import (Once, Probe, cache_bytes, clip_range, histogram, quant_weight, static_act,
-                    stored_bytes, tensor_bytes, tensor_sqnr_db)
 from ..nn.surgery import fold_bn_into_conv
+from .stats import (
+    Once,
+    Probe,
+    cache_bytes,
+    clip_range,
+    histogram,
+    quant_weight,
+    static_act,
+    stored_bytes,
+    tensor_bytes,
+    tensor_sqnr_db,
+)
 
 QUANTIZED_MODES = ("static", "dynamic", "weight-only")
 
@@ -24,11 +34,11 @@ QUANTIZED_MODES = ("static", "dynamic", "weight-only")
 @dataclass(frozen=True)
 class LayerReport:
     name: str
-    kind: str                   # class in the float model ("" if absent there)
-    quant_kind: str             # class in the quantized model ("" if absent there)
-    mode: str                   # static | dynamic | weight-only | float | folded | removed
+    kind: str  # class in the float model ("" if absent there)
+    quant_kind: str  # class in the quantized model ("" if absent there)
+    mode: str  # static | dynamic | weight-only | float | folded | removed
     scheme: str
-    reason: str                 # why it stays float, or fallback / tie notes
+    reason: str  # why it stays float, or fallback / tie notes
     kernel: str | None
     n_weights: int
     float_bytes: int
@@ -37,9 +47,9 @@ class LayerReport:
     weight_sqnr_db: float | None
     output_sqnr_db: float | None
     clipped_fraction: float | None
-    n_nan: int | None           # values the activation observer excluded while calibrating
+    n_nan: int | None  # values the activation observer excluded while calibrating
     n_inf: int | None
-    histograms: dict            # "weight" / "activation" -> report_stats.histogram dict or None
+    histograms: dict  # "weight" / "activation" -> report_stats.histogram dict or None
 
     @property
     def quantized(self) -> bool:
@@ -61,7 +71,7 @@ class Context:
         self.plan = getattr(info, "plan", None)
         self.notes = dict(getattr(info, "notes", {}) or {})
         self.observers = dict(getattr(info, "observers", {}) or {})
-        self.folded = dict(getattr(info, "folded", []) or [])          # conv -> bn
+        self.folded = dict(getattr(info, "folded", []) or [])  # conv -> bn
         self.folded_into = {bn: conv for conv, bn in self.folded.items()}
         self.float_once, self.quant_once = Once(), Once()
 
@@ -146,7 +156,9 @@ def _reason(name: str, mode: str, ctx: Context) -> str:
     elif mode == "float" and not parts:
         lp = ctx.layer_plan(name)
         planned = lp is not None and lp.quantized
-        parts.append("planned but not converted (run convert)" if planned else "not in the quantization plan")
+        parts.append(
+            "planned but not converted (run convert)" if planned else "not in the quantization plan"
+        )
     return "; ".join(parts)
 
 
@@ -155,7 +167,12 @@ def _weight_stats(name: str, fmod, qmod, ctx: Context) -> tuple:
     ref = ctx.reference_weight(name, fmod)
     qt = quant_weight(qmod) if qmod is not None else None
     if qt is not None:
-        approx, clip, bits, n = qt.dequantize(), clip_range(qt.qparams), qt.bits_per_weight, qt.numel
+        approx, clip, bits, n = (
+            qt.dequantize(),
+            clip_range(qt.qparams),
+            qt.bits_per_weight,
+            qt.numel,
+        )
         ref_cmp = weight_2d(ref) if ref is not None else None
     else:
         approx, clip, ref_cmp = _float_weight(qmod), None, ref
@@ -174,25 +191,36 @@ def row(name: str, ctx: Context, measured: Probe) -> LayerReport:
     n, bits, w_sq, w_hist = _weight_stats(name, fmod, qmod, ctx)
     counts = ctx.observers.get(name) or {}
     return LayerReport(
-        name=name, kind=type(fmod).__name__ if fmod is not None else "",
-        quant_kind=type(qmod).__name__ if qmod is not None else "", mode=mode,
-        scheme=_scheme(name, mode, qmod, ctx), reason=_reason(name, mode, ctx),
-        kernel=getattr(qmod, "kernel", None) if mode in QUANTIZED_MODES else None, n_weights=n,
+        name=name,
+        kind=type(fmod).__name__ if fmod is not None else "",
+        quant_kind=type(qmod).__name__ if qmod is not None else "",
+        mode=mode,
+        scheme=_scheme(name, mode, qmod, ctx),
+        reason=_reason(name, mode, ctx),
+        kernel=getattr(qmod, "kernel", None) if mode in QUANTIZED_MODES else None,
+        n_weights=n,
         float_bytes=stored_bytes(fmod, ctx.float_once) if fmod is not None else 0,
         quant_bytes=stored_bytes(qmod, ctx.quant_once) if qmod is not None else 0,
-        bits_per_weight=bits, weight_sqnr_db=db(w_sq), output_sqnr_db=db(measured.output_sqnr_db()),
-        clipped_fraction=measured.clipped_fraction(), n_nan=counts.get("n_nan"), n_inf=counts.get("n_inf"),
-        histograms={"weight": w_hist, "activation": measured.activation})
+        bits_per_weight=bits,
+        weight_sqnr_db=db(w_sq),
+        output_sqnr_db=db(measured.output_sqnr_db()),
+        clipped_fraction=measured.clipped_fraction(),
+        n_nan=counts.get("n_nan"),
+        n_inf=counts.get("n_inf"),
+        histograms={"weight": w_hist, "activation": measured.activation},
+    )
 
 
 def probe(name: str, ctx: Context) -> Probe:
     fmod, qmod = _get(ctx.float_model, name), _get(ctx.qmodel, name)
     compared = fmod is not None and qmod is not None and name not in ctx.folded_into
     act = static_act(qmod) if qmod is not None else None
-    return Probe(float_name=name if fmod is not None else None,
-                 ref_name=ctx.folded.get(name, name) if compared else None,
-                 quant_name=name if compared else None,
-                 clip=clip_range(act) if act is not None else None)
+    return Probe(
+        float_name=name if fmod is not None else None,
+        ref_name=ctx.folded.get(name, name) if compared else None,
+        quant_name=name if compared else None,
+        clip=clip_range(act) if act is not None else None,
+    )
 
 
 def totals(rows: list, ctx: Context, model_sqnr: float | None) -> dict:
@@ -201,14 +229,19 @@ def totals(rows: list, ctx: Context, model_sqnr: float | None) -> dict:
     q_other = sum(ctx.quant_once.bytes(t, tensor_bytes(t)) for t in _tensors(ctx.qmodel))
     n_params = sum(p.numel() for p in ctx.float_model.parameters())
     f_total, q_total = f_layers + f_other, q_layers + q_other
-    return {"n_params": n_params, "float_bytes": f_total, "quant_bytes": q_total,
-            "float_other_bytes": f_other, "quant_other_bytes": q_other,
-            "ratio": f_total / q_total if q_total else None,
-            "bits_per_weight": 8 * q_layers / n_params if n_params else None,
-            "quant_cache_bytes": cache_bytes(ctx.qmodel),
-            "n_quantized": sum(r.quantized for r in rows),
-            "n_float": sum(not r.quantized for r in rows),
-            "output_sqnr_db": db(model_sqnr)}
+    return {
+        "n_params": n_params,
+        "float_bytes": f_total,
+        "quant_bytes": q_total,
+        "float_other_bytes": f_other,
+        "quant_other_bytes": q_other,
+        "ratio": f_total / q_total if q_total else None,
+        "bits_per_weight": 8 * q_layers / n_params if n_params else None,
+        "quant_cache_bytes": cache_bytes(ctx.qmodel),
+        "n_quantized": sum(r.quantized for r in rows),
+        "n_float": sum(not r.quantized for r in rows),
+        "output_sqnr_db": db(model_sqnr),
+    }
 
 
 def _tensors(model: nn.Module) -> list:

@@ -16,9 +16,11 @@ def _figure_class():
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-    except ImportError as e:      # matplotlib is an optional dependency (extras "dev", "examples")
-        raise ImportError("report plots need matplotlib: pip install matplotlib, "
-                          "or save(dir, plots=0) for report.md and report.json only") from e
+    except ImportError as e:  # matplotlib is an optional dependency (extras "dev", "examples")
+        raise ImportError(
+            "report plots need matplotlib: pip install matplotlib, "
+            "or save(dir, plots=0) for report.md and report.json only"
+        ) from e
     return Figure, FigureCanvasAgg
 
 
@@ -58,12 +60,20 @@ def layer_png(layer) -> bytes:
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     _panel(left, layer.histograms.get("weight"), "weight (float)", "widest block range")
-    _panel(right, layer.histograms.get("activation"), "input activation (float model)",
-           "calibrated range")
-    fig.suptitle(f"{layer.name or '(model)'}: {layer.scheme}; weight SQNR "
-                 f"{_sqnr_text(layer.weight_sqnr_db)}, output SQNR {_sqnr_text(layer.output_sqnr_db)}",
-                 fontsize=9)
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.17, top=0.82, wspace=0.25)  # no tight_layout: 2x slower
+    _panel(
+        right,
+        layer.histograms.get("activation"),
+        "input activation (float model)",
+        "calibrated range",
+    )
+    fig.suptitle(
+        f"{layer.name or '(model)'}: {layer.scheme}; weight SQNR "
+        f"{_sqnr_text(layer.weight_sqnr_db)}, output SQNR {_sqnr_text(layer.output_sqnr_db)}",
+        fontsize=9,
+    )
+    fig.subplots_adjust(
+        left=0.09, right=0.98, bottom=0.17, top=0.82, wspace=0.25
+    )  # no tight_layout: 2x slower
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
     return buf.getvalue()
@@ -71,4 +81,6 @@ def layer_png(layer) -> bytes:
 
 def render(layers: list) -> list:
     """(filename, PNG bytes) for each layer, worst first."""
-    return [(plot_filename(rank, layer.name), layer_png(layer)) for rank, layer in enumerate(layers, 1)]
+    return [
+        (plot_filename(rank, layer.name), layer_png(layer)) for rank, layer in enumerate(layers, 1)
+    ]

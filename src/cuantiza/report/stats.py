@@ -47,7 +47,7 @@ class Once:
 
     def __init__(self):
         self.seen: set = set()
-        self.keep: list = []     # references, so ids stay unique while counting
+        self.keep: list = []  # references, so ids stay unique while counting
 
     def bytes(self, obj, n: int) -> int:
         if id(obj) in self.seen:
@@ -181,8 +181,9 @@ def hooks(model: nn.Module, fns: list):
     try:
         for name, fn in fns:
             mod = model.get_submodule(name)
-            handles.append(mod.register_forward_hook(
-                lambda m, a, k, o, fn=fn: fn(a, k, o), with_kwargs=True))
+            handles.append(
+                mod.register_forward_hook(lambda m, a, k, o, fn=fn: fn(a, k, o), with_kwargs=True)
+            )
         yield
     finally:
         for h in handles:
@@ -197,7 +198,7 @@ class Probe:
     float_name: str | None
     ref_name: str | None
     quant_name: str | None
-    clip: tuple | None                    # static layers: the activation clipping range
+    clip: tuple | None  # static layers: the activation clipping range
     refs: list = field(default_factory=list)
     used: int = 0
     ref_sq: float = 0.0
@@ -224,7 +225,7 @@ class Probe:
     def see_reference(self, args, kwargs, out) -> None:
         found = float_leaves(out)
         if found:
-            self.refs.append(found[0].detach().clone())     # clone: in-place ops may follow
+            self.refs.append(found[0].detach().clone())  # clone: in-place ops may follow
 
     def see_output(self, args, kwargs, out) -> None:
         found = float_leaves(out)
@@ -248,10 +249,17 @@ class Probe:
 
 
 def _outputs_sqnr(ref: list, out: list) -> float | None:
-    if len(ref) != len(out) or any(a.shape != b.shape for a, b in zip(ref, out)) or not ref:
+    if (
+        len(ref) != len(out)
+        or any(a.shape != b.shape for a, b in zip(ref, out, strict=False))
+        or not ref
+    ):
         return None
     ref_sq = sum(float(a.to(torch.float64).square().sum()) for a in ref)
-    err_sq = sum(float((a.to(torch.float64) - b.to(torch.float64)).square().sum()) for a, b in zip(ref, out))
+    err_sq = sum(
+        float((a.to(torch.float64) - b.to(torch.float64)).square().sum())
+        for a, b in zip(ref, out, strict=False)
+    )
     return sqnr_db(ref_sq, err_sq)
 
 

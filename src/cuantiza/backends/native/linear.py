@@ -23,7 +23,7 @@ import torch
 from ...constants import FLOAT32_TINY, GEMM_BLOCK_COLS, SYM_CODE_OFFSET
 from .loader import load_library, switched_on
 
-NR = GEMM_BLOCK_COLS     # output columns per packed block (gemm.c)
+NR = GEMM_BLOCK_COLS  # output columns per packed block (gemm.c)
 OFFSET = SYM_CODE_OFFSET  # codes q + 64: vpmaddubsw's int16 pair sums stay exact for q + 64 <= 127
 # acc = sum_k u w must fit int32: K * 127 * 127 < 2^31
 MAX_K = (2**31 - 1) // (127 * 127)
@@ -56,12 +56,19 @@ def supports(w_int8: torch.Tensor, act_qmax: int) -> bool:
     """Whether the native layer computes this weight (N, K) and activation width exactly:
     built and enabled, int8 weights, K a positive multiple of 4 below MAX_K, qmax <= 63."""
     n, k = w_int8.shape
-    return (enabled() and w_int8.dtype == torch.int8 and n > 0 and 0 < k <= MAX_K
-            and k % 4 == 0 and 0 < act_qmax <= OFFSET - 1)
+    return (
+        enabled()
+        and w_int8.dtype == torch.int8
+        and n > 0
+        and 0 < k <= MAX_K
+        and k % 4 == 0
+        and 0 < act_qmax <= OFFSET - 1
+    )
 
 
 def _padded(v: torch.Tensor | None, n: int, blocks: int) -> torch.Tensor | None:
-    """A float32 per-column vector of n values, zero padded to whole blocks (the kernel loads 8 at a time)."""
+    """A float32 per-column vector of n values, zero padded to whole blocks (the kernel loads 8 at "
+    "a time)."""
     if v is None:
         return None
     out = torch.zeros(blocks * NR, dtype=torch.float32)
@@ -78,12 +85,12 @@ class NativeLinear:
         n, k = w_int8.shape
         self.n, self.k, self.blocks, self.qmax = n, k, (n + NR - 1) // NR, float(act_qmax)
         w = w_int8.contiguous()
-        self.packed = torch.empty(self.blocks * NR * k, dtype=torch.int8)     # (blocks, K/4, 16, 4)
+        self.packed = torch.empty(self.blocks * NR * k, dtype=torch.int8)  # (blocks, K/4, 16, 4)
         self.colsum = torch.empty(self.blocks * NR, dtype=torch.int32)
         _LIB.cz_gemm_pack(w.data_ptr(), n, k, self.packed.data_ptr(), self.colsum.data_ptr())
         self._ptrs = (self.packed.data_ptr(), self.colsum.data_ptr())
-        self._exit: tuple = (None, -1, None, -1)         # the s_w and bias copied, and their versions
-        self._copies: tuple = (None, None, 0, None)      # padded s_w, padded bias, their pointers
+        self._exit: tuple = (None, -1, None, -1)  # the s_w and bias copied, and their versions
+        self._copies: tuple = (None, None, 0, None)  # padded s_w, padded bias, their pointers
 
     def _exit_params(self, s_w: torch.Tensor, bias: torch.Tensor | None) -> tuple:
         """Pointers to the padded float32 copies of s_w and bias (None: no bias), remade when
@@ -96,14 +103,27 @@ class NativeLinear:
             self._exit = now
         return self._copies[2], self._copies[3]
 
-    def forward(self, x2d: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+    def forward(
+        self, x2d: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor | None:
         """y (M, N) float32 for x (M, K) float32, or None when a row is not finite."""
         x = x2d if x2d.is_contiguous() else x2d.contiguous()
         m = x.shape[0]
         s_wp, bp = self._exit_params(s_w, bias)
         y = torch.empty(m, self.n, dtype=torch.float32)
-        bad = _LIB.cz_dyn_linear(x.data_ptr(), m, self.k, self.n, *self._ptrs, s_wp, bp, self.qmax, FLOAT32_TINY,
-                                 torch.get_num_threads(), y.data_ptr())
+        bad = _LIB.cz_dyn_linear(
+            x.data_ptr(),
+            m,
+            self.k,
+            self.n,
+            *self._ptrs,
+            s_wp,
+            bp,
+            self.qmax,
+            FLOAT32_TINY,
+            torch.get_num_threads(),
+            y.data_ptr(),
+        )
         if bad < 0:
             raise MemoryError(f"cuantiza: no memory for the codes of a {m} x {self.k} activation")
         return None if bad else y

@@ -48,14 +48,23 @@ HUGE_RESULT_BYTES = 1 << 23
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Argument and return types of the C functions; AttributeError if one is missing (a stale
     library built from older C sources)."""
-    i64, i32, ptr, f32, f64 = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p, ctypes.c_float, ctypes.c_double
+    i64, i32, ptr, f32, f64 = (
+        ctypes.c_int64,
+        ctypes.c_int32,
+        ctypes.c_void_p,
+        ctypes.c_float,
+        ctypes.c_double,
+    )
     signatures = {
         "cz_minmax_rows": ([ptr, i64, i64, ptr, ptr], None),
         "cz_quantize_rows": ([ptr, i64, i64, ptr, ptr, f32, f32, ptr], None),
         "cz_pack_codes": ([ptr, i64, i32, i32, i32, ptr, ptr], i32),
         "cz_advise_huge": ([ptr, i64], None),
         "cz_quantize_absmax_rows": ([ptr, i64, i64, f32, f32, f32, ptr, ptr], i32),
-        "cz_quantize_minmax_rows": ([ptr, i64, i64, i32, i32, i32, i32, f64, f64, i32, ptr, ptr, ptr], i32),
+        "cz_quantize_minmax_rows": (
+            [ptr, i64, i64, i32, i32, i32, i32, f64, f64, i32, ptr, ptr, ptr],
+            i32,
+        ),
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
@@ -72,15 +81,22 @@ def built() -> bool:
 
 
 def available() -> bool:
-    """True when the native kernels will be used: built, and not disabled by ``CUANTIZA_NATIVE=0``."""
+    """True when the native kernels will be used: built, and not disabled by "
+    "``CUANTIZA_NATIVE=0``."""
     return LIB is not None and switched_on()
 
 
 def usable(x: torch.Tensor) -> bool:
     """Whether the kernels take ``x``: available, a C-contiguous float32 CPU tensor without
     gradient and with at least MIN_ELEMS elements (anything else keeps the torch path)."""
-    return (x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad
-            and x.numel() >= MIN_ELEMS and x.is_contiguous() and available())
+    return (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not x.requires_grad
+        and x.numel() >= MIN_ELEMS
+        and x.is_contiguous()
+        and available()
+    )
 
 
 def empty_result(shape, dtype: torch.dtype) -> torch.Tensor:
@@ -97,22 +113,31 @@ def minmax_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     One long row is split along its length and the parts' results combined."""
     n, length = xb.shape
     parts, n_threads = threads.row_parts(n, length)
-    slots = n if n > 1 else len(parts)                            # one (lo, hi) per row or part
+    slots = n if n > 1 else len(parts)  # one (lo, hi) per row or part
     lo, hi = torch.empty(slots, dtype=torch.float32), torch.empty(slots, dtype=torch.float32)
     x0, lo0, hi0 = xb.data_ptr(), lo.data_ptr(), hi.data_ptr()
 
     def call(k: int, start: int, rows: int, row_len: int, row: int):
         slot = row if n > 1 else k
-        return lambda: LIB.cz_minmax_rows(x0 + 4 * start, rows, row_len, lo0 + 4 * slot, hi0 + 4 * slot)
+        return lambda: LIB.cz_minmax_rows(
+            x0 + 4 * start, rows, row_len, lo0 + 4 * slot, hi0 + 4 * slot
+        )
 
     threads.run([call(k, *p) for k, p in enumerate(parts)], n_threads)
     if slots != n:
-        return lo.amin().reshape(1), hi.amax().reshape(1)        # NaN propagates
+        return lo.amin().reshape(1), hi.amax().reshape(1)  # NaN propagates
     return lo, hi
 
 
-def quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int,
-                  symmetric: bool, dtype: torch.dtype) -> torch.Tensor:
+def quantize_rows(
+    xb: torch.Tensor,
+    s: torch.Tensor,
+    z: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """q = clamp(round(x / s) + z, qmin, qmax) in ``dtype`` (int8 or uint8) for a contiguous
     float32 (n, L) tensor and per-row s, z of n elements (one each for n = 1); z is not added
     when ``symmetric``."""
@@ -123,9 +148,10 @@ def quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int,
     x0, s0, q0 = xb.data_ptr(), s.data_ptr(), out.data_ptr()
 
     def call(start: int, rows: int, row_len: int, row: int):
-        zr = None if z is None else z.data_ptr() + 4 * row      # None: NULL, the kernel adds 0
-        return lambda: LIB.cz_quantize_rows(x0 + 4 * start, rows, row_len, s0 + 4 * row, zr,
-                                             float(qmin), float(qmax), q0 + start)
+        zr = None if z is None else z.data_ptr() + 4 * row  # None: NULL, the kernel adds 0
+        return lambda: LIB.cz_quantize_rows(
+            x0 + 4 * start, rows, row_len, s0 + 4 * row, zr, float(qmin), float(qmax), q0 + start
+        )
 
     parts, n_threads = threads.row_parts(n, length)
     threads.run([call(*p) for p in parts], n_threads)
@@ -135,9 +161,15 @@ def quantize_rows(xb: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int,
 def packable(flat: torch.Tensor, bits: int, offset: int) -> bool:
     """Whether ``pack_codes`` takes these codes: ``usable``'s conditions for a flat int8/uint8
     tensor, a width dividing 8 and |offset| <= 255 (so q + offset fits the kernel's int16)."""
-    return (flat.dtype in (torch.int8, torch.uint8) and bits in (1, 2, 4, 8) and abs(offset) <= 255
-            and flat.device.type == "cpu" and flat.numel() >= MIN_ELEMS and flat.is_contiguous()
-            and available())
+    return (
+        flat.dtype in (torch.int8, torch.uint8)
+        and bits in (1, 2, 4, 8)
+        and abs(offset) <= 255
+        and flat.device.type == "cpu"
+        and flat.numel() >= MIN_ELEMS
+        and flat.is_contiguous()
+        and available()
+    )
 
 
 def pack_codes(flat: torch.Tensor, bits: int, offset: int) -> tuple[torch.Tensor, int, int]:
@@ -147,11 +179,17 @@ def pack_codes(flat: torch.Tensor, bits: int, offset: int) -> tuple[torch.Tensor
     out = empty_result((n * bits + 7) // 8, torch.uint8)
     parts, n_threads = threads.code_parts(n)
     lims = torch.empty(len(parts), 2, dtype=torch.int16)
-    q0, o0, l0, signed = flat.data_ptr(), out.data_ptr(), lims.data_ptr(), int(flat.dtype == torch.int8)
+    q0, o0, l0, signed = (
+        flat.data_ptr(),
+        out.data_ptr(),
+        lims.data_ptr(),
+        int(flat.dtype == torch.int8),
+    )
 
     def call(k: int, a: int, b: int):
-        return lambda: LIB.cz_pack_codes(q0 + a, b - a, bits, signed, offset,
-                                          o0 + a * bits // 8, l0 + 4 * k)
+        return lambda: LIB.cz_pack_codes(
+            q0 + a, b - a, bits, signed, offset, o0 + a * bits // 8, l0 + 4 * k
+        )
 
     threads.run([call(k, a, b) for k, (a, b) in enumerate(parts)], n_threads)
     return out, int(lims[:, 0].min()), int(lims[:, 1].max())
@@ -166,16 +204,27 @@ def quantize_absmax_rows(x2d: torch.Tensor, qmax: int, offset: int, dtype: torch
     s = torch.empty(n, 1, dtype=torch.float32)
     out = empty_result(x2d.shape, dtype)
     x0, s0, q0 = x2d.data_ptr(), s.data_ptr(), out.data_ptr()
-    if n * length < threads.MIN_PART_ELEMS:                  # one thread: call directly (a batch's
-        bad = LIB.cz_quantize_absmax_rows(x0, n, length, float(qmax), FLOAT32_TINY, float(offset), s0, q0)
-        return None if bad else (out, s)             # activations are often this small)
+    if n * length < threads.MIN_PART_ELEMS:  # one thread: call directly (a batch's
+        bad = LIB.cz_quantize_absmax_rows(
+            x0, n, length, float(qmax), FLOAT32_TINY, float(offset), s0, q0
+        )
+        return None if bad else (out, s)  # activations are often this small)
     flags = []
 
     def call(start: int, rows: int, row_len: int, row: int):
-        return lambda: flags.append(LIB.cz_quantize_absmax_rows(
-            x0 + 4 * start, rows, row_len, float(qmax), FLOAT32_TINY, float(offset), s0 + 4 * row, q0 + start))
+        return lambda: flags.append(
+            LIB.cz_quantize_absmax_rows(
+                x0 + 4 * start,
+                rows,
+                row_len,
+                float(qmax),
+                FLOAT32_TINY,
+                float(offset),
+                s0 + 4 * row,
+                q0 + start,
+            )
+        )
 
     parts, n_threads = threads.row_parts(n, length)
     threads.run([call(*p) for p in parts], n_threads)
     return None if any(flags) else (out, s)
-

@@ -33,7 +33,9 @@ class _Pool:
     def get(self, threads: int) -> ThreadPoolExecutor:
         key = (threads, os.getpid())
         if key != self.key:
-            self.pool = ThreadPoolExecutor(max_workers=max(threads - 1, 1), thread_name_prefix="cuantiza")
+            self.pool = ThreadPoolExecutor(
+                max_workers=max(threads - 1, 1), thread_name_prefix="cuantiza"
+            )
             self.key = key
         return self.pool
 
@@ -77,7 +79,7 @@ def code_parts(n: int) -> tuple[list[tuple[int, int]], int]:
 def run(calls: list, threads: int) -> None:
     """Run the zero-argument callables on ``threads`` threads, this one and the pool's; each
     takes the next piece when it is free, so one held up elsewhere does fewer pieces."""
-    todo = iter(calls)                                            # next() is atomic under the GIL
+    todo = iter(calls)  # next() is atomic under the GIL
 
     def drain():
         for call in todo:
