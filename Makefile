@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(HASH)
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP    := $(PY) -m pip install -q --disable-pip-version-check $(WHEELS) -c constraints.txt
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test lint setup bench clean
 
 setup: $(STAMP)
 
@@ -25,8 +25,14 @@ $(STAMP):
 demo: $(STAMP)
 	$(VENV)/bin/cuantiza demo $(ARGS)
 
-test: $(STAMP)
+# lint first: a lint or type error fails the suite before the (longer) tests run
+test: lint
 	$(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py

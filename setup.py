@@ -23,7 +23,10 @@ setup(
     ext_modules=[
         Extension(
             "cuantiza.backends.native._rtn",
-            sources=["src/cuantiza/backends/native/rtn.c", "src/cuantiza/backends/native/rtn_fused.c"],
+            sources=[
+                "src/cuantiza/backends/native/rtn.c",
+                "src/cuantiza/backends/native/rtn_fused.c",
+            ],
             depends=HEADERS,
             extra_compile_args=FLAGS,
             optional=True,

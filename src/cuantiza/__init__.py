@@ -1,6 +1,6 @@
 """cuantiza: quantize trained neural networks to 1-8-bit integers; run, save, export, report.
 
-The public API only; see DESIGN.md for the map.
+The public API only; docs/DESIGN.md is the map of the package.
 """
 
 from ._version import __version__ as __version__

@@ -84,8 +84,9 @@ def minmax_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     chunks = [xb[rows] for rows in row_chunks(n, length)]
     if len(chunks) == 1:
         return xb.amin(dim=1), xb.amax(dim=1)
-    lo, hi = zip(*[(c.amin(dim=1), c.amax(dim=1)) for c in chunks], strict=False)
-    return torch.cat(lo), torch.cat(hi)
+    los = [c.amin(dim=1) for c in chunks]
+    his = [c.amax(dim=1) for c in chunks]
+    return torch.cat(los), torch.cat(his)
 
 
 def quantize_rows(

@@ -1,4 +1,4 @@
-"""``cuantiza demo``: every workflow of the seed on a real model, in one table.
+"""``cuantiza demo``: every workflow of the primer (docs/primer.md) on a real model, in one table.
 
 Trains a small CNN on scikit-learn's digits (seeded, seconds), then quantizes it: dynamic int8,
 static int8 with min/max, percentile and histogram observers, weight-only 4-bit, and QAT with

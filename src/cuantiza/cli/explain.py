@@ -1,7 +1,7 @@
 """One number, explained (``cuantiza explain``): its IEEE-754 float32 fields, then its trip
 through cuantiza's quantization (choose_qparams, quantize, dequantize) at a given bit width.
 
-float32 (seed section 3): 1 sign bit s, 8 exponent bits E, 23 mantissa bits b_22..b_0::
+float32 (docs/primer.md, section 3): 1 sign bit s, 8 exponent bits E, 23 mantissa bits b_22..b_0::
 
     normal     (0 < E < 255): v = (-1)^s x 2^(E - 127) x (1 + sum_{i=1..23} b_{23-i} 2^-i)
     subnormal  (E = 0, m > 0): v = (-1)^s x 2^(-126)    x (0 + sum_{i=1..23} b_{23-i} 2^-i)

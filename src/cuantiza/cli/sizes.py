@@ -13,7 +13,7 @@ For ``params`` weights:
   (ignoring the ragged last group of each row). 1-bit symmetric is binary {-s, +s}: no zero
   point either.
 
-The seed's notes give 28 GB for LLaMA-2 70B in float32; it is 70e9 x 4 B = 280 GB:
+The lecture notes (docs/primer.md) give 28 GB for LLaMA-2 70B in float32; it is 70e9 x 4 B = 280 GB:
 
 >>> format_size(70e9, 32).gigabytes
 280.0

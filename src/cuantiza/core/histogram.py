@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import CalibrationError, ConfigError
 from . import ranges
 from .observers import Observer
 from .scheme import QScheme
@@ -57,10 +57,17 @@ class HistogramObserver(Observer):
     def radius(self) -> float:
         return math.ldexp(1.0, self.exponent)
 
+    def _seen(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(counts, lo, hi) observed so far; CalibrationError before any finite value."""
+        if self.counts is None or self.lo is None or self.hi is None:
+            self._require_data()
+            raise CalibrationError(f"{type(self).__name__} holds no histogram")
+        return self.counts, self.lo, self.hi
+
     def _grow_to(self, exponent: int) -> None:
         """Double R until it reaches 2^exponent, folding bin pairs exactly."""
         while self.exponent < exponent:
-            c = self.counts
+            c = self._seen()[0]
             folded = c.reshape(*c.shape[:-1], self.bins // 2, 2).sum(dim=-1)  # (.., bins/2)
             pad = torch.zeros(*c.shape[:-1], self.bins // 4, dtype=torch.int64)
             self.counts = torch.cat([pad, folded, pad], dim=-1)
@@ -73,7 +80,7 @@ class HistogramObserver(Observer):
         n_ch, n = rows.shape
         if n == 0:
             return
-        if self.counts is None:
+        if self.counts is None or self.lo is None or self.hi is None:
             self.counts = torch.zeros(n_ch, self.bins, dtype=torch.int64)
             self.lo = torch.full((n_ch,), math.inf)
             self.hi = torch.full((n_ch,), -math.inf)
@@ -99,7 +106,7 @@ class HistogramObserver(Observer):
             if keep is not None:
                 idx = idx[keep[:, j : j + max(1, CHUNK // n_ch)]]
             flat += torch.bincount(idx.flatten(), minlength=n_ch * self.bins)
-        self.counts += flat.reshape(n_ch, self.bins)
+        self.counts = self._seen()[0] + flat.reshape(n_ch, self.bins)
 
     def merge(self, other: HistogramObserver) -> HistogramObserver:
         if other.bins != self.bins:
@@ -107,35 +114,38 @@ class HistogramObserver(Observer):
         self._merge_counters(other)
         if other.counts is None:
             return self
+        o_counts, o_lo, o_hi = other._seen()
         if self.counts is None:
-            self.counts, self.exponent = other.counts.clone(), other.exponent
-            self.lo, self.hi = other.lo.clone(), other.hi.clone()
+            self.counts, self.exponent = o_counts.clone(), other.exponent
+            self.lo, self.hi = o_lo.clone(), o_hi.clone()
             return self
         theirs = HistogramObserver(self.bins).load_state_dict(other.state_dict())
         top = max(self.exponent, theirs.exponent)
         self._grow_to(top)
         theirs._grow_to(top)
-        self.counts = self.counts + theirs.counts
-        self.lo, self.hi = torch.minimum(self.lo, other.lo), torch.maximum(self.hi, other.hi)
+        counts, lo, hi = self._seen()
+        self.counts = counts + theirs._seen()[0]
+        self.lo, self.hi = torch.minimum(lo, o_lo), torch.maximum(hi, o_hi)
         return self
 
     def _row_range(self, c: int, scheme: QScheme) -> tuple[float, float]:
-        counts, r = self.counts[c], self.radius
+        all_counts, all_lo, all_hi = self._seen()
+        counts, r, d_lo, d_hi = all_counts[c], self.radius, float(all_lo[c]), float(all_hi[c])
         if self.method == "minmax":
-            return float(self.lo[c]), float(self.hi[c])
+            return d_lo, d_hi
         if self.method == "percentile":
             lo, hi = ranges.hist_percentile(counts, r, self.p)
-            return max(lo, float(self.lo[c])), min(hi, float(self.hi[c]))
+            return max(lo, d_lo), min(hi, d_hi)
         if self.method == "entropy":
             lo, hi = ranges.hist_entropy(counts, r, scheme)
         else:
             lo, hi = ranges.hist_mse(counts, r, scheme)
         # bin edges overshoot the data by up to a bin: stay inside the exact min/max widened to
         # contain 0 (all-zero data: [0, 0] -> scale 1, not a scale of one bin width ~1e-32)
-        return max(lo, min(float(self.lo[c]), 0.0)), min(hi, max(float(self.hi[c]), 0.0))
+        return max(lo, min(d_lo, 0.0)), min(hi, max(d_hi, 0.0))
 
     def range(self, scheme: QScheme):
-        pairs = [self._row_range(c, scheme) for c in range(self.counts.shape[0])]
+        pairs = [self._row_range(c, scheme) for c in range(self._seen()[0].shape[0])]
         lo = torch.tensor([p[0] for p in pairs], dtype=torch.float32)
         hi = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
         return lo, hi
@@ -150,7 +160,8 @@ class HistogramObserver(Observer):
             "exponent": self.exponent,
         }
         if self.counts is not None:
-            d.update(counts=self.counts.clone(), lo=self.lo.clone(), hi=self.hi.clone())
+            counts, lo, hi = self._seen()
+            d.update(counts=counts.clone(), lo=lo.clone(), hi=hi.clone())
         return d
 
     def load_state_dict(self, d: dict):

@@ -40,6 +40,10 @@ class Observer:
         self.n_nan = 0
         self.n_inf = 0  # ±Inf and mask-like values
 
+    def range(self, scheme: QScheme) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi) per channel (or one pair) to quantize over; each observer defines it."""
+        raise NotImplementedError
+
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         """(channels, values) float32; one row when per-tensor."""
         if x.is_complex() or not x.is_floating_point():
@@ -127,18 +131,27 @@ class MinMaxObserver(Observer):
         if rows.shape[1] == 0 or (keep is not None and not keep.any()):
             return
         lo, hi = _masked_minmax(rows, keep)
-        if self.lo is None:
+        if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
         else:
             self._check_channels(lo)
             self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
 
+    def _seen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (lo, hi) observed so far; CalibrationError before any finite value."""
+        if self.lo is None or self.hi is None:
+            self._require_data()
+            raise CalibrationError(f"{type(self).__name__} holds no range")
+        return self.lo, self.hi
+
     def _check_channels(self, lo):
-        if lo.shape != self.lo.shape:
-            raise ConfigError(f"channel count changed from {self.lo.numel()} to {lo.numel()}")
+        if lo.shape != self._seen()[0].shape:
+            raise ConfigError(
+                f"channel count changed from {self._seen()[0].numel()} to {lo.numel()}"
+            )
 
     def range(self, scheme: QScheme):
-        lo, hi = self.lo, self.hi
+        lo, hi = self._seen()
         # channels that only ever held excluded values: +inf/-inf -> treat as zero range
         lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
         hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
@@ -147,20 +160,19 @@ class MinMaxObserver(Observer):
     def merge(self, other: MinMaxObserver) -> MinMaxObserver:
         self._merge_counters(other)
         if other.lo is not None:
-            if self.lo is None:
-                self.lo, self.hi = other.lo.clone(), other.hi.clone()
+            o_lo, o_hi = other._seen()
+            if self.lo is None or self.hi is None:
+                self.lo, self.hi = o_lo.clone(), o_hi.clone()
             else:
-                self._check_channels(other.lo)
-                self.lo, self.hi = (
-                    torch.minimum(self.lo, other.lo),
-                    torch.maximum(self.hi, other.hi),
-                )
+                self._check_channels(o_lo)
+                self.lo, self.hi = torch.minimum(self.lo, o_lo), torch.maximum(self.hi, o_hi)
         return self
 
     def state_dict(self) -> dict:
         d = {"kind": self.kind, **self._counters()}
         if self.lo is not None:
-            d["lo"], d["hi"] = self.lo.clone(), self.hi.clone()
+            lo, hi = self._seen()
+            d["lo"], d["hi"] = lo.clone(), hi.clone()
         return d
 
     def load_state_dict(self, d: dict):
@@ -183,7 +195,7 @@ class MovingAverageObserver(MinMaxObserver):
             return
         lo, hi = _masked_minmax(rows, keep)
         self.n_batches += 1
-        if self.lo is None:
+        if self.lo is None or self.hi is None:
             self.lo, self.hi = lo, hi
             return
         self._check_channels(lo)
@@ -191,18 +203,20 @@ class MovingAverageObserver(MinMaxObserver):
         self.lo = self.lo + m * (lo - self.lo)
         self.hi = self.hi + m * (hi - self.hi)
 
-    def merge(self, other: MovingAverageObserver) -> MovingAverageObserver:
+    def merge(self, other: MinMaxObserver) -> MovingAverageObserver:
         """Batch-weighted mean of the two averages (an EMA has no exact order-free merge)."""
-        na, nb = self.n_batches, other.n_batches
-        self._merge_counters(other)
+        nb = other.n_batches if isinstance(other, MovingAverageObserver) else 0
+        na = self.n_batches
+        self._merge_counters(other)  # raises unless other is a MovingAverageObserver too
         if other.lo is None:
             return self
-        if self.lo is None:
-            self.lo, self.hi = other.lo.clone(), other.hi.clone()
+        o_lo, o_hi = other._seen()
+        if self.lo is None or self.hi is None:
+            self.lo, self.hi = o_lo.clone(), o_hi.clone()
         else:
-            self._check_channels(other.lo)
-            self.lo = (self.lo * na + other.lo * nb) / (na + nb)
-            self.hi = (self.hi * na + other.hi * nb) / (na + nb)
+            self._check_channels(o_lo)
+            self.lo = (self.lo * na + o_lo * nb) / (na + nb)
+            self.hi = (self.hi * na + o_hi * nb) / (na + nb)
         self.n_batches = na + nb
         return self
 

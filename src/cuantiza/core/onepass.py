@@ -55,7 +55,7 @@ def quantize(xf: torch.Tensor, scheme: QScheme, spec, form: Form):
     ``form`` (see ``Form``); the QParams equal ``quantize.quantize_tensor_params``'."""
     b = plan(xf, scheme, spec, form)
     kernel = None if b is None else backends.onepass_kernel(xf)
-    if kernel is None:
+    if b is None or kernel is None:
         return None
     dt = scheme.torch_scale_dtype
     width = {Form.INTEGERS: 0, Form.CODES: 8, Form.PACKED: scheme.bits}[form]

@@ -1,4 +1,4 @@
-"""QParams and ``choose_qparams``: the seed's formulas, corrected.
+"""QParams and ``choose_qparams``: the primer's formulas (docs/primer.md), corrected.
 
 With r the real value, q the integer, s > 0 the scale and z the zero point, ``r = s (q - z)``.
 
@@ -15,7 +15,7 @@ Symmetric, n >= 2 bits, restricted q in [-(2^(n-1) - 1), 2^(n-1) - 1]::
 Binary (1-bit symmetric), q in {-1, +1}: from a range alone s = max|x| (the levels reach the
 range's ends); ``quantize_tensor`` uses s = mean|x| from the data instead (L2-optimal).
 
-Edge cases (FAULTS.md 5-9): a zero range (all-zero tensor) gives s = 1 so q = z and the
+Edge cases (docs/FAULTS.md 5-9): a zero range (all-zero tensor) gives s = 1 so q = z and the
 dequantized value is exactly 0; a tiny or denormal range is clamped to the smallest normal
 number of the scale's storage dtype; scales are computed in float64, rounded once to the
 storage dtype, and a scale that overflows it raises ``ScaleOverflowError``.

@@ -179,7 +179,7 @@ def quantize_tensor_params(
         check_finite(xb, name)
         m = _binary_scale(xb, b)
         # an all-zero block has no useful binary scale (s = 1 would dequantize it to +1):
-        # the smallest normal of the storage dtype dequantizes it to about 0 (FAULTS.md 5)
+        # the smallest normal of the storage dtype dequantizes it to about 0 (docs/FAULTS.md 5)
         m = torch.where(m > 0, m, torch.finfo(scheme.torch_scale_dtype).tiny)
         return choose_qparams(rows_to_scale(-m, b), rows_to_scale(m, b), scheme)
     if not isinstance(range, MinMax):

@@ -5,8 +5,8 @@ Integer ranges (n = bits):
 
 * asymmetric (affine): q in [0, 2^n - 1]; r = s (q - z), zero point z makes r = 0 exact.
 * symmetric: the *restricted* signed range q in [-(2^(n-1) - 1), 2^(n-1) - 1], z = 0
-  (the seed's notes give [-(2^n - 1), 2^n - 1], which is wrong; -2^(n-1) is left out so
-  that the range is symmetric and -q never overflows).
+  (the lecture notes, docs/primer.md, give [-(2^n - 1), 2^n - 1], which is wrong; -2^(n-1) is
+  left out so that the range is symmetric and -q never overflows).
 * 1-bit symmetric is *binary*: the restricted range would be {0} and useless, so q in {-1, +1}
   with r = s q and s = mean|x| (the L2-optimal scale for sign(x), as in BinaryConnect/XNOR-Net).
 * 2-bit symmetric is ternary {-s, 0, +s}, by the general rule.

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..io.safetensors_file import SafetensorsFile
 from ..progress import is_quiet
-from .shards import CONFIG, SafetensorsFile, read_config
+from .shards import CONFIG, read_config
 from .text import require_transformers
 
 MANIFEST = "cuantiza.json"

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import PlanError
 from ..io.atomic import staged_file
-from .shards import DTYPES, NAMES
+from ..io.safetensors_file import DTYPES, NAMES
 
 COPY_CHUNK = 8 * 2**20
 

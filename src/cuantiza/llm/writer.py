@@ -43,7 +43,8 @@ from pathlib import Path
 from ..errors import CuantizaError, OutputExistsError, PlanError
 from ..io.atomic import fresh_sibling, fsync_dir, publish_file, publish_staged, write_synced
 from ..io.model_io import MANIFEST, check_output_folder
-from .shards import INDEX, SafetensorsFile
+from ..io.safetensors_file import SafetensorsFile
+from .shards import INDEX
 from .unitshard import COPY_CHUNK, UnitShard, canonical
 
 PROGRESS = "progress.json"

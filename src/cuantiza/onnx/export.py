@@ -40,7 +40,9 @@ from .storage import BLOCK_OPSET, MIN_OPSET, needed_opset
 from .summary import OnnxSummary, notes_for, write_metadata
 
 DOMAIN = "cuantiza"
-TRACE_OPSET = 17  # the TorchScript exporter's well-trodden opset (ANCHORS.md)
+# the TorchScript exporter (dynamo=False) is the path to opset <= 17 here; the dynamo exporter
+# needs onnxscript and emits opset 18
+TRACE_OPSET = 17
 DEFAULT_OPSET = 21  # INT4 / UINT4 and block_size in DequantizeLinear
 MAX_OPSET = 25  # INT2 / UINT2; the newest opset checked against onnxruntime 1.32
 

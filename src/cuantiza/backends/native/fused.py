@@ -32,11 +32,11 @@ def _row_parts(n: int, length: int, row_bytes: int, out_ptr: int):
     parts, n_threads = threads.row_parts(n, length)
     if n * row_bytes < rtn.HUGE_RESULT_BYTES or len(parts) == 1:
         return parts, n_threads
-    cuts = {0, n}
+    cut_set = {0, n}
     for _, _, _, row in parts[1:]:
         at = (out_ptr + row * row_bytes + HUGE_PAGE // 2) // HUGE_PAGE * HUGE_PAGE
-        cuts.add(min(n, max(0, -(-(at - out_ptr) // row_bytes))))
-    cuts = sorted(cuts)
+        cut_set.add(min(n, max(0, -(-(at - out_ptr) // row_bytes))))
+    cuts = sorted(cut_set)
     return [(a * length, b - a, length, a) for a, b in itertools.pairwise(cuts)], n_threads
 
 

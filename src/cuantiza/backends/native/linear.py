@@ -17,6 +17,7 @@ are torch's own OpenMP workers (gemm.c), ``torch.get_num_threads()`` of them.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
@@ -39,7 +40,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-_LIB = load_library("_gemm*.so", _declare)
+_LIB: Any = load_library("_gemm*.so", _declare)
 
 
 def built() -> bool:
@@ -66,11 +67,9 @@ def supports(w_int8: torch.Tensor, act_qmax: int) -> bool:
     )
 
 
-def _padded(v: torch.Tensor | None, n: int, blocks: int) -> torch.Tensor | None:
-    """A float32 per-column vector of n values, zero padded to whole blocks (the kernel loads 8 at "
-    "a time)."""
-    if v is None:
-        return None
+def _padded_vector(v: torch.Tensor, n: int, blocks: int) -> torch.Tensor:
+    """A float32 per-column vector of n values, zero padded to whole blocks (the kernel loads 8
+    at a time)."""
     out = torch.zeros(blocks * NR, dtype=torch.float32)
     out[:n] = v.detach().reshape(-1).to(torch.float32).expand(n)
     return out
@@ -98,7 +97,8 @@ class NativeLinear:
         now = (s_w, s_w._version, bias, -1 if bias is None else bias._version)
         old = self._exit
         if not (old[0] is s_w and old[2] is bias and old[1] == now[1] and old[3] == now[3]):
-            s_wp, bp = _padded(s_w, self.n, self.blocks), _padded(bias, self.n, self.blocks)
+            s_wp = _padded_vector(s_w, self.n, self.blocks)
+            bp = None if bias is None else _padded_vector(bias, self.n, self.blocks)
             self._copies = (s_wp, bp, s_wp.data_ptr(), None if bp is None else bp.data_ptr())
             self._exit = now
         return self._copies[2], self._copies[3]

@@ -29,6 +29,7 @@ integers and raise the same errors. Work is split over threads by ``threads``.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
@@ -72,7 +73,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-LIB = load_library("_rtn*.so", _declare)  # the rtn.c and rtn_fused.c kernels; None: not built
+# the rtn.c and rtn_fused.c kernels; None when not built (callers check available() first)
+LIB: Any = load_library("_rtn*.so", _declare)
 
 
 def built() -> bool:
@@ -143,14 +145,14 @@ def quantize_rows(
     when ``symmetric``."""
     n, length = xb.shape
     s = s.to(torch.float32).reshape(n).contiguous()
-    z = None if symmetric else z.to(torch.float32).reshape(n).contiguous()
+    zr = None if symmetric else z.to(torch.float32).reshape(n).contiguous()
     out = empty_result(xb.shape, dtype)
     x0, s0, q0 = xb.data_ptr(), s.data_ptr(), out.data_ptr()
 
     def call(start: int, rows: int, row_len: int, row: int):
-        zr = None if z is None else z.data_ptr() + 4 * row  # None: NULL, the kernel adds 0
+        z_row = None if zr is None else zr.data_ptr() + 4 * row  # None: NULL, the kernel adds 0
         return lambda: LIB.cz_quantize_rows(
-            x0 + 4 * start, rows, row_len, s0 + 4 * row, zr, float(qmin), float(qmax), q0 + start
+            x0 + 4 * start, rows, row_len, s0 + 4 * row, z_row, float(qmin), float(qmax), q0 + start
         )
 
     parts, n_threads = threads.row_parts(n, length)

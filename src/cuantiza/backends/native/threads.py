@@ -28,7 +28,8 @@ class _Pool:
     fork (a forked child inherits the pool object but not its threads)."""
 
     def __init__(self):
-        self.key, self.pool = None, None
+        self.key: tuple | None = None
+        self.pool: ThreadPoolExecutor | None = None
 
     def get(self, threads: int) -> ThreadPoolExecutor:
         key = (threads, os.getpid())
@@ -37,6 +38,7 @@ class _Pool:
                 max_workers=max(threads - 1, 1), thread_name_prefix="cuantiza"
             )
             self.key = key
+        assert self.pool is not None
         return self.pool
 
 
