@@ -25,7 +25,8 @@ from .errors import (
     UnsafeFileError,
     UnsupportedDtypeError,
 )
-from .io.model_io import load, save
+from .io.load import load
+from .io.save import save
 from .nn.config import QuantConfig
 from .nn.plan import Plan, plan
 from .nn.workflows import (

@@ -32,8 +32,8 @@ from ..core.range_specs import MinMax, RangeSpec
 from ..core.scheme import QScheme
 from ..errors import ConfigError
 from .awq import Folded, apply_scales, awq_scales
-from .gptq import Hessian
 from .gptq import gptq as _gptq
+from .hessian import Hessian
 from .hqq import hqq as _hqq
 from .rtn import rtn as _rtn
 from .smoothquant import ActAbsMax, smooth_scales

@@ -39,6 +39,7 @@ from ..nn.plan import LayerPlan, Plan
 
 FORMAT = "cuantiza"
 FORMAT_VERSION = 1
+TENSORS, MANIFEST = "model.safetensors", "cuantiza.json"  # the files of a save
 
 # saved type -> (class, the float layer types it replaces)
 MODULE_TYPES = {

@@ -57,7 +57,8 @@ def _set_weight(mod: nn.Linear, w: torch.Tensor) -> None:
 
 
 def gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: dict) -> dict:
-    from ..algorithms.gptq import Hessian, gptq
+    from ..algorithms.gptq import gptq
+    from ..algorithms.hessian import Hessian
 
     mods = {n: layer.get_submodule(n) for n in names if plans.get(f"{prefix}.{n}") is not None}
     if not mods:
@@ -82,7 +83,8 @@ def gptq_group(layer, names, hidden, kwargs, plans: dict, prefix: str, options: 
 
 
 def head_gptq(dec: Decoder, hidden, plans: dict, options: dict) -> dict:
-    from ..algorithms.gptq import Hessian, gptq
+    from ..algorithms.gptq import gptq
+    from ..algorithms.hessian import Hessian
 
     lp = plans.get("lm_head")
     if lp is None or dec.lm_head.weight is dec.embed.weight:

@@ -49,7 +49,7 @@ def _stored_float_dtype(folder: Path) -> torch.dtype:
 
 def load_causal_lm(dir) -> nn.Module:
     """The model in ``dir`` in eval mode, computing in float32."""
-    from ..io import model_io as io
+    from ..io.load import load
 
     folder = Path(dir)
     cfg = transformers_config(folder)
@@ -61,7 +61,7 @@ def load_causal_lm(dir) -> nn.Module:
             str(folder), local_files_only=True, dtype=torch.float32
         ).eval()
     skeleton = tf.AutoModelForCausalLM.from_config(cfg).to(_stored_float_dtype(folder))
-    m = io.load(folder, skeleton)
+    m = load(folder, skeleton)
     with torch.no_grad():
         for mod in m.modules():
             if hasattr(mod, "weight_q"):  # cuantiza layers: integers as stored

@@ -42,8 +42,9 @@ from pathlib import Path
 
 from ..errors import CuantizaError, OutputExistsError, PlanError
 from ..io.atomic import fresh_sibling, fsync_dir, publish_file, publish_staged, write_synced
-from ..io.model_io import MANIFEST, check_output_folder
 from ..io.safetensors_file import SafetensorsFile
+from ..io.save import check_output_folder
+from ..io.saveformat import MANIFEST
 from .shards import INDEX
 from .unitshard import COPY_CHUNK, UnitShard, canonical
 
