@@ -13,15 +13,20 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cuantiza"
 
 # Each part may import only parts of a lower rank (and itself). Leaves first, the command last.
 RANK = {
-    "constants": 0, "errors": 0, "_version": 0, "progress": 0,
-    "backends": 1,          # kernels: torch references and native C, one table
-    "core": 2,              # schemes, qparams, blocking, ranges, observers, packing, QTensor
-    "algorithms": 3,        # weight methods: rtn, hqq, gptq, awq, smoothquant
-    "nn": 4,                # quantized / fake-quant modules, config, plan, surgery, workflows
-    "io": 5,                # save format, save / load, atomic publishing
-    "report": 6, "onnx": 6, "llm": 6,
+    "constants": 0,
+    "errors": 0,
+    "_version": 0,
+    "progress": 0,
+    "backends": 1,  # kernels: torch references and native C, one table
+    "core": 2,  # schemes, qparams, blocking, ranges, observers, packing, QTensor
+    "algorithms": 3,  # weight methods: rtn, hqq, gptq, awq, smoothquant
+    "nn": 4,  # quantized / fake-quant modules, config, plan, surgery, workflows
+    "io": 5,  # save format, save / load, atomic publishing
+    "report": 6,
+    "onnx": 6,
+    "llm": 6,
     "cli": 7,
-    "(root)": 8,            # cuantiza/__init__.py: the public API
+    "(root)": 8,  # cuantiza/__init__.py: the public API
 }
 
 
@@ -53,7 +58,9 @@ def _imports(name: str) -> list[tuple[str, str, int]]:
             if target.split(".")[0] == "cuantiza":
                 found += [(target, a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.Import):
-            found += [(a.name, "", node.lineno) for a in node.names if a.name.split(".")[0] == "cuantiza"]
+            found += [
+                (a.name, "", node.lineno) for a in node.names if a.name.split(".")[0] == "cuantiza"
+            ]
     return found
 
 
@@ -77,23 +84,27 @@ def test_imports_flow_downwards(name):
     here = _part(name)
     for target, attr, line in _imports(name):
         there = _part(_module_of(target, attr))
-        assert there == here or RANK[there] < RANK[here], \
-            f"{name}:{line} imports {target} ({there}, rank {RANK[there]}) from {here} (rank {RANK[here]})"
+        assert there == here or RANK[there] < RANK[here], (
+            f"{name}:{line} imports {target} ({there}, rank {RANK[there]}) "
+            f"from {here} (rank {RANK[here]})"
+        )
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_private_names_across_modules(name):
     for target, attr, line in _imports(name):
-        if _module_of(target, attr) != target:          # a module, imported by name
+        if _module_of(target, attr) != target:  # a module, imported by name
             continue
-        assert not (attr.startswith("_") and attr != "__version__"), f"{name}:{line} imports {target}.{attr}"
+        assert not (attr.startswith("_") and attr != "__version__"), (
+            f"{name}:{line} imports {target}.{attr}"
+        )
 
 
 def test_no_import_cycles():
     graph = {m: {_module_of(t, a) for t, a, _ in _imports(m)} - {m} for m in MODULES}
     index, low, stack, on, cycles = {}, {}, [], set(), []
 
-    def visit(v):                                     # Tarjan's strongly connected components
+    def visit(v):  # Tarjan's strongly connected components
         index[v] = low[v] = len(index)
         stack.append(v)
         on.add(v)

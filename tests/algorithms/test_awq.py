@@ -7,6 +7,7 @@ import torch
 import cuantiza as cz
 from cuantiza.algorithms import ActAbsMax, apply_scales, awq_scales, smooth_scales
 from cuantiza.core.quantize import dequantize, quantize_tensor
+from tests.thresholds import THRESHOLDS
 
 D = 256
 OUTLIERS = torch.tensor([3, 17, 64, 100, 128, 177, 200, 250])
@@ -35,7 +36,6 @@ def output_error(x, ws, s, scheme):
     return total
 
 
-# measured loss ratios AWQ / RTN here: 0.34 (3 and 4 bits, group 128), 0.24-0.25 (group 32)
 @pytest.mark.parametrize("group", [128, 32])
 @pytest.mark.parametrize("bits", [3, 4])
 def test_awq_lowers_the_output_error(qkv, bits, group):
@@ -45,9 +45,12 @@ def test_awq_lowers_the_output_error(qkv, bits, group):
     assert s.shape == (D,) and s.dtype == torch.float32
     assert float(s[OUTLIERS].min()) > float(s.median())  # outlier channels scaled up
     ones = torch.ones(D)
-    assert output_error(x, qkv, s, scheme) < 0.6 * output_error(x, qkv, ones, scheme)
+    ratio = THRESHOLDS["awq_vs_rtn_output_error_ratio"]
+    assert output_error(x, qkv, s, scheme) < ratio * output_error(x, qkv, ones, scheme)
     held_out = activations(seed=7)  # the gain is not overfit
-    assert output_error(held_out, qkv, s, scheme) < 0.6 * output_error(held_out, qkv, ones, scheme)
+    assert output_error(held_out, qkv, s, scheme) < ratio * output_error(
+        held_out, qkv, ones, scheme
+    )
 
 
 def test_awq_never_worse_than_rtn_and_degenerate_inputs(qkv):
@@ -92,11 +95,12 @@ def test_folding_into_a_norm_keeps_the_function(qkv):
     )
     rms = h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # RMSNorm (no bias)
     f = apply_scales(gamma, qkv, s)
+    rel = THRESHOLDS["fold_scales_rel"]
     for w, w2 in zip(qkv, f.weights, strict=False):
-        assert _rel((rms * f.prev) @ w2.T, (rms * gamma) @ w.T) < 1e-5
+        assert _rel((rms * f.prev) @ w2.T, (rms * gamma) @ w.T) < rel
     ln = torch.nn.functional.layer_norm(h, (D,))  # LayerNorm (with bias)
     f = apply_scales(gamma, qkv, s, prev_bias=beta)
-    assert _rel((ln * f.prev + f.prev_bias) @ f.weights[0].T, (ln * gamma + beta) @ qkv[0].T) < 1e-5
+    assert _rel((ln * f.prev + f.prev_bias) @ f.weights[0].T, (ln * gamma + beta) @ qkv[0].T) < rel
     assert torch.equal(gamma, gamma.clone()) and f.prev.dtype == gamma.dtype
 
 
@@ -109,7 +113,7 @@ def test_folding_into_a_previous_linear_keeps_the_function():
     f = apply_scales(prev_w, [nxt], s, prev_bias=prev_b)
     before = (u @ prev_w.T + prev_b) @ nxt.T
     after = (u @ f.prev.T + f.prev_bias) @ f.weights[0].T
-    assert _rel(after, before) < 1e-5
+    assert _rel(after, before) < THRESHOLDS["fold_scales_rel"]
     f16 = apply_scales(prev_w.half(), nxt.half(), s)
     assert (
         f16.prev.dtype == torch.float16
@@ -137,11 +141,11 @@ def test_smoothquant_lowers_w8a8_error_and_folds_exactly():
     s = smooth_scales(acc, [w[:48], w[48:]], alpha=0.5)
     assert torch.equal(s, smooth_scales(x.abs().amax(0), w))  # max over all weights' rows
     ratio = w8a8_error(x, w, s) / w8a8_error(x, w, torch.ones(D))
-    assert ratio < 0.3, ratio
+    assert ratio < THRESHOLDS["smoothquant_vs_plain_w8a8_error_ratio"], ratio
     gamma = torch.rand(D) + 0.5
     f = apply_scales(gamma, [w], s)
     h = torch.randn(16, D)
-    assert _rel((h * f.prev) @ f.weights[0].T, (h * gamma) @ w.T) < 1e-5
+    assert _rel((h * f.prev) @ f.weights[0].T, (h * gamma) @ w.T) < THRESHOLDS["fold_scales_rel"]
 
 
 def test_smooth_scales_guards_zeros_and_alpha():

@@ -9,8 +9,9 @@ NATIVE = Path(constants.__file__).parent / "backends" / "native"
 
 
 def test_committed_header_is_generated_from_constants():
-    assert constants.HEADER.read_text() == constants.c_header(), \
+    assert constants.HEADER.read_text() == constants.c_header(), (
         "cz_constants.h is stale: run `python -m cuantiza.constants`"
+    )
 
 
 def test_c_sources_take_shared_numbers_from_the_header():

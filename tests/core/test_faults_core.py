@@ -1,4 +1,4 @@
-"""FAULTS.md cases 1-11, 16 and 17 for the numeric core: one test per case, named after it."""
+"""docs/FAULTS.md cases 1-11, 16 and 17 for the numeric core: one test per case, named after it."""
 
 import numpy as np
 import pytest

@@ -375,7 +375,7 @@ def test_histogram_mse_keeps_full_range_without_outliers():
     obs = cz.HistogramObserver(1024, "mse")
     obs.observe(x)
     lo, hi = obs.range(cz.QScheme(bits=8))
-    width = 2 * obs.radius / obs.bins
+    width = THRESHOLDS["histogram_range_bins"] * 2 * obs.radius / obs.bins
     assert float(hi) >= float(x.max()) - width and float(lo) <= float(x.min()) + width
 
 
@@ -384,7 +384,8 @@ def test_entropy_on_one_sided_data_stays_one_sided():
     obs = cz.HistogramObserver(1024, "entropy")
     obs.observe(x)
     lo, hi = obs.range(cz.QScheme(bits=8, symmetric=False))
-    assert float(lo) >= 0.0 and 1.0 < float(hi) <= float(x.max()) + 2 * obs.radius / obs.bins
+    width = THRESHOLDS["histogram_range_bins"] * 2 * obs.radius / obs.bins
+    assert float(lo) >= 0.0 and 1.0 < float(hi) <= float(x.max()) + width
 
 
 def test_histogram_minmax_method_is_exact():

@@ -1,4 +1,5 @@
-"""FAULTS.md cases for the model workflows: each fails early and clearly, or falls back visibly."""
+"""docs/FAULTS.md cases for the model workflows: each fails early and clearly, or falls back
+visibly."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Bad input to the ONNX functions (FAULTS.md 1, 12-13, 15, 23, 25-29): typed errors, early,
+"""Bad input to the ONNX functions (docs/FAULTS.md 1, 12-13, 15, 23, 25-29): typed errors, early,
 nothing written, the input untouched."""
 
 import os

@@ -10,6 +10,7 @@ from torch import nn
 
 import cuantiza as cz
 from cuantiza.errors import CorruptFileError
+from tests.thresholds import THRESHOLDS
 
 W4G32 = cz.QScheme(bits=4, symmetric=False, granularity=cz.PerGroup(32))
 
@@ -99,7 +100,9 @@ def test_folded_batchnorm_listed_and_compared_after_folding():
     rep = cz.report(m, qm, torch.randn(2, 3, 8, 8))
     bn, conv = _row(rep, "1"), _row(rep, "0")
     assert bn.mode == "folded" and "folded into 0" in bn.reason and bn.quant_bytes == 0
-    assert conv.weight_sqnr_db > 40 and conv.output_sqnr_db > 30  # vs the folded weight / BN output
+    # vs the folded weight / BN output
+    assert conv.weight_sqnr_db > THRESHOLDS["report_int8_folded_conv_weight_sqnr_db"]
+    assert conv.output_sqnr_db > THRESHOLDS["report_int8_folded_conv_output_sqnr_db"]
 
 
 class _TiedLM(nn.Module):
@@ -143,7 +146,8 @@ def test_sqnr_finite_and_8bit_beats_4bit():
     for name in ("0", "2"):
         lo, hi = _row(reps[4], name), _row(reps[8], name)
         assert math.isfinite(lo.weight_sqnr_db) and math.isfinite(lo.output_sqnr_db)
-        assert hi.weight_sqnr_db > lo.weight_sqnr_db + 15  # ~6 dB per bit
+        gain = THRESHOLDS["report_8bit_vs_4bit_weight_sqnr_gain_db"]  # ~6 dB per bit
+        assert hi.weight_sqnr_db > lo.weight_sqnr_db + gain
         assert hi.output_sqnr_db > lo.output_sqnr_db
     assert reps[8].totals["output_sqnr_db"] > reps[4].totals["output_sqnr_db"] > 0
     assert _row(reps[8], "3").weight_sqnr_db == math.inf  # float layer: exact

@@ -54,7 +54,19 @@ def _parser() -> argparse.ArgumentParser:
         description="Quantize neural networks to 1-8-bit integers.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_size(sub, quiet)
+    _add_explain(sub, quiet)
+    _add_demo(sub, quiet)
+    r = sub.add_parser("report", parents=[quiet], help="print a saved report (report.json in DIR)")
+    r.add_argument(
+        "dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`"
+    )
+    cli_quantize.add_parser(sub, quiet)
+    cli_llm.add_eval_parser(sub, quiet)
+    return p
 
+
+def _add_size(sub, quiet: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "size",
         parents=[quiet],
@@ -86,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
+
+def _add_explain(sub, quiet: argparse.ArgumentParser) -> None:
     e = sub.add_parser(
         "explain",
         parents=[quiet],
@@ -111,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
         help="range to quantize over (default: [v, v], widened to contain 0)",
     )
 
+
+def _add_demo(sub, quiet: argparse.ArgumentParser) -> None:
     d = sub.add_parser(
         "demo",
         parents=[quiet],
@@ -131,15 +147,6 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: the numeric core on a weight matrix at every bit width "
         "(bits/weight, bytes, SQNR)",
     )
-
-    r = sub.add_parser("report", parents=[quiet], help="print a saved report (report.json in DIR)")
-    r.add_argument(
-        "dir", metavar="DIR", help="a folder written by Report.save() or `cuantiza demo`"
-    )
-
-    cli_quantize.add_parser(sub, quiet)
-    cli_llm.add_eval_parser(sub, quiet)
-    return p
 
 
 def demo_doc() -> str:

@@ -133,6 +133,14 @@ def _calibration_id(batches: list) -> str:
     return h.hexdigest()
 
 
+def _rtn_jobs(ckpt: Checkpoint, config: QuantConfig) -> dict:
+    """The checkpoint's tensor jobs planned as for rtn: the calibrated method replaces the
+    rounding of the decoder layers' weights, and the rest (embedding, head) rounds to nearest."""
+    jobs = plan_checkpoint(ckpt, dataclasses.replace(config, method="rtn"))
+    rtn = lambda j: dataclasses.replace(j, cfg=dataclasses.replace(j.cfg, method="rtn"))
+    return {n: [rtn(j) if j.cfg else j for j in js] for n, js in jobs.items()}
+
+
 def quantize_checkpoint_calibrated(
     src,
     dst,
@@ -152,14 +160,7 @@ def quantize_checkpoint_calibrated(
     batches = calibration_batches(calibration, seq_len, n_samples, batch_size)
     fp = {**fingerprint(ckpt, config), "calibration": _calibration_id(batches)}
     writer = ShardedWriter(dst, src=ckpt.dir, fingerprint=fp, overwrite=overwrite)
-    jobs = plan_checkpoint(ckpt, dataclasses.replace(config, method="rtn"))
-    jobs = {
-        n: [
-            dataclasses.replace(j, cfg=dataclasses.replace(j.cfg, method="rtn")) if j.cfg else j
-            for j in js
-        ]
-        for n, js in jobs.items()
-    }
+    jobs = _rtn_jobs(ckpt, config)
     plans = _layer_plans(jobs)
     dec = _skeleton(ckpt)
     _materialize(dec.embed, "model.embed_tokens", ckpt)

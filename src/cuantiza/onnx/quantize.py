@@ -171,6 +171,37 @@ def _elem_types(model: ModelProto) -> dict:
     return {v.name: v.type.tensor_type.elem_type for v in vis}
 
 
+def _load_and_plan(src, config: QuantConfig, op_types, opset: int | None):
+    """The checked input model, lifted to the target opset, and its plan: (model, uses,
+    skipped, target opset)."""
+    model = load_model(src)
+    refuse_quantized(model, src)
+    unique_node_names(model.graph)
+    uses, _ = plan_graph(model.graph, config, op_types)
+    target = _target_opset(model, uses, opset)
+    _check_blocks(uses, target)
+    model = _lift(model, target, src)
+    uses, skipped = plan_graph(model.graph, config, op_types)
+    return model, uses, skipped, target
+
+
+def _rebuild(model, b: GraphBuilder, uses, edits: dict, unused: set, acts) -> None:
+    """Splice the weight and activation edits into ``model``'s graph, in place."""
+    head = [n for e in edits.values() for n in e.nodes]
+    renames = {(u.index, u.slot): edits[u.index].output for u in uses}
+    renames.update(acts.renames)
+    rebuild(
+        model.graph,
+        head,
+        acts.before,
+        renames,
+        unused | acts.unused,
+        b,
+        acts.after,
+        acts.out_renames,
+    )
+
+
 def quantize_onnx(
     src,
     dst,
@@ -199,14 +230,7 @@ def quantize_onnx(
     if not set(op_types) <= set(OP_TYPES):
         raise ConfigError(f"op_types must be among {OP_TYPES}, got {tuple(op_types)}")
     dst = check_output(dst, overwrite, src)
-    model = load_model(src)
-    refuse_quantized(model, src)
-    unique_node_names(model.graph)
-    uses, _ = plan_graph(model.graph, config, op_types)
-    target = _target_opset(model, uses, opset)
-    _check_blocks(uses, target)
-    model = _lift(model, target, src)
-    uses, skipped = plan_graph(model.graph, config, op_types)
+    model, uses, skipped, target = _load_and_plan(src, config, op_types, opset)
     inputs = _input_types(model)
     b = GraphBuilder(graph_names(model.graph))
     edits, unused = weight_edits(b, model.graph, uses, target, lambda u: _integer_acts(u, mode))
@@ -224,20 +248,8 @@ def quantize_onnx(
         outputs,
         edits,
     )
-    head = [n for e in edits.values() for n in e.nodes]
-    renames = {(u.index, u.slot): edits[u.index].output for u in uses}
-    renames.update(acts.renames)
     records = _records(model, uses, edits, acts)
-    rebuild(
-        model.graph,
-        head,
-        acts.before,
-        renames,
-        unused | acts.unused,
-        b,
-        acts.after,
-        acts.out_renames,
-    )
+    _rebuild(model, b, uses, edits, unused, acts)
     summary = OnnxSummary(
         dst, mode, target, tuple(records), tuple(skipped), notes=notes_for(records)
     )
