@@ -1,11 +1,12 @@
 """Build step for the optional native kernels; all metadata lives in pyproject.toml.
 
-``src/cuantiza/backends/native/*.c`` is plain C (no Python headers) in two libraries loaded with
-ctypes: ``_rtn`` (rtn.c and rtn_fused.c, the round-to-nearest passes) and ``_gemm`` (gemm.c, the
-per-token int8 linear layer). Both are *optional* extensions: without a C compiler the install
-still succeeds and cuantiza uses its torch paths (``cuantiza._native.available()`` is then
-False); ``tests/unit/test_native.py`` and ``test_native_linear.py`` fail if a compiler exists
-but a library is missing. The clones below are rtn.c's; gemm.c picks AVX2 or portable C itself.
+``src/cuantiza/backends/native/*.c`` is plain C (no Python headers) in three libraries loaded
+with ctypes: ``_rtn`` (rtn.c and rtn_fused.c, the round-to-nearest passes), ``_gemm`` (gemm.c,
+the per-token int8 linear layer) and ``_wo`` (wo.c, the weight-only linear layers at 1-8 bits).
+All are *optional* extensions: without a C compiler the install still succeeds and cuantiza
+uses its torch paths (``backends.native.rtn.available()`` is then False); the tests in
+``tests/backends/`` fail if a compiler exists but a library is missing. The clones below are
+rtn.c's; gemm.c and wo.c pick AVX2 or portable C themselves at run time.
 
 Flags: -O3 to vectorize; -fno-math-errno so nearbyintf needs no errno and can become one SIMD
 instruction; -ffp-contract=off so no multiply-add is ever fused. Never -ffast-math: the kernels
@@ -40,6 +41,14 @@ setup(
             "cuantiza.backends.native._gemm",
             sources=["src/cuantiza/backends/native/gemm.c", "src/cuantiza/backends/native/rtn.c"],
             depends=HEADERS,
+            extra_compile_args=FLAGS + ["-fopenmp"],
+            optional=True,
+        ),
+        # The weight-only linear layers (wo.c): codes repacked once, dequantized exactly in
+        # registers (decode) or into a GEMM's B panels (prefill); on torch's threads as _gemm.
+        Extension(
+            "cuantiza.backends.native._wo",
+            sources=["src/cuantiza/backends/native/wo.c"],
             extra_compile_args=FLAGS + ["-fopenmp"],
             optional=True,
         ),

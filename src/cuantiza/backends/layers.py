@@ -186,4 +186,25 @@ def per_token_linear(
     return y.add_(bias) if bias is not None else y
 
 
+# Weight-only layers (float activations): the native kernel where it takes the layer, else the
+# reference (dequantize the whole weight, then F.linear), on every call.
+WEIGHT_ONLY = ("native_wo", "dequantize")
+
+
+def choose_weight_only(
+    native_refusal: str | None, prefer: str | None = None
+) -> tuple[str, str | None]:
+    """(kernel, why the reference) for a weight-only layer: ``native_refusal`` is the native
+    kernel's reason for refusing the layer (None: it takes it). ``prefer`` forces one."""
+    if prefer not in (None, *WEIGHT_ONLY):
+        raise ValueError(f"weight-only kernels are {WEIGHT_ONLY}, not {prefer!r}")
+    if prefer == "dequantize":
+        return "dequantize", "asked for"
+    if native_refusal is not None:
+        if prefer == "native_wo":
+            raise ValueError(f"kernel 'native_wo' cannot run this layer: {native_refusal}")
+        return "dequantize", native_refusal
+    return "native_wo", None
+
+
 dequant_acc = reference.dequant_acc

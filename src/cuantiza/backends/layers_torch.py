@@ -48,8 +48,8 @@ def linear_f32split(
 
 
 def has_vnni() -> bool:
-    """x86 VNNI (AVX-512 or AVX) makes int8 dot products native; without it torch._int_mm is "
-    "slow."""
+    """x86 VNNI (AVX-512 or AVX) makes int8 dot products native; without it torch._int_mm is
+    slow."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()

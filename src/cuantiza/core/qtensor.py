@@ -22,7 +22,7 @@ from .packing import pack, packed_nbytes, unpack
 from .qparams import QParams, check_qparams_shape
 from .quantize import as_float, dequantize, quantize_tensor, quantize_tensor_codes
 from .range_specs import MinMax, RangeSpec
-from .scheme import PerGroup, QScheme  # noqa: F401  (PerGroup: doctest)
+from .scheme import PerChannel, PerGroup, QScheme
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,10 @@ class QTensor:
         q, qp = quantize_tensor(xf, scheme, range=range, name=name)
         return cls.from_int(q, qp)
 
+    def codes(self) -> torch.Tensor:
+        """The stored codes (q - qmin) / code_step, one uint8 each, in the logical shape."""
+        return unpack(self.data, self.scheme.bits, self.numel).reshape(self.shape)
+
     def int_repr(self) -> torch.Tensor:
         """The integers q in the logical shape (int8 symmetric, uint8 asymmetric)."""
         s = self.scheme
@@ -101,3 +105,43 @@ class QTensor:
             f"QTensor({self.scheme.describe()}, shape={self.shape}, {self.nbytes} B, "
             f"{self.bits_per_weight:.3f} bits/weight)"
         )
+
+
+def concat_rows(parts: list[QTensor]) -> QTensor:
+    """The QTensors of 2-D weights stacked along their rows (output features), as one: the
+    fused q/k/v or gate/up projection of a decoder layer. They must share the scheme, a
+    row-wise granularity (PerChannel(0) or PerGroup along the columns) and the column count,
+    with whole bytes per row, so the packed bytes simply follow each other.
+
+    >>> a = QTensor.from_float(torch.randn(4, 64), QScheme(bits=4, granularity=PerGroup(32)))
+    >>> b = QTensor.from_float(torch.randn(2, 64), QScheme(bits=4, granularity=PerGroup(32)))
+    >>> torch.equal(concat_rows([a, b]).dequantize(), torch.cat([a.dequantize(), b.dequantize()]))
+    True
+    """
+    first = parts[0]
+    k, bits = first.shape[1], first.scheme.bits
+    for t in parts:
+        if len(t.shape) != 2 or t.shape[1] != k or t.scheme != first.scheme:
+            raise ShapeError(
+                f"concat_rows needs 2-D weights of one scheme and {k} columns, got "
+                f"{t.shape} {t.scheme.describe()}"
+            )
+    if (k * bits) % 8 or not _rowwise(first.scheme):
+        raise ShapeError(
+            f"concat_rows needs whole bytes per row and row-wise scales, got {k} columns at "
+            f"{bits} bits, {first.scheme.describe()}"
+        )
+    qp = QParams(
+        torch.cat([t.qparams.scale for t in parts]),
+        torch.cat([t.qparams.zero_point for t in parts]),
+        first.scheme,
+    )
+    rows = sum(t.shape[0] for t in parts)
+    return QTensor(torch.cat([t.data for t in parts]), qp, (rows, k))
+
+
+def _rowwise(scheme: QScheme) -> bool:
+    g = scheme.granularity
+    return (isinstance(g, PerChannel) and g.axis in (0, -2)) or (
+        isinstance(g, PerGroup) and g.axis in (1, -1)
+    )

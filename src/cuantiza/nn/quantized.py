@@ -18,6 +18,7 @@ from ..core.qtensor import QTensor
 from ..core.quantize import quantize, quantize_2d
 from ..core.scheme import PerChannel, PerGroup, QScheme
 from .layer_math import act_info, dynamic_qparams, exit_scales, fused_rows_ok, int_weight
+from .weight_only import WeightOnlyKernel
 
 
 class _QuantWeight(nn.Module):
@@ -34,8 +35,8 @@ class _QuantWeight(nn.Module):
     def _choose(
         self, act_scheme: QScheme, prefer: str | None, scalar_zp: bool = True, conv: bool = False
     ):
-        """Integer execution: keep w_int (int8, or int16 for asymmetric weights) and pick a "
-        "kernel."""
+        """Integer execution: keep w_int (int8, or int16 for asymmetric weights) and pick a
+        kernel."""
         self.w_int = int_weight(self.weight_q)
         k = self.weight_q.shape[1]
         self.kernel = kernels.choose(k, act_info(act_scheme, scalar_zp), self.w_int, prefer, conv)
@@ -44,7 +45,8 @@ class _QuantWeight(nn.Module):
         return self.weight_q.dequantize()
 
     def extra_repr(self) -> str:
-        return f"{self.weight_q!r}, kernel={self.kernel}"
+        why = getattr(self, "fallback", None)
+        return f"{self.weight_q!r}, kernel={self.kernel}" + (f" ({why})" if why else "")
 
 
 class QuantLinear(_QuantWeight):
@@ -57,10 +59,15 @@ class QuantLinear(_QuantWeight):
         if act is not None:
             self._choose(act.scheme, kernel)
             self.s_w, self.s_x = exit_scales(weight.qparams), act.scale.to(torch.float32)
+        else:  # weight-only: the native kernel, or dequantize + F.linear (``fallback`` says why)
+            self.weight_only = WeightOnlyKernel(weight, kernel)
+            self.kernel, self.fallback = self.weight_only.name, self.weight_only.reason
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is None:
-            return F.linear(x.to(torch.float32), self.dequantized_weight(), self.bias)
+            if self.weight_only._qt is not self.weight_q:  # the weight was replaced
+                self.weight_only = WeightOnlyKernel(self.weight_q, self.kernel)
+            return self.weight_only(x, self.bias)
         q_x = quantize(x, self.act)
         return kernels.linear(
             self.kernel, q_x, self.act.zero_point, self.w_int, self.s_w, self.s_x, self.bias

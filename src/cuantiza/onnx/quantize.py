@@ -121,8 +121,8 @@ def _check_blocks(uses: list, opset: int) -> None:
 
 
 def _integer_acts(u, mode: str) -> bool:
-    """Whether the node's activations get quantized (static: all but Gather; dynamic: MatMul, "
-    "Gemm)."""
+    """Whether the node's activations get quantized (static: all but Gather; dynamic: MatMul,
+    Gemm)."""
     if mode == "static":
         return u.act is not None
     return mode == "dynamic" and u.op in ("MatMul", "Gemm")

@@ -83,8 +83,8 @@ def built() -> bool:
 
 
 def available() -> bool:
-    """True when the native kernels will be used: built, and not disabled by "
-    "``CUANTIZA_NATIVE=0``."""
+    """True when the native kernels will be used: built, and not disabled by
+    ``CUANTIZA_NATIVE=0``."""
     return LIB is not None and switched_on()
 
 

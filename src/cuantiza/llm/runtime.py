@@ -1,0 +1,198 @@
+"""A LLaMA-class decoder that generates: its layers' weights, a key/value cache, and one forward
+pass over new tokens at a time.
+
+It computes what transformers' ``LlamaForCausalLM`` computes (RMSNorm in float32, rotary
+position embeddings, grouped-query attention with ``scaled_dot_product_attention``, SwiGLU)
+with the fewest calls per token: q/k/v are one projection, gate/up another (``Projection``:
+one fused weight where the parts share a scheme, else one call each), and the key/value cache is
+preallocated, so a decode step of a layer is a dozen torch ops and four linear kernels. The
+linear kernels are cuantiza's (``backends.weight_only`` for quantized weights, ``F.linear``
+for float ones), chosen once when the decoder is built (``runtime_load``).
+
+Shapes: a forward takes T new token ids at positions [pos, pos + T) of one sequence (batch 1);
+hidden states are (T, hidden).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, PlanError
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The numbers of a LLaMA-class ``config.json`` that the forward pass needs."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_eps: float
+    rope_theta: float
+    max_positions: int
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "config.json") -> DecoderShape:
+        """From a transformers config dict; PlanError for what this decoder does not run."""
+        kind = cfg.get("model_type")
+        if kind not in ("llama", "mistral"):
+            raise PlanError(
+                f"{where}: model_type {kind!r} is not a LLaMA-class decoder "
+                "(generate runs model_type 'llama' or 'mistral')"
+            )
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+            raise PlanError(f"{where}: rope type {rope.get('rope_type')!r} is not supported")
+        if (
+            cfg.get("hidden_act", "silu") != "silu"
+            or cfg.get("attention_bias")
+            or cfg.get("mlp_bias")
+        ):
+            raise PlanError(f"{where}: only SiLU MLPs without biases are supported")
+        heads = int(cfg["num_attention_heads"])
+        eos = cfg.get("eos_token_id")
+        return cls(
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=int(cfg["hidden_size"]),
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_layers=int(cfg["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+            rms_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+            max_positions=int(cfg.get("max_position_embeddings", 2048)),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        )
+
+
+Linear = Callable[[torch.Tensor], torch.Tensor]  # (T, in) -> (T, out), float32
+
+
+class Projection:
+    """Linear maps of one input: one fused call whose output is split, or one call per part."""
+
+    def __init__(self, parts: list[Linear], sizes: list[int], fused: bool):
+        self.parts, self.sizes, self.fused = parts, sizes, fused
+
+    def __call__(self, h: torch.Tensor) -> list[torch.Tensor]:
+        if self.fused:
+            return list(self.parts[0](h).split(self.sizes, dim=-1))
+        return [p(h) for p in self.parts]
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor  # (hidden,) float32
+    qkv: Projection
+    o: Linear
+    mlp_norm: torch.Tensor
+    gate_up: Projection
+    down: Linear
+
+
+class KVCache:
+    """Keys and values of every layer for one sequence of up to ``max_len`` tokens."""
+
+    def __init__(self, shape: DecoderShape, max_len: int):
+        size = (shape.num_layers, shape.num_kv_heads, max_len, shape.head_dim)
+        self.k = torch.zeros(size, dtype=torch.float32)
+        self.v = torch.zeros(size, dtype=torch.float32)
+        self.max_len = max_len
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm in float32: w * (x * rsqrt(mean(x^2) + eps))."""
+    return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+class DecoderRuntime:
+    """The decoder's weights and its forward pass (see the module docstring)."""
+
+    def __init__(
+        self,
+        shape: DecoderShape,
+        embed: Callable,
+        layers: list[Layer],
+        norm: torch.Tensor,
+        head: Linear,
+        kernels: dict[str, str],
+    ):
+        self.shape, self.embed, self.layers, self.norm, self.head = shape, embed, layers, norm, head
+        self.kernels = kernels  # linear name -> kernel, for reports and ``repr``
+        d = shape.head_dim
+        inv_freq = 1.0 / (
+            shape.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+        )
+        freqs = torch.arange(shape.max_positions).float()[:, None] * inv_freq  # (P, d / 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos, self.sin = emb.cos(), emb.sin()  # (P, d), as transformers computes them
+
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        return KVCache(self.shape, max_len or self.shape.max_positions)
+
+    @torch.no_grad()
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache, pos: int, all_logits: bool = False
+    ) -> torch.Tensor:
+        """Logits (T, vocab) for the T token ids at positions [pos, pos + T), or (1, vocab) for
+        the last one only; the cache gets their keys and values."""
+        t = tokens.numel()
+        if pos + t > cache.max_len:
+            raise ConfigError(f"{pos + t} tokens do not fit the cache of {cache.max_len}")
+        x = self.embed(tokens.reshape(-1)).to(torch.float32)  # (T, hidden)
+        cos, sin = self.cos[pos : pos + t, None, :], self.sin[pos : pos + t, None, :]
+        for i, layer in enumerate(self.layers):
+            x = self._layer(i, layer, x, cache, pos, cos, sin)
+        h = x if all_logits else x[-1:]
+        return self.head(rms_norm(h, self.norm, self.shape.rms_eps))
+
+    def _layer(self, i: int, layer: Layer, x, cache: KVCache, pos: int, cos, sin) -> torch.Tensor:
+        s = self.shape
+        t = x.shape[0]
+        q, k, v = layer.qkv(rms_norm(x, layer.attn_norm, s.rms_eps))
+        q = _rotate(q.view(t, s.num_heads, s.head_dim), cos, sin)  # (T, heads, d)
+        k = _rotate(k.view(t, s.num_kv_heads, s.head_dim), cos, sin)
+        cache.k[i, :, pos : pos + t] = k.transpose(0, 1)
+        cache.v[i, :, pos : pos + t] = v.view(t, s.num_kv_heads, s.head_dim).transpose(0, 1)
+        keys, values = cache.k[i, :, : pos + t], cache.v[i, :, : pos + t]  # (kv heads, pos+T, d)
+        attn = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],
+            keys[None],
+            values[None],
+            attn_mask=_mask(t, pos),
+            is_causal=t > 1 and pos == 0,
+            scale=1.0 / math.sqrt(s.head_dim),
+            enable_gqa=True,
+        )  # (1, heads, T, d)
+        x = x + layer.o(attn[0].transpose(0, 1).reshape(t, s.num_heads * s.head_dim))
+        gate, up = layer.gate_up(rms_norm(x, layer.mlp_norm, s.rms_eps))
+        return x + layer.down(F.silu(gate) * up)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as transformers applies it: x cos + rotate_half(x) sin."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _mask(t: int, pos: int) -> torch.Tensor | None:
+    """The causal mask of T new tokens after ``pos`` cached ones; None where ``is_causal``
+    (pos = 0) or a single token (it sees every cached position) says it."""
+    if t == 1 or pos == 0:
+        return None
+    return torch.arange(pos + t)[None, :] <= (pos + torch.arange(t))[:, None]  # (T, pos + T)
