@@ -46,9 +46,15 @@ TOOLS = ("llama-bench", "llama-quantize", "llama-perplexity")
 # What the build used: a plain CPU build, -march=native through GGML_NATIVE (on by default),
 # OpenMP threads, static libraries (self-contained binaries), no network code; build() then
 # makes only the three tools (all of llama.cpp takes far longer on 2 cores).
-CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF",
-               "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-               "-DLLAMA_BUILD_SERVER=OFF")
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+)
 
 # TinyLlama/TinyLlama-1.1B-Chat-v1.0's config.json, but float16 (the original is bfloat16).
 TINYLLAMA_CONFIG = {
@@ -79,6 +85,7 @@ FOLDER_FORMAT = 1  # bump when make_tinyllama_folder writes something different
 
 # --- the llama.cpp tools ------------------------------------------------------------------
 
+
 def build(cache: Path = LLAMA_DIR, jobs: int = 2) -> Path:
     """Download, configure and build the three tools under ``cache``; returns the bin folder.
 
@@ -99,8 +106,20 @@ def build(cache: Path = LLAMA_DIR, jobs: int = 2) -> Path:
     src = cache / f"llama_cpp_python-{LLAMA_CPP_PYTHON}" / "vendor" / "llama.cpp"
     build_dir = cache / "build"
     if not sdist.exists():
-        _check([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(cache)])
+        _check(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                "-d",
+                str(cache),
+            ]
+        )
     if not src.exists():
         with tarfile.open(sdist) as tar:
             tar.extractall(cache, filter="data")
@@ -120,8 +139,10 @@ def find_tools() -> dict[str, Path] | None:
         tools = {name: place / name for name in TOOLS}
         if all(os.access(path, os.X_OK) for path in tools.values()):
             return tools
-    print(f"llama.cpp tools {', '.join(TOOLS)} not found in {' or '.join(map(str, places))}; "
-          "set LLAMA_CPP_BIN or build them with benchmarks/_llamacpp.py:build()")
+    print(
+        f"llama.cpp tools {', '.join(TOOLS)} not found in {' or '.join(map(str, places))}; "
+        "set LLAMA_CPP_BIN or build them with benchmarks/_llamacpp.py:build()"
+    )
     return None
 
 
@@ -137,8 +158,10 @@ def find_converter() -> Path | None:
 
 # --- a TinyLlama-shaped Hugging Face folder -----------------------------------------------
 
-def make_tinyllama_folder(path: Path = TINYLLAMA_DIR, seed: int = 0,
-                          dtype: torch.dtype = torch.float16) -> Path:
+
+def make_tinyllama_folder(
+    path: Path = TINYLLAMA_DIR, seed: int = 0, dtype: torch.dtype = torch.float16
+) -> Path:
     """Writes (or reuses) a TinyLlama-1.1B-shaped LLaMA folder with random weights; returns it.
 
     Weights are N(0, 0.02) from ``seed`` (norms are ones): decode speed does not depend on the
@@ -147,8 +170,12 @@ def make_tinyllama_folder(path: Path = TINYLLAMA_DIR, seed: int = 0,
     ``vocab_size`` tokens. A matching fingerprint.json means the folder is reused as is.
     """
     path = Path(path)
-    fingerprint = {"format": FOLDER_FORMAT, "seed": seed, "dtype": str(dtype),
-                   "config": TINYLLAMA_CONFIG}
+    fingerprint = {
+        "format": FOLDER_FORMAT,
+        "seed": seed,
+        "dtype": str(dtype),
+        "config": TINYLLAMA_CONFIG,
+    }
     stamp = path / "fingerprint.json"
     if stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
         return path
@@ -157,8 +184,9 @@ def make_tinyllama_folder(path: Path = TINYLLAMA_DIR, seed: int = 0,
     path.mkdir(parents=True)
     config = dict(TINYLLAMA_CONFIG, torch_dtype=str(dtype).removeprefix("torch."))
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    (path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 2048}))
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 2048})
+    )
     _write_safetensors(path / "model.safetensors", _llama_tensors(TINYLLAMA_CONFIG), seed, dtype)
     _write_tokenizer(path, TINYLLAMA_CONFIG["vocab_size"], seed)
     stamp.write_text(json.dumps(fingerprint))  # last: a half-written folder is never reused
@@ -169,19 +197,30 @@ def _llama_tensors(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     """Returns the (name, shape) list of a Hugging Face LlamaForCausalLM, in file order."""
     h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    layer = [("input_layernorm.weight", (h,)), ("self_attn.q_proj.weight", (h, h)),
-             ("self_attn.k_proj.weight", (kv, h)), ("self_attn.v_proj.weight", (kv, h)),
-             ("self_attn.o_proj.weight", (h, h)), ("post_attention_layernorm.weight", (h,)),
-             ("mlp.gate_proj.weight", (f, h)), ("mlp.up_proj.weight", (f, h)),
-             ("mlp.down_proj.weight", (h, f))]
+    layer = [
+        ("input_layernorm.weight", (h,)),
+        ("self_attn.q_proj.weight", (h, h)),
+        ("self_attn.k_proj.weight", (kv, h)),
+        ("self_attn.v_proj.weight", (kv, h)),
+        ("self_attn.o_proj.weight", (h, h)),
+        ("post_attention_layernorm.weight", (h,)),
+        ("mlp.gate_proj.weight", (f, h)),
+        ("mlp.up_proj.weight", (f, h)),
+        ("mlp.down_proj.weight", (h, f)),
+    ]
     names = [("model.embed_tokens.weight", (v, h))]
     for i in range(cfg["num_hidden_layers"]):
         names += [(f"model.layers.{i}.{name}", shape) for name, shape in layer]
     return names + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
 
 
-def _write_safetensors(file: Path, tensors: list[tuple[str, tuple[int, ...]]], seed: int,
-                       dtype: torch.dtype, std: float = 0.02) -> None:
+def _write_safetensors(
+    file: Path,
+    tensors: list[tuple[str, tuple[int, ...]]],
+    seed: int,
+    dtype: torch.dtype,
+    std: float = 0.02,
+) -> None:
     """Streams seeded random tensors into one safetensors file, one tensor in memory at a time.
 
     safetensors.torch.save_file wants every tensor at once (2.2 GB here); the format is just
@@ -192,7 +231,11 @@ def _write_safetensors(file: Path, tensors: list[tuple[str, tuple[int, ...]]], s
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape in tensors:
         size = itemsize * torch.Size(shape).numel()
-        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": code,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
@@ -211,7 +254,8 @@ def write_synthetic_text(path: Path, n_words: int = 300_000, seed: int = 0) -> P
     """Writes seeded text in a made-up syllabic language (Zipf word frequencies); returns path.
 
     The tokenizer is trained on it (seed = the model's seed), and it makes cheap
-    llama-perplexity input (20 words a line; about 2.3 tokens a word).
+    llama-perplexity input (20 words a line; another seed draws another lexicon, about 3
+    tokens a word).
     """
     rng = random.Random(seed)
     consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
@@ -219,7 +263,7 @@ def write_synthetic_text(path: Path, n_words: int = 300_000, seed: int = 0) -> P
     lexicon = sorted({"".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(60_000)})
     rng.shuffle(lexicon)
     words = rng.choices(lexicon, weights=[1 / (i + 1) for i in range(len(lexicon))], k=n_words)
-    lines = (" ".join(words[i:i + 20]) for i in range(0, n_words, 20))
+    lines = (" ".join(words[i : i + 20]) for i in range(0, n_words, 20))
     Path(path).write_text("\n".join(lines) + "\n")
     return Path(path)
 
@@ -241,51 +285,103 @@ def _write_tokenizer(folder: Path, vocab_size: int, seed: int) -> None:
         # Training splits on words (the final tokenizer, like LLaMA's, has no pre-tokenizer).
         bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
         # Line by line, so no piece holds "\n" (newlines stay byte tokens, as in LLaMA).
-        bpe.train_from_iterator(corpus.read_text().splitlines(), trainers.BpeTrainer(
-            vocab_size=vocab_size + 1000, special_tokens=list(SPECIALS), show_progress=False))
+        bpe.train_from_iterator(
+            corpus.read_text().splitlines(),
+            trainers.BpeTrainer(
+                vocab_size=vocab_size + 1000, special_tokens=list(SPECIALS), show_progress=False
+            ),
+        )
     trained = json.loads(bpe.to_str())["model"]
     # trained ids: specials, single characters, then one piece per merge in merge order.
-    pieces = [p for p, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1])
-              if p not in SPECIALS]
-    pieces = pieces[:vocab_size - len(SPECIALS) - 256]
+    pieces = [
+        p for p, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]) if p not in SPECIALS
+    ]
+    pieces = pieces[: vocab_size - len(SPECIALS) - 256]
     if len(pieces) + len(SPECIALS) + 256 != vocab_size:
         raise RuntimeError(f"BPE training gave only {len(pieces)} pieces")
     vocab = list(SPECIALS) + [f"<0x{b:02X}>" for b in range(256)] + pieces
     kept = set(vocab)
     merges = [m for m in trained["merges"] if "".join(m) in kept]
     tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": False, "special": True}
-                         for i, t in enumerate(SPECIALS)],
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": "▁"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i, t in enumerate(SPECIALS)
+        ],
+        "normalizer": {
+            "type": "Sequence",
+            "normalizers": [
+                {"type": "Prepend", "prepend": "▁"},
+                {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            ],
+        },
         "pre_tokenizer": None,
-        "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                                      {"Sequence": {"id": "A", "type_id": 0}}],
-                           "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
-                                    {"Sequence": {"id": "A", "type_id": 0}},
-                                    {"SpecialToken": {"id": "<s>", "type_id": 1}},
-                                    {"Sequence": {"id": "B", "type_id": 1}}],
-                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"},
-            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
-        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-                  "vocab": {t: i for i, t in enumerate(vocab)}, "merges": merges},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<s>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": "<s>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "<s>", "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+        },
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+            ],
+        },
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": "<unk>",
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(vocab)},
+            "merges": merges,
+        },
     }
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "pad_token": None, "add_bos_token": True, "add_eos_token": False,
-        "legacy": False, "model_max_length": 2048, "clean_up_tokenization_spaces": False}))
-    (folder / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": None,
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": False,
+                "model_max_length": 2048,
+                "clean_up_tokenization_spaces": False,
+            }
+        )
+    )
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    )
 
 
 # --- GGUF ---------------------------------------------------------------------------------
@@ -313,8 +409,9 @@ runpy.run_path(str(script), run_name="__main__")
 """
 
 
-def to_gguf(folder: Path, out_path: Path, type: str = "F16", pure: bool = False,
-            reuse: bool = True) -> Path:
+def to_gguf(
+    folder: Path, out_path: Path, type: str = "F16", pure: bool = False, reuse: bool = True
+) -> Path:
     """Writes ``folder`` as a GGUF of ``type`` at ``out_path``; returns out_path.
 
     F32, F16 and BF16 come straight from the vendored convert_hf_to_gguf.py (run with this
@@ -325,8 +422,11 @@ def to_gguf(folder: Path, out_path: Path, type: str = "F16", pure: bool = False,
     """
     folder, out_path, type = Path(folder), Path(out_path), type.upper()
     stamp = folder / "fingerprint.json"
-    if reuse and out_path.exists() and (
-            not stamp.exists() or out_path.stat().st_mtime >= stamp.stat().st_mtime):
+    if (
+        reuse
+        and out_path.exists()
+        and (not stamp.exists() or out_path.stat().st_mtime >= stamp.stat().st_mtime)
+    ):
         return out_path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")  # renamed once complete
@@ -334,23 +434,49 @@ def to_gguf(folder: Path, out_path: Path, type: str = "F16", pure: bool = False,
         converter = find_converter()
         if converter is None:
             raise FileNotFoundError("convert_hf_to_gguf.py")
-        _check([sys.executable, "-c", _RUN_CONVERTER, str(converter), str(folder),
-                "--outfile", str(partial), "--outtype", type.lower()])
+        _check(
+            [
+                sys.executable,
+                "-c",
+                _RUN_CONVERTER,
+                str(converter),
+                str(folder),
+                "--outfile",
+                str(partial),
+                "--outtype",
+                type.lower(),
+            ]
+        )
     else:
         tools = find_tools()
         if tools is None:
             raise FileNotFoundError("llama.cpp tools")
         f16 = to_gguf(folder, out_path.with_name(f"{folder.name}-F16.gguf"), "F16", reuse=reuse)
-        _check([str(tools["llama-quantize"]), *(["--pure"] if pure else []), str(f16),
-                str(partial), type, str(os.cpu_count() or 1)])
+        _check(
+            [
+                str(tools["llama-quantize"]),
+                *(["--pure"] if pure else []),
+                str(f16),
+                str(partial),
+                type,
+                str(os.cpu_count() or 1),
+            ]
+        )
     os.replace(partial, out_path)
     return out_path
 
 
 # --- running the tools --------------------------------------------------------------------
 
-def bench(gguf_path: Path, p: int = 128, n: int = 128, threads: int = 2, reps: int = 5,
-          extra: tuple[str, ...] = ()) -> dict:
+
+def bench(
+    gguf_path: Path,
+    p: int = 128,
+    n: int = 128,
+    threads: int = 2,
+    reps: int = 5,
+    extra: tuple[str, ...] = (),
+) -> dict:
     """Runs ``llama-bench -p p -n n -t threads -r reps -o json`` on one GGUF file.
 
     Returns {"pp": {...}, "tg": {...}, "build_commit", "build_number", "backends", "cpu_info",
@@ -365,28 +491,65 @@ def bench(gguf_path: Path, p: int = 128, n: int = 128, threads: int = 2, reps: i
     tools = find_tools()
     if tools is None:
         raise FileNotFoundError("llama.cpp tools")
-    cmd = [str(tools["llama-bench"]), "-m", str(gguf_path), "-p", str(p), "-n", str(n),
-           "-t", str(threads), "-r", str(reps), "-o", "json", *extra]
+    cmd = [
+        str(tools["llama-bench"]),
+        "-m",
+        str(gguf_path),
+        "-p",
+        str(p),
+        "-n",
+        str(n),
+        "-t",
+        str(threads),
+        "-r",
+        str(reps),
+        "-o",
+        "json",
+        *extra,
+    ]
     run = _check(cmd)
     rows = json.loads(run.stdout)
 
     def pick(prompt: int, gen: int) -> dict | None:
         for row in rows:
             if (row["n_prompt"], row["n_gen"]) == (prompt, gen):
-                return {"tokens": prompt or gen, "avg_ts": row["avg_ts"],
-                        "stddev_ts": row["stddev_ts"], "samples_ts": row.get("samples_ts")}
+                return {
+                    "tokens": prompt or gen,
+                    "avg_ts": row["avg_ts"],
+                    "stddev_ts": row["stddev_ts"],
+                    "samples_ts": row.get("samples_ts"),
+                }
         return None
 
     first = rows[0]
-    info = {k: first.get(k) for k in ("build_commit", "build_number", "backends", "cpu_info",
-                                      "model_type", "model_size", "model_n_params", "n_threads")}
-    return {"pp": pick(p, 0), "tg": pick(0, n), **info,
-            "file_bytes": Path(gguf_path).stat().st_size, "peak_rss_bytes": run.peak_rss_bytes,
-            "wall_s": run.wall_s, "cpu_s": run.cpu_s, "other_cpu_s": run.other_cpu_s}
+    info = {
+        k: first.get(k)
+        for k in (
+            "build_commit",
+            "build_number",
+            "backends",
+            "cpu_info",
+            "model_type",
+            "model_size",
+            "model_n_params",
+            "n_threads",
+        )
+    }
+    return {
+        "pp": pick(p, 0),
+        "tg": pick(0, n),
+        **info,
+        "file_bytes": Path(gguf_path).stat().st_size,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "wall_s": run.wall_s,
+        "cpu_s": run.cpu_s,
+        "other_cpu_s": run.other_cpu_s,
+    }
 
 
-def perplexity(gguf_path: Path, text_file: Path, ctx: int = 512, threads: int = 2,
-               chunks: int | None = None) -> float:
+def perplexity(
+    gguf_path: Path, text_file: Path, ctx: int = 512, threads: int = 2, chunks: int | None = None
+) -> float:
     """Runs llama-perplexity (non-overlapping windows of ``ctx`` tokens) and returns its final
     estimate, the "Final estimate: PPL = X +/- Y" line. The text must hold at least 2*ctx
     tokens; ``chunks`` caps the number of windows.
@@ -394,8 +557,18 @@ def perplexity(gguf_path: Path, text_file: Path, ctx: int = 512, threads: int = 
     tools = find_tools()
     if tools is None:
         raise FileNotFoundError("llama.cpp tools")
-    cmd = [str(tools["llama-perplexity"]), "-m", str(gguf_path), "-f", str(text_file),
-           "-c", str(ctx), "-t", str(threads), *(["--chunks", str(chunks)] if chunks else [])]
+    cmd = [
+        str(tools["llama-perplexity"]),
+        "-m",
+        str(gguf_path),
+        "-f",
+        str(text_file),
+        "-c",
+        str(ctx),
+        "-t",
+        str(threads),
+        *(["--chunks", str(chunks)] if chunks else []),
+    ]
     run = _check(cmd)
     # The estimate goes to the log (stderr); per-chunk values go to stdout.
     found = re.search(r"Final estimate: PPL = (\S+) \+/- (\S+)", run.stderr + run.stdout)
@@ -431,8 +604,9 @@ def _check(cmd: list[str]) -> _Run:
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {os.waitstatus_to_exitcode(status)}:\n"
-                           + stderr[-3000:])
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {os.waitstatus_to_exitcode(status)}:\n" + stderr[-3000:]
+        )
     cpu = usage.ru_utime + usage.ru_stime
     other = None if busy is None or busy_end is None else max(0.0, busy_end - busy - cpu)
     return _Run(stdout, stderr, usage.ru_maxrss * 1024, wall, cpu, other)  # maxrss is in KiB

@@ -103,8 +103,8 @@ def ort_dynamic(src: Path):
 
 
 def ort_static(src: Path, feeds: list, method: str, weight: str = "QInt8"):
-    """QDQ, uint8 activations, per-channel signed weights: the format of cuantiza's static "
-    "default."""
+    """QDQ, uint8 activations, per-channel signed weights: the format of cuantiza's static
+    default."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     def run(dst):

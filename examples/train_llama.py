@@ -282,8 +282,8 @@ def card(info: dict) -> str:
 
 
 def evaluate(folder: Path, heldout: str, eval_bytes: int | None) -> tuple[float, int, float]:
-    """(validation perplexity, bytes evaluated, seconds) of the float32 model saved in "
-    "``folder``."""
+    """(validation perplexity, bytes evaluated, seconds) of the float32 model saved in
+    ``folder``."""
     tf = require_transformers()
     if progress.is_quiet():
         tf.utils.logging.disable_progress_bar()

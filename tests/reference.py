@@ -215,8 +215,8 @@ def histogram_radius(x, start: float = 2.0**-100) -> float:
 
 
 def histogram(x, bins: int, radius: float) -> np.ndarray:
-    """Counts over ``bins`` equal bins on [-R, R): bin(x) = floor(x / w) + bins / 2, w = 2R / "
-    "bins."""
+    """Counts over ``bins`` equal bins on [-R, R): bin(x) = floor(x / w) + bins / 2, w = 2R /
+    bins."""
     x = np.asarray(x, dtype=np.float64).ravel()
     w = 2 * radius / bins
     idx = np.floor(x / w).astype(np.int64) + bins // 2

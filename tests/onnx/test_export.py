@@ -1,5 +1,5 @@
-"""export_onnx: QDQ graphs that pass the checker, run in onnxruntime, and keep cuantiza's "
-"numbers."""
+"""export_onnx: QDQ graphs that pass the checker, run in onnxruntime, and keep cuantiza's
+numbers."""
 
 import numpy as np
 import onnx

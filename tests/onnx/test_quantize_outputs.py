@@ -29,8 +29,8 @@ FLOAT_LAYERS = {"Conv", "FusedConv", "Gemm", "MatMul", "DequantizeLinear"}
 
 
 class ResNet(nn.Module):
-    """A residual block: conv1's output is read by conv2 and by an Add (float), conv2's by the "
-    "Add."""
+    """A residual block: conv1's output is read by conv2 and by an Add (float), conv2's by the
+    Add."""
 
     def __init__(self):
         super().__init__()

@@ -193,6 +193,7 @@ class WeightOnlyLinear:
             raise ValueError(f"cz_wo_repack failed ({rc}): codes out of range or bad shape")
         self.n, self.k, self.bits, self.group, self.step = n, k, bits, group, step
         self._ptr = self.packed.data_ptr()
+        self._q8_scratch: torch.Tensor | None = None  # forward_q8a's buffer, grown on demand
 
     @property
     def fx(self) -> bool:
@@ -256,7 +257,7 @@ class WeightOnlyLinear:
         m, k = x.shape
         x = x.contiguous()
         need = m * k + 8 * m * (k // 32)
-        if getattr(self, "_q8_scratch", None) is None or self._q8_scratch.numel() < need:
+        if self._q8_scratch is None or self._q8_scratch.numel() < need:
             self._q8_scratch = torch.empty(need, dtype=torch.uint8)
         y = torch.empty(m, self.n, dtype=torch.float32)
         rc = _LIB.cz_wo_linear_q8a(
