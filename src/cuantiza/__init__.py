@@ -3,6 +3,7 @@
 The public API only; docs/DESIGN.md is the map of the package.
 """
 
+from . import llm as llm  # decoders: checkpoints, generate, perplexity (transformers on demand)
 from ._version import __version__ as __version__
 from .core.histogram import HistogramObserver
 from .core.observers import MinMaxObserver, MovingAverageObserver

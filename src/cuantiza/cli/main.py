@@ -1,5 +1,5 @@
-"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report``, ``quantize`` and
-``eval-ppl``, each with ``--help``.
+"""The ``cuantiza`` command line: ``size``, ``explain``, ``demo``, ``report``, ``quantize``,
+``eval-ppl`` and ``generate``, each with ``--help``.
 
     cuantiza size --params 70e9 [--bits 32,16,8,5,4,3,2,1] [--group-size 128] [--json]
     cuantiza explain VALUE [--bits 8] [--asymmetric] [--range MIN MAX]
@@ -26,6 +26,7 @@ import sys
 
 from ..errors import ConfigError, CuantizaError
 from . import demo_core, explain, sizes
+from . import generate as cli_generate
 from . import llm as cli_llm
 from . import quantize as cli_quantize
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cli_quantize.add_parser(sub, quiet)
     cli_llm.add_eval_parser(sub, quiet)
+    cli_generate.add_parser(sub, quiet)
     return p
 
 
@@ -251,6 +253,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "report": cmd_report,
     "quantize": cli_quantize.cmd_quantize,
+    "generate": cli_generate.cmd_generate,
 }
 
 

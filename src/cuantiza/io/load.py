@@ -37,7 +37,7 @@ def load(dir, model: nn.Module) -> nn.Module:
             f"got {type(model).__name__}"
         )
     folder = Path(dir)
-    doc = _read_manifest(folder / MANIFEST)
+    doc = read_manifest(folder / MANIFEST)
     tensors = _read_all_tensors(folder, doc)
     m = copy_model(model)
     _refold(m, doc["folded"])
@@ -73,7 +73,9 @@ def _read_bytes(path: Path) -> bytes:
         raise _corrupt(path, "cannot be read", e) from e
 
 
-def _read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> dict:
+    """The checked ``cuantiza.json`` at ``path``: format, version and field types; else
+    CorruptFileError naming the file."""
     try:
         doc = json.loads(_read_bytes(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -98,6 +100,21 @@ _FIELDS = {
     "notes": dict,
     "training": bool,
 }
+
+
+def verify_files(folder: Path, doc: dict) -> None:
+    """Check every tensors file ``doc`` lists against its SHA-256, streaming (no copy in memory);
+    CorruptFileError naming the file that is missing or changed."""
+    for name in sorted(doc["files"]):
+        path = folder / name
+        if name != os.path.basename(name) or not path.is_file():
+            raise _corrupt(folder / MANIFEST, f"lists {name!r}, which is not a file in its folder")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 22), b""):
+                h.update(block)
+        if h.hexdigest() != doc["files"][name].get("sha256"):
+            raise _corrupt(path, f"does not match the checksum in {MANIFEST} (changed or cut)")
 
 
 def _check_fields(doc: dict, path: Path) -> None:

@@ -168,7 +168,7 @@ def module_to_json(name: str, mod: nn.Module, tensors: dict, shared: dict) -> di
     return e
 
 
-def _weight_from_entry(w: dict, tensors: dict, cache: dict) -> QTensor:
+def weight_from_entry(w: dict, tensors: dict, cache: dict) -> QTensor:
     """The QTensor of a weight entry; entries naming the same data share one QTensor."""
     if w["data"] not in cache:
         cache[w["data"]] = QTensor(
@@ -181,7 +181,7 @@ def module_from_json(e: dict, tensors: dict, bias: torch.Tensor | None, cache: d
     """Rebuild one quantized module. Malformed entries raise KeyError / TypeError /
     ValueError (or a CuantizaError from the constructors); ``io`` reports them as corrupt."""
     cls = MODULE_TYPES[e["type"]][0]
-    qt = _weight_from_entry(e["weight"], tensors, cache)
+    qt = weight_from_entry(e["weight"], tensors, cache)
     if cls is QuantEmbedding:
         return QuantEmbedding(qt, e["padding_idx"])
     kernel = None if e["kernel"] == "dequantize" else e["kernel"]

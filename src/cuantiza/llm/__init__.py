@@ -5,6 +5,8 @@
 * ``quantize_checkpoint(src, dst, config, calibration=None)``: a Hugging Face folder of any
   size into a sharded cuantiza save, streamed tensor by tensor (rtn, hqq) or layer by layer
   (gptq, awq), resumable and atomically published (``shards`` reads, ``writer`` writes).
+* ``generate(model_or_dir, prompt, max_new_tokens)``: text generation with a key/value cache
+  on cuantiza's kernels (``runtime``, ``runtime_load``; greedy or sampled, seeded).
 * ``eval_ppl(dir, text)`` / ``load_causal_lm(dir)`` (``evaluate``); byte-level text and
   ``perplexity`` (``text``).
 
@@ -20,6 +22,8 @@ _LAZY = {
     "quantize_checkpoint": "checkpoint",
     "eval_ppl": "evaluate",
     "load_causal_lm": "evaluate",
+    "generate": "generation",
+    "load_runtime": "runtime_load",
 }
 
 __all__ = [

@@ -68,6 +68,9 @@ def load_causal_lm(dir) -> nn.Module:
                 continue
             for p in mod.parameters(recurse=False):
                 p.data = p.data.float()
+    rot = getattr(getattr(m, "model", None), "rotary_emb", None)
+    if rot is not None:  # recomputed in float32: cast to the stored dtype (float16), its
+        m.model.rotary_emb = type(rot)(config=m.config)  # frequencies lost bits
     return m.eval()
 
 

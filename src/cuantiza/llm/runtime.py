@@ -169,17 +169,9 @@ class DecoderRuntime:
         k = _rotate(k.view(t, s.num_kv_heads, s.head_dim), cos, sin)
         cache.k[i, :, pos : pos + t] = k.transpose(0, 1)
         cache.v[i, :, pos : pos + t] = v.view(t, s.num_kv_heads, s.head_dim).transpose(0, 1)
-        keys, values = cache.k[i, :, : pos + t], cache.v[i, :, : pos + t]  # (kv heads, pos+T, d)
-        attn = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],
-            keys[None],
-            values[None],
-            attn_mask=_mask(t, pos),
-            is_causal=t > 1 and pos == 0,
-            scale=1.0 / math.sqrt(s.head_dim),
-            enable_gqa=True,
-        )  # (1, heads, T, d)
-        x = x + layer.o(attn[0].transpose(0, 1).reshape(t, s.num_heads * s.head_dim))
+        keys, values = cache.k[i, :, : pos + t], cache.v[i, :, : pos + t]  # (kv heads, S, d)
+        attn = _attention(q, keys, values, pos, 1.0 / math.sqrt(s.head_dim))  # (T, heads * d)
+        x = x + layer.o(attn)
         gate, up = layer.gate_up(rms_norm(x, layer.mlp_norm, s.rms_eps))
         return x + layer.down(F.silu(gate) * up)
 
@@ -190,9 +182,19 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _mask(t: int, pos: int) -> torch.Tensor | None:
-    """The causal mask of T new tokens after ``pos`` cached ones; None where ``is_causal``
-    (pos = 0) or a single token (it sees every cached position) says it."""
-    if t == 1 or pos == 0:
-        return None
-    return torch.arange(pos + t)[None, :] <= (pos + torch.arange(t))[:, None]  # (T, pos + T)
+def _attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: int, scale: float
+) -> torch.Tensor:
+    """Causal grouped-query attention of q (T, heads, d) at positions [pos, pos + T) over the
+    cached keys and values (kv heads, S = pos + T, d); (T, heads * d). Written out (two batched
+    matmuls and a softmax) rather than ``scaled_dot_product_attention``, which copies strided
+    cache slices and took 8 ms instead of 60 us for one token here."""
+    t, heads, d = q.shape
+    kv = keys.shape[0]
+    qg = q.transpose(0, 1).reshape(kv, heads // kv * t, d)  # (kv, group * T, d)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).mul_(scale)  # (kv, group * T, S)
+    if t > 1:  # query i sees keys up to pos + i
+        seen = torch.arange(pos + t)[None, :] <= (pos + torch.arange(t))[:, None]  # (T, S)
+        scores = scores.view(kv, heads // kv, t, -1).masked_fill_(~seen, -torch.inf).view_as(scores)
+    out = torch.matmul(torch.softmax(scores, dim=-1), values)  # (kv, group * T, d)
+    return out.view(heads, t, d).transpose(0, 1).reshape(t, heads * d)

@@ -112,6 +112,10 @@ class Report:
         lines += [f"- `{_name(r)}` ({r.kind or r.quant_kind}): {r.reason}" for r in kept] or [
             "- none"
         ]
+        slow = [r for r in self.layers if r.slow_kernel]
+        if slow:  # a fast kernel exists for most layers: say why these did not get one
+            lines += ["", f"## Layers on a slow reference kernel ({len(slow)})", ""]
+            lines += [f"- `{_name(r)}` ({r.kernel}): {r.slow_kernel}" for r in slow]
         return "\n".join(lines) + "\n"
 
     def __str__(self) -> str:

@@ -50,6 +50,7 @@ class LayerReport:
     n_nan: int | None  # values the activation observer excluded while calibrating
     n_inf: int | None
     histograms: dict  # "weight" / "activation" -> report_stats.histogram dict or None
+    slow_kernel: str | None = None  # why the layer runs a slow reference kernel (None: fast)
 
     @property
     def quantized(self) -> bool:
@@ -208,6 +209,7 @@ def row(name: str, ctx: Context, measured: Probe) -> LayerReport:
         n_nan=counts.get("n_nan"),
         n_inf=counts.get("n_inf"),
         histograms={"weight": w_hist, "activation": measured.activation},
+        slow_kernel=getattr(qmod, "fallback", None) if mode in QUANTIZED_MODES else None,
     )
 
 

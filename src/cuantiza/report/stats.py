@@ -99,6 +99,7 @@ def cache_bytes(model: nn.Module) -> int:
             if isinstance(v, torch.Tensor) and v.numel() and v.data_ptr() not in seen:
                 seen.add(v.data_ptr())
                 n += tensor_bytes(v)
+        n += getattr(getattr(mod, "weight_only", None), "cache_bytes", 0)  # kernel's packed copy
     return n
 
 

@@ -1,0 +1,182 @@
+"""Build a ``DecoderRuntime`` from a decoder folder (float Hugging Face, or quantized by
+``cuantiza quantize``) or from a LLaMA-class model in memory (float, or quantized by cuantiza).
+
+Each linear becomes the fastest kernel that takes it: a weight-only quantized weight the native
+kernel (``nn.weight_only``: codes repacked once, the QTensor then dropped), a float weight
+``F.linear``, any other cuantiza module (dynamic, static) its own forward. q/k/v and gate/up are
+fused into one weight where their parts share a scheme (``concat_rows``). A folder is read one
+decoder layer at a time, tensor by tensor (``shards``), after its checksums are verified, so
+memory holds the packed weights, not a float copy of the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.qtensor import QTensor, concat_rows
+from ..errors import CuantizaError, PlanError, ShapeError
+from ..io import saveformat as fmt
+from ..io.load import read_manifest, verify_files
+from ..nn.quantized import QuantEmbedding, QuantLinear
+from ..nn.weight_only import WeightOnlyKernel
+from .runtime import DecoderRuntime, DecoderShape, Layer, Linear, Projection
+from .shards import Checkpoint, open_checkpoint
+
+MANIFEST = fmt.MANIFEST
+ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+MLP = ("mlp.gate_proj", "mlp.up_proj")
+
+# A linear's weight as a source: a QTensor (weight-only), a float tensor, or a module to call.
+Source = QTensor | torch.Tensor | nn.Module
+
+
+def _linear(src: Source, kernels: dict, name: str) -> Linear:
+    """One linear map (no bias: LLaMA projections have none) and its kernel's name."""
+    if isinstance(src, QTensor):
+        k = WeightOnlyKernel(src)
+        k.release_weight()
+        kernels[name] = k.name if k.reason is None else f"{k.name} ({k.reason})"
+        return lambda h: k(h, None)
+    if isinstance(src, torch.Tensor):
+        w = src.detach().to(torch.float32)
+        kernels[name] = "float"
+        return lambda h: F.linear(h, w)
+    kernels[name] = getattr(src, "kernel", type(src).__name__)
+    return src
+
+
+def _projection(parts: list[Source], names: list[str], kernels: dict) -> Projection:
+    """q/k/v or gate/up: one fused weight where the parts allow it, else one call each."""
+    sizes = [
+        p.shape[0] if isinstance(p, (QTensor, torch.Tensor)) else p.out_features for p in parts
+    ]
+    fused_name = "+".join(n.rsplit(".", 1)[-1] for n in names)
+    prefix = names[0].rsplit(".", 1)[0]
+    if all(isinstance(p, QTensor) for p in parts):
+        try:
+            fused = concat_rows(parts)  # type: ignore[arg-type]
+        except ShapeError:
+            fused = None
+        if fused is not None:
+            return Projection([_linear(fused, kernels, f"{prefix}.{fused_name}")], sizes, True)
+    if all(isinstance(p, torch.Tensor) and not isinstance(p, QTensor) for p in parts):
+        w = torch.cat([p.detach().to(torch.float32) for p in parts])  # type: ignore[union-attr]
+        return Projection([_linear(w, kernels, f"{prefix}.{fused_name}")], sizes, True)
+    return Projection(
+        [_linear(p, kernels, n) for p, n in zip(parts, names, strict=True)], sizes, False
+    )
+
+
+def _embedding(src: Source) -> Callable:
+    if isinstance(src, QTensor):
+        return QuantEmbedding(src)
+    if isinstance(src, torch.Tensor):
+        w = src.detach().to(torch.float32)
+        return lambda ids: F.embedding(ids, w)
+    return src
+
+
+def _build(
+    shape: DecoderShape, get: Callable[[str], Source], vector: Callable[[str], torch.Tensor]
+):
+    """The runtime from ``get(module name) -> Source`` and ``vector(parameter name)``."""
+    kernels: dict[str, str] = {}
+    layers = []
+    for i in range(shape.num_layers):
+        p = f"model.layers.{i}"
+        layers.append(
+            Layer(
+                attn_norm=vector(f"{p}.input_layernorm.weight"),
+                qkv=_projection(
+                    [get(f"{p}.{n}") for n in ATTN], [f"{p}.{n}" for n in ATTN], kernels
+                ),
+                o=_linear(get(f"{p}.self_attn.o_proj"), kernels, f"{p}.self_attn.o_proj"),
+                mlp_norm=vector(f"{p}.post_attention_layernorm.weight"),
+                gate_up=_projection(
+                    [get(f"{p}.{n}") for n in MLP], [f"{p}.{n}" for n in MLP], kernels
+                ),
+                down=_linear(get(f"{p}.mlp.down_proj"), kernels, f"{p}.mlp.down_proj"),
+            )
+        )
+    embed = _embedding(get("model.embed_tokens"))
+    head = _linear(get("lm_head"), kernels, "lm_head")
+    return DecoderRuntime(shape, embed, layers, vector("model.norm.weight"), head, kernels)
+
+
+def runtime_from_model(model: nn.Module) -> DecoderRuntime:
+    """The runtime of a transformers LLaMA-class model in memory (its weights are shared)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "model") or not hasattr(model, "lm_head"):
+        raise PlanError(
+            f"{type(model).__name__} is not a LLaMA-class causal LM (no config / lm_head)"
+        )
+    shape = DecoderShape.from_config(config.to_dict(), where=type(model).__name__)
+    modules = dict(model.named_modules())
+
+    def get(name: str) -> Source:
+        mod = modules[name]
+        if isinstance(mod, QuantLinear) and mod.act is None:
+            return mod.weight_q
+        if isinstance(mod, QuantEmbedding):
+            return mod
+        if type(mod) in (nn.Linear, nn.Embedding):
+            return mod.weight
+        return mod
+
+    params = dict(model.named_parameters())
+    return _build(shape, get, lambda n: params[n].detach().to(torch.float32))
+
+
+class _Tensors(Mapping):
+    """A checkpoint's tensors by name, each read from its shard when asked for."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.ckpt.read(name)
+
+    def __iter__(self):
+        return iter(self.ckpt.names())
+
+    def __len__(self) -> int:
+        return len(self.ckpt.names())
+
+
+def runtime_from_folder(dir) -> DecoderRuntime:
+    """The runtime of a decoder folder: ``config.json`` and safetensors shards, quantized by
+    cuantiza (``cuantiza.json`` beside them) or float."""
+    folder = Path(dir)
+    ckpt = open_checkpoint(folder)  # config and shard headers checked; pickles refused
+    shape = DecoderShape.from_config(ckpt.config, where=str(folder / "config.json"))
+    tensors = _Tensors(ckpt)
+    if not (folder / MANIFEST).is_file():
+        return _build(
+            shape, lambda n: tensors[f"{n}.weight"], lambda n: tensors[n].to(torch.float32)
+        )
+    doc = read_manifest(folder / MANIFEST)
+    verify_files(folder, doc)
+    state = doc["state"]
+
+    def get(name: str) -> Source:
+        entry = doc["modules"].get(name)
+        if entry is None:  # kept float
+            return tensors[state[f"{name}.weight"]]
+        try:
+            return fmt.weight_from_entry(entry["weight"], tensors, {})
+        except (CuantizaError, KeyError, TypeError, ValueError) as err:
+            raise PlanError(f"{folder / MANIFEST}: module {name!r}: {err}") from err
+
+    return _build(shape, get, lambda n: tensors[state[n]].to(torch.float32))
+
+
+def load_runtime(model_or_dir) -> DecoderRuntime:
+    """``runtime_from_model`` for a module, ``runtime_from_folder`` for a path."""
+    if isinstance(model_or_dir, nn.Module):
+        return runtime_from_model(model_or_dir)
+    return runtime_from_folder(model_or_dir)
