@@ -22,7 +22,7 @@ from .packing import pack, packed_nbytes, unpack
 from .qparams import QParams, check_qparams_shape
 from .quantize import as_float, dequantize, quantize_tensor, quantize_tensor_codes
 from .range_specs import MinMax, RangeSpec
-from .scheme import PerChannel, PerGroup, QScheme
+from .scheme import PerChannel, PerGroup, PerTensor, QScheme
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,23 @@ class QTensor:
             return cls(got[0], got[1], tuple(xf.shape))
         q, qp = quantize_tensor(xf, scheme, range=range, name=name)
         return cls.from_int(q, qp)
+
+    def rows(self, index: torch.Tensor) -> QTensor:
+        """The QTensor of rows ``index`` (1-d) of a 2-D weight with row-wise scales and whole bytes
+        per row, sliced from the packed bytes: an embedding's lookup without unpacking the table.
+
+        >>> t = QTensor.from_float(torch.randn(6, 64), QScheme(bits=4, granularity=PerGroup(32)))
+        >>> torch.equal(t.rows(torch.tensor([4, 1])).dequantize(), t.dequantize()[[4, 1]])
+        True
+        """
+        n, k = self.shape
+        if (k * self.scheme.bits) % 8 or not _rowwise(self.scheme):
+            raise ShapeError(f"rows() needs whole bytes per row and row-wise scales, got {self}")
+        data = self.data.view(n, k * self.scheme.bits // 8)[index].reshape(-1)
+        scale, zero = self.qparams.scale, self.qparams.zero_point
+        if scale.ndim:  # per channel or per group: the rows' own; per tensor: shared
+            scale, zero = scale[index], zero[index]
+        return QTensor(data, QParams(scale, zero, self.scheme), (index.numel(), k))
 
     def codes(self) -> torch.Tensor:
         """The stored codes (q - qmin) / code_step, one uint8 each, in the logical shape."""
@@ -141,7 +158,10 @@ def concat_rows(parts: list[QTensor]) -> QTensor:
 
 
 def _rowwise(scheme: QScheme) -> bool:
+    """Scales per tensor, per row (PerChannel(0)) or per group along the row."""
     g = scheme.granularity
-    return (isinstance(g, PerChannel) and g.axis in (0, -2)) or (
-        isinstance(g, PerGroup) and g.axis in (1, -1)
+    return (
+        isinstance(g, PerTensor)
+        or (isinstance(g, PerChannel) and g.axis in (0, -2))
+        or (isinstance(g, PerGroup) and g.axis in (1, -1))
     )

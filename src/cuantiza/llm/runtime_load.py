@@ -11,6 +11,7 @@ memory holds the packed weights, not a float copy of the model.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -73,8 +74,13 @@ def _projection(parts: list[Source], names: list[str], kernels: dict) -> Project
 
 
 def _embedding(src: Source) -> Callable:
+    """Token ids (T,) -> float32 rows (T, hidden)."""
     if isinstance(src, QTensor):
-        return QuantEmbedding(src)
+        try:
+            src.rows(torch.zeros(1, dtype=torch.long))
+        except ShapeError:  # codes that do not fill whole bytes per row
+            return QuantEmbedding(src)
+        return lambda ids: src.rows(ids).dequantize()  # only the rows looked up are unpacked
     if isinstance(src, torch.Tensor):
         w = src.detach().to(torch.float32)
         return lambda ids: F.embedding(ids, w)
@@ -148,9 +154,22 @@ class _Tensors(Mapping):
         return len(self.ckpt.names())
 
 
+def _allocate_large_blocks_with_mmap() -> None:
+    """Loading frees a layer's tensors (read, fused, repacked) before the next layer's: with
+    glibc's dynamic mmap threshold those blocks stay in the heap and the process keeps them
+    (TinyLlama at 4 bits: 0.93 GB above the interpreter at peak instead of 0.68, 0.84 after
+    loading instead of 0.59). A fixed 1 MiB threshold gives large blocks back when freed. Only
+    when and where glibc is the allocator; it changes no result."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def runtime_from_folder(dir) -> DecoderRuntime:
     """The runtime of a decoder folder: ``config.json`` and safetensors shards, quantized by
     cuantiza (``cuantiza.json`` beside them) or float."""
+    _allocate_large_blocks_with_mmap()
     folder = Path(dir)
     ckpt = open_checkpoint(folder)  # config and shard headers checked; pickles refused
     shape = DecoderShape.from_config(ckpt.config, where=str(folder / "config.json"))

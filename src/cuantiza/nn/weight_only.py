@@ -83,14 +83,16 @@ class WeightOnlyKernel:
             assert self._qt is not None
             ops, _ = _operands(self._qt)
             assert ops is not None
-            self._packed = native.WeightOnlyLinear(
-                self._qt.codes(),
+            self._packed = native.WeightOnlyLinear(  # from the packed codes: no unpacked copy
+                None,
                 ops["bits"],
                 ops["group"],
                 ops["scale"],
                 ops["zero"],
                 ops["qmin"],
                 ops["step"],
+                packed_codes=self._qt.data,
+                shape=(ops["n"], ops["k"]),
             )
         return self._packed
 

@@ -72,7 +72,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, i32, p = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
     sig = {
         "cz_wo_packed_bytes": ([i64, i64, i32, i64], i64),
-        "cz_wo_repack": ([p, i64, i64, i32, i64, i32, p, p, p], i32),
+        "cz_wo_repack": ([p, i32, i64, i64, i32, i64, i32, p, p, p, i32], i32),
         "cz_wo_info": ([p, p], i32),
         "cz_wo_use_fx": ([p, i32], i32),
         "cz_wo_unpack": ([p, p, p, p], i32),
@@ -148,47 +148,41 @@ def supports(
 class WeightOnlyLinear:
     """A weight-only quantized linear layer in the kernels' packed layout.
 
-    codes (N, K) uint8 in [0, 2^bits), scale (N, G) float32 (G = K // group), zero (N, G) int32
-    (or None: symmetric), qmin the scheme's lowest integer, step 2 for binary {-1, +1}, else 1.
-    Nothing of the inputs is kept: the packed copy holds codes, scales and offsets.
+    codes (N, K) uint8 in [0, 2^bits), or ``packed_codes`` of N x K codes at ``bits`` each (a
+    QTensor's ``data``, read without unpacking) with ``shape=(N, K)``; scale (N, G) float32
+    (G = K // group), zero (N, G) int32 (or None: symmetric), qmin the scheme's lowest integer,
+    step 2 for binary {-1, +1}, else 1. Nothing of the inputs is kept: the packed copy holds
+    codes, scales and offsets.
     """
 
     def __init__(
         self,
-        codes: torch.Tensor,
+        codes: torch.Tensor | None,
         bits: int,
         group: int,
         scale: torch.Tensor,
         zero: torch.Tensor | None,
         qmin: int,
         step: int = 1,
+        packed_codes: torch.Tensor | None = None,
+        shape: tuple[int, int] | None = None,
     ):
-        n, k = codes.shape
+        if codes is not None:
+            n, k = codes.shape
+            src, packed_in = codes.to(torch.uint8).contiguous(), 0
+        else:
+            assert packed_codes is not None and shape is not None
+            (n, k), src, packed_in = shape, packed_codes.contiguous(), 1
         why = supports(n, k, bits, group, step, zero, qmin, require_fast=False)
         if why:
             raise ValueError(why)
         g = k // group
-        codes = codes.to(torch.uint8).contiguous()
         scale = scale.to(torch.float32).reshape(n, g).contiguous()
-        z = (
-            torch.zeros(n, g, dtype=torch.int32)
-            if zero is None
-            else zero.to(torch.int32).reshape(n, g)
-        )
-        off = (qmin - z).contiguous()
-        nbytes = _LIB.cz_wo_packed_bytes(n, k, bits, group)
-        self.packed = torch.empty(nbytes, dtype=torch.uint8)
-        rc = _LIB.cz_wo_repack(
-            codes.data_ptr(),
-            n,
-            k,
-            bits,
-            group,
-            step,
-            scale.data_ptr(),
-            off.data_ptr(),
-            self.packed.data_ptr(),
-        )
+        z = torch.zeros(n, g, dtype=torch.int32) if zero is None else zero.to(torch.int32)
+        off = (qmin - z.reshape(n, g)).contiguous()
+        self.packed = torch.empty(_LIB.cz_wo_packed_bytes(n, k, bits, group), dtype=torch.uint8)
+        args = (n, k, bits, group, step, scale.data_ptr(), off.data_ptr(), self.packed.data_ptr())
+        rc = _LIB.cz_wo_repack(src.data_ptr(), packed_in, *args, torch.get_num_threads())
         if rc < 0:
             raise ValueError(f"cz_wo_repack failed ({rc}): codes out of range or bad shape")
         self.n, self.k, self.bits, self.group, self.step = n, k, bits, group, step

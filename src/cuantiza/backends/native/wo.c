@@ -215,17 +215,79 @@ static int fx_scale(float s)
     return s > 0.0f && t <= 3.4028235e38f && (double)t == (double)s * 12582912.0;
 }
 
-/* codes (n, k) one uint8 each, scale (n, G) float32, off (n, G) int32 = qmin - z, into out
- * (cz_wo_packed_bytes). Returns 1 when the fx dequantization is in use, 0 when not, <0 for a
- * shape it does not take (-1), a code out of range (-2), |off| >= 2^21 (-3). */
-int32_t cz_wo_repack(const uint8_t *codes, int64_t n, int64_t k, int32_t bits, int64_t group,
-                     int32_t step, const float *scale, const int32_t *off, uint8_t *out)
+/* The 32 codes of `bits` bits each that start at src: a little-endian bit stream (code i in
+ * bits [i bits, (i + 1) bits)), the layout of cuantiza's packed QTensor data. */
+static void unpack32(const uint8_t *src, int bits, uint8_t *c32)
+{
+    uint64_t acc = 0;
+    int have = 0, byte = 0;
+    const uint64_t mask = (1u << bits) - 1;
+    for (int i = 0; i < 32; i++) {
+        while (have < bits) {
+            acc |= (uint64_t)src[byte++] << have;
+            have += 8;
+        }
+        c32[i] = (uint8_t)(acc & mask);
+        acc >>= bits;
+        have -= bits;
+    }
+}
+
+/* The 32 codes of column col from k0: from one byte each (packed_in 0), or from the bit stream
+ * of all n * k codes at `bits` each (packed_in 1; a run of 32 starts on a byte: k0 and k are
+ * multiples of 32). */
+static void codes32(const uint8_t *codes, int packed_in, int64_t k, int bits, int64_t col,
+                    int64_t k0, uint8_t *c32)
+{
+    if (packed_in)
+        unpack32(codes + (col * k + k0) * bits / 8, bits, c32);
+    else
+        memcpy(c32, codes + col * k + k0, 32);
+}
+
+/* One block (16 columns) of the packed layout: group headers and code words. */
+static void repack_block(const uint8_t *codes, int packed_in, const geom *g, const float *scale,
+                         const int32_t *off, int64_t b, uint8_t *out)
+{
+    for (int64_t gi = 0; gi < g->groups; gi++) {
+        uint8_t *grp = out + PREFIX + b * g->bstride + gi * g->gstride;
+        float *hs = (float *)grp;
+        int32_t *ho = (int32_t *)(grp + 4 * NB);
+        for (int c = 0; c < NB; c++) {
+            const int64_t col = b * NB + c;
+            hs[c] = col < g->n ? scale[col * g->groups + gi] : 0.0f;
+            ho[c] = col < g->n ? off[col * g->groups + gi] : 0;
+        }
+        for (int64_t ch = 0; ch < g->chunks; ch++) {
+            uint32_t *chunk = (uint32_t *)(grp + HDR + ch * 64 * g->bits);
+            for (int c = 0; c < NB; c++) {
+                const int64_t col = b * NB + c;
+                uint8_t c32[32] = {0};
+                uint32_t words[8];
+                if (col < g->n)
+                    codes32(codes, packed_in, g->k, g->bits, col, gi * g->group + ch * KCH, c32);
+                pack_words(c32, g->bits, words);
+                for (int j = 0; j < g->bits; j++)
+                    chunk[j * NB + c] = words[j];
+            }
+        }
+    }
+}
+
+/* codes (n, k): one uint8 each (packed_in 0) or cuantiza's bit stream at `bits` per code
+ * (packed_in 1, as a QTensor stores them: no unpacked copy is ever made); scale (n, G) float32,
+ * off (n, G) int32 = qmin - z; into out (cz_wo_packed_bytes), the blocks split over `threads`.
+ * Returns 1 when the fx dequantization is in use, 0 when not, <0 for a shape it does not take
+ * (-1), a code out of range (-2), |off| >= 2^21 (-3). */
+int32_t cz_wo_repack(const uint8_t *codes, int32_t packed_in, int64_t n, int64_t k, int32_t bits,
+                     int64_t group, int32_t step, const float *scale, const int32_t *off,
+                     uint8_t *out, int32_t threads)
 {
     if (check_shape(n, k, bits, group, step))
         return -1;
     const geom g = shape_geom(n, k, bits, group, step);
     int fx = 1;
-    for (int64_t i = 0; i < n * k; i++)
+    for (int64_t i = 0; !packed_in && i < n * k; i++)   /* a b-bit stream holds only b-bit codes */
         if (codes[i] >> bits)
             return -2;
     for (int64_t i = 0; i < n * g.groups; i++) {
@@ -236,31 +298,11 @@ int32_t cz_wo_repack(const uint8_t *codes, int64_t n, int64_t k, int32_t bits, i
     const wo_prefix p = {WO_MAGIC, 1, n, k, group, bits, step, fx, fx};
     memset(out, 0, PREFIX);
     memcpy(out, &p, sizeof p);
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 8) num_threads(threads > 0 ? threads : 1)
+#endif
     for (int64_t b = 0; b < g.blocks; b++)
-        for (int64_t gi = 0; gi < g.groups; gi++) {
-            uint8_t *grp = out + PREFIX + b * g.bstride + gi * g.gstride;
-            float *hs = (float *)grp;
-            int32_t *ho = (int32_t *)(grp + 4 * NB);
-            for (int c = 0; c < NB; c++) {
-                const int64_t col = b * NB + c;
-                hs[c] = col < n ? scale[col * g.groups + gi] : 0.0f;
-                ho[c] = col < n ? off[col * g.groups + gi] : 0;
-            }
-            for (int64_t ch = 0; ch < g.chunks; ch++) {
-                uint32_t *chunk = (uint32_t *)(grp + HDR + ch * 64 * bits);
-                const int64_t k0 = gi * group + ch * KCH;
-                for (int c = 0; c < NB; c++) {
-                    const int64_t col = b * NB + c;
-                    uint8_t c32[32] = {0};
-                    uint32_t words[8];
-                    if (col < n)
-                        memcpy(c32, codes + col * k + k0, 32);
-                    pack_words(c32, bits, words);
-                    for (int j = 0; j < bits; j++)
-                        chunk[j * NB + c] = words[j];
-                }
-            }
-        }
+        repack_block(codes, packed_in, &g, scale, off, b, out);
     return fx;
 }
 
