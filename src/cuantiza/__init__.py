@@ -25,6 +25,7 @@ from .errors import (
     ShapeError,
     UnsafeFileError,
     UnsupportedDtypeError,
+    WriteError,
 )
 from .io.load import load
 from .io.save import save
@@ -91,6 +92,7 @@ __all__ = [
     "CorruptFileError",
     "UnsafeFileError",
     "OutputExistsError",
+    "WriteError",
     "export_onnx",
     "quantize_onnx",
 ]

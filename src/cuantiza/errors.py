@@ -47,3 +47,8 @@ class UnsafeFileError(CuantizaError, OSError):
 
 class OutputExistsError(CuantizaError, FileExistsError):
     """The output exists (or is the input) and overwriting was not asked for."""
+
+
+class WriteError(CuantizaError, OSError):
+    """An output could not be written (read-only file system, no permission, disk full); nothing
+    was published and a previous output is intact. ``errno`` is the operating system's."""

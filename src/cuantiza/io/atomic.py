@@ -12,16 +12,24 @@ under a hidden name and removed only once the new folder is in place; if that la
 fails it is moved back. On any error (disk full, interruption) the temporary folder is
 removed, so the previous output stays as it was and no debris is left. Callers decide
 beforehand whether ``out`` may be replaced.
+
+Operating-system errors while writing (disk full, read-only file system, no permission) come out
+as ``WriteError`` naming the destination, not the hidden temporary path; a failure of the clean-up
+itself never hides the original error (FAULTS 34). ``check_writable(out)`` refuses an output whose
+folder cannot be written before any work starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..errors import CuantizaError, WriteError
 
 
 def write_synced(path: Path, data: bytes) -> None:
@@ -56,8 +64,9 @@ def staged_file(path: Path, tag: str = "tmp") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        discard(tmp)
+        raise_write_error(path, e)
         raise
     fsync_dir(path.parent)
 
@@ -91,22 +100,26 @@ def publish_staged(tmp: Path, out: Path) -> None:
     try:
         fsync_dir(tmp)
         _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        discard(tmp)
+        raise_write_error(out, e)
         raise
     fsync_dir(out.parent)
 
 
 def publish_folder(out: Path, files: dict) -> None:
     """Publish the folder ``out`` holding ``files`` (name -> bytes), atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = sibling(out, "tmp")
-    tmp.mkdir()
+    try:
+        tmp = fresh_sibling(out)
+    except OSError as e:
+        raise_write_error(out, e)
+        raise
     try:
         for name in sorted(files):
             write_synced(tmp / name, files[name])
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        discard(tmp)
+        raise_write_error(out, e)
         raise
     publish_staged(tmp, out)
 
@@ -121,10 +134,86 @@ def _swap_in(tmp: Path, out: Path) -> None:
     os.replace(out, old)
     try:
         os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
+    except BaseException as e:
+        try:
+            os.replace(old, out)
+        except OSError:  # the original error stays the one raised; say where the old output is
+            e.add_note(f"the previous {out} could not be put back: it is at {old}")
         raise
-    if old.is_symlink():
-        old.unlink()
-    else:
-        shutil.rmtree(old, ignore_errors=True)
+    discard(old)
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary file or folder (a link itself, not its target) without ever raising:
+    a clean-up that fails (read-only file system, already gone) must not hide the error that
+    made it necessary."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+_HINTS = {
+    errno.ENOSPC: "free some space and run again",
+    errno.EDQUOT: "free some space (disk quota) and run again",
+    errno.EROFS: "choose an output on a writable file system",
+    errno.EACCES: "choose an output folder you may write to",
+    errno.EPERM: "choose an output folder you may write to",
+}
+
+
+def write_error(path: Path, e: BaseException, *, rename: bool = False) -> WriteError | None:
+    """A ``WriteError`` naming ``path`` and the problem for an operating-system error ``e`` that
+    is not already one of cuantiza's (with ``rename``, also for a ``WriteError`` naming another
+    path: a file inside ``path``); None for anything else."""
+    if not isinstance(e, OSError) or (isinstance(e, CuantizaError) and not rename):
+        return None
+    if isinstance(e, CuantizaError) and not isinstance(e, WriteError):
+        return None
+    why = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+    hint = _HINTS.get(e.errno or 0, "")
+    kept = "; the previous one is intact" if os.path.lexists(path) else ""
+    err = WriteError(f"cannot write {path}: {why}{'; ' + hint if hint else ''}{kept}")
+    err.errno = e.errno  # strerror and filename stay unset: str(err) is the message
+    return err
+
+
+def raise_write_error(path: Path, e: BaseException) -> None:
+    """Raise ``write_error(path, e)`` (from ``e``) if there is one; otherwise return."""
+    err = write_error(path, e)
+    if err is not None:
+        raise err from e
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """An operating-system error that writing causes: disk full, quota, read-only, permission."""
+    return isinstance(e, OSError) and (e.errno or 0) in _HINTS
+
+
+def check_writable(out: Path) -> None:
+    """``WriteError`` now, before any work, if ``out`` could not be created: its nearest existing
+    folder is on a read-only file system or not writable by this process."""
+    folder = Path(os.path.abspath(out)).parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        err = WriteError(f"cannot write {out}: {folder} is a file, not a folder")
+        err.errno = errno.ENOTDIR
+        raise err
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    code = errno.EROFS if read_only else errno.EACCES
+    err = WriteError(
+        f"cannot write {out}: {folder} is "
+        f"{'on a read-only file system' if read_only else 'not writable (permission denied)'}; "
+        f"{_HINTS[code]}"
+    )
+    err.errno = code
+    raise err

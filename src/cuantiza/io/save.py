@@ -41,7 +41,7 @@ from .._version import __version__
 from ..errors import OutputExistsError, PlanError
 from ..nn.workflows import FAKE, QuantInfo
 from . import saveformat as fmt
-from .atomic import publish_folder
+from .atomic import check_writable, publish_folder
 from .saveformat import MANIFEST, TENSORS
 
 
@@ -65,6 +65,7 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     is not a cuantiza save: replacing it would delete someone's files (say ``save(qm, ".")``)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; save needs a folder path")
+    check_writable(out)
     if not out.is_dir() or not any(out.iterdir()):
         return
     if not overwrite:

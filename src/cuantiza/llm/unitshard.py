@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import PlanError
-from ..io.atomic import staged_file
+from ..io.atomic import discard, staged_file
 from ..io.safetensors_file import DTYPES, NAMES
 
 COPY_CHUNK = 8 * 2**20
@@ -116,7 +116,7 @@ class UnitShard:
             for ext in (".safetensors", ".extras.safetensors")
         ]
         for p in [self._data_path, *self._tmp, *done]:
-            p.unlink(missing_ok=True)
+            discard(p)  # never raises: the error that aborted the unit stays the one seen
 
 
 def _flat_bytes(tensor: torch.Tensor, name: str) -> torch.Tensor:

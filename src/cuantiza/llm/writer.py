@@ -27,7 +27,8 @@ name -> bytes and SHA-256 of each shard) and publishes it with ``os.replace`` (F
 Shard bytes depend only on what was added (tensors sorted by alignment then name, no
 timestamps), so an interrupted and resumed run gives the same bytes as an uninterrupted one.
 On a cuantiza error (bad data, a plan problem) the staging folder is removed; on anything
-else (Ctrl-C, disk full, a crash) it stays for the next run to resume.
+else (Ctrl-C, SIGTERM, disk full or another ``WriteError``, a crash) it stays for the next run
+to resume (``staging_folder(dst)`` names it).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import CuantizaError, OutputExistsError, PlanError
+from ..errors import CuantizaError, OutputExistsError, PlanError, WriteError
 from ..io.atomic import fresh_sibling, fsync_dir, publish_file, publish_staged, write_synced
 from ..io.safetensors_file import SafetensorsFile
 from ..io.save import check_output_folder
@@ -58,6 +59,12 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(COPY_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def staging_folder(dst) -> Path:
+    """Where a ``ShardedWriter`` for ``dst`` keeps finished units until it publishes."""
+    d = Path(os.path.abspath(dst))
+    return d.with_name(f".{d.name}.partial")
 
 
 def check_paths(dst: Path, src) -> None:
@@ -84,7 +91,7 @@ class ShardedWriter:
         self.dst = Path(os.path.abspath(dst))
         check_paths(self.dst, src)
         check_output_folder(self.dst, overwrite)
-        self.staging = self.dst.with_name(f".{self.dst.name}.partial")
+        self.staging = staging_folder(self.dst)
         self.fingerprint = json.loads(canonical(fingerprint))
         self._units: dict = {}  # unit -> record, in the order they finished
         self.resumed: list = []  # units kept from an earlier run
@@ -104,7 +111,11 @@ class ShardedWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is not None and issubclass(exc_type, CuantizaError):
+        if (
+            exc_type is not None
+            and issubclass(exc_type, CuantizaError)
+            and not issubclass(exc_type, WriteError)  # disk full: the finished units stay
+        ):
             self.discard()
         return False
 

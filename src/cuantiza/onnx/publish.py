@@ -17,7 +17,7 @@ from pathlib import Path
 from onnx import ModelProto, TensorProto
 
 from ..errors import OutputExistsError
-from ..io.atomic import publish_file, staged_file, write_synced
+from ..io.atomic import check_writable, discard, publish_file, staged_file, write_synced
 from . import fileio
 
 _ALIGN = 4096  # tensors start on page boundaries in the data file (lets runtimes mmap)
@@ -35,6 +35,7 @@ def check_output(dst, overwrite: bool, src=None) -> Path:
         raise OutputExistsError(f"{dst} is a folder; give a file path such as {dst / 'model.onnx'}")
     if dst.exists() and not overwrite:
         raise OutputExistsError(f"{dst} exists; pass overwrite=True to replace it")
+    check_writable(dst)
     return dst
 
 
@@ -61,7 +62,7 @@ def _remove_stale(dst: Path, old: set, keep: str | None) -> None:
             and loc.endswith(".data")
             and "/" not in loc
         ):
-            (dst.parent / loc).unlink(missing_ok=True)
+            discard(dst.parent / loc)  # a stale file left behind is no reason to fail
 
 
 def save_model(model: ModelProto, dst: Path, feeds: dict) -> list[Path]:
@@ -128,7 +129,7 @@ def _save_external(model: ModelProto, dst: Path, feeds: dict) -> list[Path]:
             fileio.validate(str(tmp), m, feeds, dst)
     except BaseException:
         if not existed:
-            data.unlink(missing_ok=True)
+            discard(data)
         raise
     return [dst, data]
 
