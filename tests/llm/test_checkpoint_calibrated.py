@@ -106,3 +106,28 @@ def test_meta_device_model_is_refused_before_calibration():  # FAULTS 22
         model = tiny_llama()
     with pytest.raises(cz.UnsupportedDtypeError, match="meta"):
         quantize_model(model, cfg("gptq"), CALIB, seq_len=16, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "calibration, options, error, match",
+    [
+        (CALIB, {"seq_len": 1}, ConfigError, "seq_len must be a whole number >= 2, got 1"),
+        (CALIB, {"n_samples": 0}, ConfigError, "n_samples must be a whole number >= 1, got 0"),
+        (CALIB, {"n_samples": -5}, ConfigError, "n_samples must be a whole number >= 1"),
+        (CALIB.float(), {}, cz.CalibrationError, "integer token ids.*torch.float32"),
+        (CALIB[None], {}, cz.CalibrationError, r"integer token ids.*shape \(1, 8, 16\)"),
+        (CALIB + 90, {}, cz.CalibrationError, "batch 0 holds token id 1\\d\\d, outside .* 0..95"),
+        (CALIB[:1, :1], {}, cz.CalibrationError, "too short"),
+    ],
+    ids=["seq_len_1", "samples_0", "samples_negative", "float", "3d", "out_of_vocab", "short"],
+)
+def test_bad_calibration_is_refused_before_work(tmp_path, calibration, options, error, match):
+    """FAULTS 13, 37: the arguments and the batches checked first, with the batch named; nothing
+    written (the raw errors were a RuntimeError from a reshape, an IndexError in the embedding)."""
+    src = hf_llama(tmp_path / "src", tiny_llama())
+    kw = {"seq_len": 16, "batch_size": 4, **options}
+    with pytest.raises(error, match=match):
+        quantize_checkpoint(
+            src, tmp_path / "q", cfg("gptq"), calibration=calibration, progress=False, **kw
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

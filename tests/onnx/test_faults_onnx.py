@@ -172,10 +172,15 @@ def _gen():
         ({"x": np.ones((1, 8), np.float32)}, "not a single dict"),
         ([{"input": np.ones((1, 8), np.float32)}], "missing inputs \\['x'\\]"),
         ([{"x": np.full((1, 8), np.nan, np.float32)}], "saw no finite calibration value: x"),
+        (  # FAULTS 37: the batch and input named, before onnxruntime sees it
+            [{"x": np.ones((2, 8), np.float32)}, {"x": np.ones((2, 7), np.float32)}],
+            r"calibration batch 1: input 'x' has shape \(2, 7\); the graph expects \(\?, 8\)",
+        ),
+        ([{"x": np.ones((2, 8, 1), np.float32)}], r"batch 0: input 'x' has shape \(2, 8, 1\)"),
     ],
 )
 def test_calibration_errors(tmp_path, src, calibration, match):
-    """FAULTS 12-13: no data, wrong feeds, tensors that saw only NaN: named errors."""
+    """FAULTS 12-13, 37: no data, wrong feeds or shapes, tensors that saw only NaN: named."""
     with pytest.raises(cz.CalibrationError, match=match):
         cz.quantize_onnx(src, tmp_path / "out.onnx", calibration=calibration, mode="static")
     assert not (tmp_path / "out.onnx").exists()
@@ -222,3 +227,36 @@ def test_bad_arguments(tmp_path, src):
     with pytest.raises(cz.ConfigError, match="opset"):
         cz.export_onnx(cz.quantize_weights(model), torch.randn(1, 8), tmp_path / "e.onnx", opset=12)
     assert _listing(tmp_path) == ["in.onnx"]
+
+
+def test_an_onnxruntime_failure_names_the_calibration_batch(tmp_path, monkeypatch):
+    """A batch the shape check lets through but onnxruntime refuses (simulated: the session
+    raises on the second batch) is named by its index, not left as onnxruntime's raw error."""
+    from cuantiza.onnx import calibrate
+
+    real, seen = calibrate._session, []
+
+    def failing_session(model, tmp):
+        sess = real(model, tmp)
+
+        class Session:
+            def run(self, names, feed):
+                seen.append(1)
+                if len(seen) == 2:
+                    raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad input")
+                return sess.run(names, feed)
+
+        return Session()
+
+    monkeypatch.setattr(calibrate, "_session", failing_session)
+    relu = helper.make_node("Relu", ["x"], ["r"], "relu")
+    g = _graph()
+    g.graph.node[0].input[0] = "r"  # x -> Relu -> MatMul: r is observed through onnxruntime
+    g.graph.node.insert(0, relu)
+    onnx.save(g, tmp_path / "relu.onnx")
+    batches = [{"x": np.ones((2, 8), np.float32)}] * 3
+    with pytest.raises(cz.CalibrationError, match="calibration batch 1: onnxruntime cannot run"):
+        cz.quantize_onnx(
+            tmp_path / "relu.onnx", tmp_path / "out.onnx", calibration=batches, mode="static"
+        )
+    assert not (tmp_path / "out.onnx").exists()

@@ -16,6 +16,7 @@ then rounded to nearest with ``config.weight_range`` (``MSE()`` adds the clippin
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 
 import torch
@@ -35,15 +36,29 @@ def calibration_batches(
     tokens: torch.Tensor, seq_len: int = 256, n_samples: int = 128, batch_size: int = 8
 ) -> list[torch.Tensor]:
     """Batches of ``seq_len``-token windows cut from a 1-D token stream (or rows of a 2-D
-    one), at most ``n_samples`` windows, in order (deterministic)."""
+    one), at most ``n_samples`` windows, in order (deterministic). Checked first (FAULTS 37):
+    whole numbers ``seq_len >= 2``, ``n_samples >= 1``, ``batch_size >= 1``; integer ids."""
+    for name, v, lo in (
+        ("seq_len", seq_len, 2),
+        ("n_samples", n_samples, 1),
+        ("batch_size", batch_size, 1),
+    ):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ConfigError(f"{name} must be a whole number >= {lo}, got {v!r}")
     t = torch.as_tensor(tokens)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() not in (1, 2):
+        raise CalibrationError(
+            "calibration must be integer token ids, 1-D (a stream) or 2-D (windows, tokens); "
+            f"got {t.dtype} of shape {tuple(t.shape)}"
+        )
     if t.dim() == 1:
         n = t.numel() // seq_len
         t = t[: n * seq_len].reshape(n, seq_len)
     if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] < 2:
         raise CalibrationError(
             f"calibration text is too short: need at least one window of {seq_len} "
-            f"tokens, got {tuple(torch.as_tensor(tokens).shape)}"
+            f"tokens, got {tuple(torch.as_tensor(tokens).shape)}; give more text or a smaller "
+            "seq_len"
         )
     t = t[:n_samples].long()
     if t.shape[0] <= batch_size:

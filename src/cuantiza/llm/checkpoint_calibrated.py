@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from ..errors import PlanError
+from ..errors import CalibrationError, PlanError
 from ..nn.config import QuantConfig
 from ..nn.plan import LayerPlan
 from ..progress import bar
@@ -126,6 +126,20 @@ def _run_head_unit(dec, ckpt, jobs, plans, config, hidden, s, entries) -> None:
     s.meta.update(_write(s, ckpt, rest, jobs, tensors, qts, entries))
 
 
+def _check_ids(batches: list, ckpt: Checkpoint) -> None:
+    """CalibrationError naming the first batch holding an id outside the vocabulary (the
+    embedding would fail on it, deep inside torch, after work had started)."""
+    vocab = ckpt.config.get("vocab_size")
+    for i, b in enumerate(batches):
+        lo, hi = int(b.min()), int(b.max())
+        if lo < 0 or (isinstance(vocab, int) and hi >= vocab):
+            raise CalibrationError(
+                f"calibration batch {i} holds token id {lo if lo < 0 else hi}, outside the "
+                f"model's vocabulary 0..{vocab - 1 if isinstance(vocab, int) else '?'}; "
+                "tokenize with the model's own tokenizer"
+            )
+
+
 def _calibration_id(batches: list) -> str:
     h = hashlib.sha256()
     for b in batches:
@@ -158,6 +172,7 @@ def quantize_checkpoint_calibrated(
     t0 = time.perf_counter()
     ckpt = open_checkpoint(src)
     batches = calibration_batches(calibration, seq_len, n_samples, batch_size)
+    _check_ids(batches, ckpt)
     fp = {**fingerprint(ckpt, config), "calibration": _calibration_id(batches)}
     writer = ShardedWriter(dst, src=ckpt.dir, fingerprint=fp, overwrite=overwrite)
     jobs = _rtn_jobs(ckpt, config)

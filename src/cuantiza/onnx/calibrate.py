@@ -62,9 +62,36 @@ def _as_array(v) -> np.ndarray:
     return np.asarray(v)
 
 
-def feeds(calibration, inputs: dict, batch_size: int = NPZ_BATCH):
+def input_shapes(model: ModelProto) -> dict:
+    """Real graph inputs -> their declared shape: a tuple of ints, None for a dynamic dim."""
+    inits = {t.name for t in model.graph.initializer}
+    return {
+        i.name: tuple(
+            d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim
+        )
+        for i in model.graph.input
+        if i.name not in inits and i.type.tensor_type.HasField("shape")
+    }
+
+
+def _check_shape(i: int, name: str, got: tuple, want: tuple | None) -> None:
+    """CalibrationError naming the batch and input when ``got`` does not fit ``want``."""
+    if want is None:
+        return
+    fits = len(got) == len(want) and all(
+        w is None or w == g for g, w in zip(got, want, strict=True)
+    )
+    if not fits:
+        shown = "(" + ", ".join("?" if w is None else str(w) for w in want) + ")"
+        raise CalibrationError(
+            f"calibration batch {i}: input {name!r} has shape {got}; the graph expects {shown} "
+            "(? = any size)"
+        )
+
+
+def feeds(calibration, inputs: dict, batch_size: int = NPZ_BATCH, shapes: dict | None = None):
     """Feed dicts from ``calibration``, each checked against the graph's ``inputs``
-    (name -> numpy dtype)."""
+    (name -> numpy dtype) and, when given, ``shapes`` (``input_shapes``)."""
     if isinstance(calibration, (str, os.PathLike)):
         source = _npz_batches(Path(calibration), batch_size)
     elif isinstance(calibration, dict):
@@ -86,7 +113,10 @@ def feeds(calibration, inputs: dict, batch_size: int = NPZ_BATCH):
                 f"calibration batch {i}: missing inputs {missing}, unknown {unknown}; "
                 f"the graph's inputs are {sorted(inputs)}"
             )
-        yield {k: _as_array(v).astype(inputs[k], copy=False) for k, v in batch.items()}
+        feed = {k: _as_array(v).astype(inputs[k], copy=False) for k, v in batch.items()}
+        for k, a in feed.items():
+            _check_shape(i, k, a.shape, (shapes or {}).get(k))
+        yield feed
 
 
 def _augmented(model: ModelProto, names: list) -> ModelProto:
@@ -107,6 +137,15 @@ def _session(model: ModelProto, tmp: str):
     return fileio.make_session(str(path), threads=0)
 
 
+def _run(sess, names: list, feed: dict, i: int) -> list:
+    """One calibration batch through onnxruntime; its failure named with the batch index."""
+    try:
+        return sess.run(names, feed)
+    except Exception as e:  # noqa: BLE001  (onnxruntime raises its own, untyped, errors)
+        why = " ".join(str(e).split())
+        raise CalibrationError(f"calibration batch {i}: onnxruntime cannot run it: {why}") from e
+
+
 def observe(
     model: ModelProto, observers: dict, batches: Iterable, inputs: dict, total: int | None = None
 ) -> tuple[int, dict]:
@@ -118,7 +157,7 @@ def observe(
     with tempfile.TemporaryDirectory(prefix="cuantiza-calib-") as tmp:
         sess = _session(_augmented(model, names), tmp)
         for feed in bar(batches, desc="calibrate", total=total, unit="batch"):
-            outs = dict(zip(names, sess.run(names, feed), strict=False)) if names else {}
+            outs = dict(zip(names, _run(sess, names, feed, n), strict=False)) if names else {}
             for name, obs_list in observers.items():
                 values = torch.from_numpy(
                     np.ascontiguousarray(feed[name] if name in graph_inputs else outs[name])

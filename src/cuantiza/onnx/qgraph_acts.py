@@ -20,7 +20,7 @@ from onnx import ModelProto, TensorProto
 from ..core.scheme import PerTensor, QScheme
 from ..errors import CalibrationError
 from .builder import GraphBuilder
-from .calibrate import feeds, observe
+from .calibrate import feeds, input_shapes, observe
 from .qdq import dynamic_act, static_act
 from .qgraph import act_groups, cast_around, readers
 from .qgraph_outputs import BIAS_NOTE, OutputPlan, int32_bias, plan_outputs
@@ -56,7 +56,7 @@ def _calibrate(model: ModelProto, groups: dict, calibration, inputs: dict, batch
     n, first = observe(
         model,
         observers,
-        feeds(calibration, inputs, batch_size),
+        feeds(calibration, inputs, batch_size, input_shapes(model)),
         inputs,
         len(calibration) if sized else None,
     )
