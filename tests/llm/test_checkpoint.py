@@ -5,6 +5,7 @@ safetensors library, resumable with the same bytes, bounded memory, and the file
 (FAULTS 1, 20, 21, 24, 25, 28, 29, 30) stopped before any work.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -585,3 +586,15 @@ def test_streaming_memory_and_crash_resume(tmp_path):
         f"baseline {runs[1]['delta'] / 2**20:.1f} MiB, {runs[1]['s_per_mparam']:.4f} s per million "
         "parameters"
     )
+
+
+def test_an_exclude_pattern_that_matches_no_layer_is_refused(src, tmp_path):  # FAULTS 37
+    cfg = dataclasses.replace(G4, exclude=("lm_head", "model.layer.*"))  # "layer", not "layers"
+    _refused(src, tmp_path / "q", cz.ConfigError, r"'model\.layer\.\*' matches no layer", cfg)
+
+
+def test_excluding_a_tied_head_that_has_no_tensor_is_allowed(tmp_path):
+    src = hf_llama(tmp_path / "src", tiny_llama(tie=True))  # no lm_head.weight in the files
+    cfg = dataclasses.replace(G4, exclude=("lm_head",))
+    s = quantize_checkpoint(src, tmp_path / "q", cfg, progress=False)
+    assert "lm_head.weight" not in s.quantized

@@ -260,3 +260,13 @@ def test_an_onnxruntime_failure_names_the_calibration_batch(tmp_path, monkeypatc
             tmp_path / "relu.onnx", tmp_path / "out.onnx", calibration=batches, mode="static"
         )
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_an_exclude_pattern_that_matches_no_node_is_refused(tmp_path, src):
+    """FAULTS 37: a typo in ``exclude`` used to be ignored silently, quantizing the layer."""
+    cfg = cz.QuantConfig(exclude=("mm", "typo*"))
+    with pytest.raises(
+        cz.ConfigError, match=r"'typo\*' matches no node; node names look like 'mm'"
+    ):
+        cz.quantize_onnx(src, tmp_path / "out.onnx", cfg, mode="weight_only")
+    assert _listing(tmp_path) == ["in.onnx"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, PlanError
-from ..nn.config import CALIBRATED_METHODS, QuantConfig
+from ..nn.config import CALIBRATED_METHODS, QuantConfig, check_excludes
 from ..nn.plan import weight_scheme
 from .shards import CONFIG, Checkpoint
 
@@ -138,6 +138,8 @@ def plan_checkpoint(ckpt: Checkpoint, config: QuantConfig) -> dict:
                     None if p is None else p % info.shape[0],
                 )
             ]
+    tied = [HEAD] if ckpt.config.get("tie_word_embeddings") else []  # lm_head without a tensor
+    check_excludes(config, [n.rpartition(".")[0] for n in jobs] + tied)
     for name in names:  # the rest, once every layer's fate is known
         mod = name.rpartition(".")[0]
         weight = jobs.get(f"{mod}.weight", [None])[0]

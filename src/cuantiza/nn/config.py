@@ -99,3 +99,19 @@ class QuantConfig:
                     return None
                 cfg = dataclasses.replace(cfg, **change)
         return cfg
+
+
+def check_excludes(config: QuantConfig, names, what: str = "layer") -> None:
+    """ConfigError naming each ``exclude`` pattern that matches none of ``names`` (the layers a
+    plan considers): a pattern that excludes nothing is a typo (FAULTS 37). Used by the file
+    workflows (checkpoint folders, ONNX graphs), whose layer names the user cannot list."""
+    names = list(names)
+    unused = [g for g in config.exclude if not any(fnmatchcase(n, g) for n in names)]
+    if unused:
+        shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ConfigError(
+            f"the exclude pattern {unused[0]!r} matches no {what}"
+            + (f" (nor do {unused[1:]})" if len(unused) > 1 else "")
+            + f"; {what} names look like {shown or 'nothing: there are none'} (fnmatch globs "
+            "over the whole name: * stands for any characters)"
+        )

@@ -26,7 +26,7 @@ from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper
 
 from ..core.scheme import QScheme
 from ..errors import PlanError
-from ..nn.config import QuantConfig
+from ..nn.config import QuantConfig, check_excludes
 from ..nn.plan import weight_scheme
 from .fileio import all_tensors
 
@@ -163,8 +163,11 @@ def plan_graph(graph: GraphProto, config: QuantConfig, op_types=OP_TYPES) -> tup
     """(uses, skipped): a WeightUse per quantized node; (name, reason) per candidate left float."""
     inits = {t.name: t for t in graph.initializer}
     overridable = {i.name for i in graph.input}
+    names = node_names(graph)
+    candidates = [n for node, n in zip(graph.node, names, strict=True) if node.op_type in OP_TYPES]
+    check_excludes(config, candidates, "node")
     uses, skipped = [], []
-    for i, (node, name) in enumerate(zip(graph.node, node_names(graph), strict=False)):
+    for i, (node, name) in enumerate(zip(graph.node, names, strict=False)):
         if node.op_type not in OP_TYPES:
             continue
         if node.op_type not in op_types:
