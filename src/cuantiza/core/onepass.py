@@ -21,7 +21,7 @@ import torch
 
 from .. import backends
 from .blocking import Blocking, plan_blocks, rows_to_scale
-from .qparams import MANTISSA_BITS, QParams
+from .qparams import MANTISSA_BITS, QParams, grid_is_finite
 from .range_specs import MinMax
 from .scheme import PerTensor, QScheme
 
@@ -72,5 +72,7 @@ def quantize(xf: torch.Tensor, scheme: QScheme, spec, form: Form):
     if got is None:  # not finite, or overflow
         return None
     out, s, z = got
+    if not grid_is_finite(s, scheme):  # a range near float32's maximum: the general path's
+        return None  # clamp applies (FAULTS 39)
     qp = QParams(rows_to_scale(s, b), rows_to_scale(z, b), scheme)
     return (out if form is Form.PACKED else out.reshape(xf.shape)), qp

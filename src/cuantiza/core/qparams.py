@@ -6,7 +6,7 @@ Asymmetric (affine), n bits, q in [0, 2^n - 1]::
 
     beta  = min(min_x, 0), alpha = max(max_x, 0)      # widen the range to contain 0
     s     = (alpha - beta) / (2^n - 1)
-    z     = clamp(round(-beta / s), 0, 2^n - 1)       # the notes' z = -2^n / s is wrong
+    z     = clamp(round(-beta / s), 0, 2^n - 1)       # the lecture notes' z = -2^n / s is wrong
 
 Symmetric, n >= 2 bits, restricted q in [-(2^(n-1) - 1), 2^(n-1) - 1]::
 
@@ -15,10 +15,13 @@ Symmetric, n >= 2 bits, restricted q in [-(2^(n-1) - 1), 2^(n-1) - 1]::
 Binary (1-bit symmetric), q in {-1, +1}: from a range alone s = max|x| (the levels reach the
 range's ends); ``quantize_tensor`` uses s = mean|x| from the data instead (L2-optimal).
 
-Edge cases (docs/FAULTS.md 5-9): a zero range (all-zero tensor) gives s = 1 so q = z and the
-dequantized value is exactly 0; a tiny or denormal range is clamped to the smallest normal
+Edge cases (docs/FAULTS.md 5-9, 39): a zero range (all-zero tensor) gives s = 1 so q = z and
+the dequantized value is exactly 0; a tiny or denormal range is clamped to the smallest normal
 number of the scale's storage dtype; scales are computed in float64, rounded once to the
-storage dtype, and a scale that overflows it raises ``ScaleOverflowError``.
+storage dtype, and a scale that overflows it raises ``ScaleOverflowError``. A range reaching
+float32's maximum (+-3.4e38) would put the grid's last level s (q - z) past it, so dequantize
+would give +-inf: the scale is then lowered just enough that every level is finite
+(``_finite_grid``; values beyond the last level clamp to it).
 Rounding is round-half-to-even everywhere (as ONNX QuantizeLinear and ``torch.round``).
 
 >>> qp = choose_qparams(torch.tensor(-1.0), torch.tensor(3.0), QScheme(bits=8, symmetric=False))
@@ -59,6 +62,7 @@ class QParams:
 
 # explicit mantissa bits of the 16-bit storage dtypes (float32 converts from float64 directly)
 MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7}
+F32_MAX = torch.finfo(torch.float32).max  # dequantize computes in float32
 
 
 def _round_once(s64: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
@@ -139,7 +143,44 @@ def choose_qparams(lo: torch.Tensor, hi: torch.Tensor, scheme: QScheme) -> QPara
     """QParams from a range. ``lo``/``hi`` are already shaped as the scheme's scales."""
     lo, hi = torch.as_tensor(lo), torch.as_tensor(hi)
     scale = scale_from_range(lo, hi, scheme)
-    return QParams(scale, zero_point_from_range(lo, scale, scheme), scheme)
+    zero = zero_point_from_range(lo, scale, scheme)
+    if not grid_is_finite(scale, scheme):
+        scale, zero = _finite_grid(lo, scale, zero, scheme)
+    return QParams(scale, zero, scheme)
+
+
+def _level_span(scheme: QScheme) -> int:
+    """The largest |q - z| any level can have: qmax - qmin with a zero point, else max |q|."""
+    if scheme.binary:
+        return 1
+    return scheme.qmax - scheme.qmin if not scheme.symmetric else max(-scheme.qmin, scheme.qmax)
+
+
+def grid_is_finite(scale: torch.Tensor, scheme: QScheme) -> bool:
+    """Quick sufficient test that every level s (q - z) is finite in float32 (dequantize's
+    dtype): the largest |s| times the widest span. Only ranges near float32's maximum fail it."""
+    return not scale.numel() or float(scale.abs().amax()) * _level_span(scheme) <= F32_MAX
+
+
+def _finite_grid(lo: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, scheme: QScheme):
+    """FAULTS 39, the documented clamp: where a level s (q - z) would overflow float32 (ranges
+    reaching +-3.4e38), the scale is lowered to the largest value of its storage dtype that keeps
+    the farthest level finite, ``F32_MAX / max(|qmax - z|, |qmin - z|)`` rounded down, and the
+    zero point recomputed; values beyond the last level then clamp to it, within one step of
+    the float32 maximum. Dequantized values are never +-inf."""
+    shrink = 1.0 - 2.0 ** -(MANTISSA_BITS.get(scheme.torch_scale_dtype, 23))
+    for _ in range(4):  # one round suffices (the lowered scale moves z inwards); a guard
+        s64, z64 = scale.to(torch.float64), zero.to(torch.float64)
+        far = torch.maximum((scheme.qmax - z64).abs(), (scheme.qmin - z64).abs()).clamp(min=1)
+        over = s64.abs() * far > F32_MAX
+        if not bool(over.any()):
+            return scale, zero
+        lowered = torch.where(over, s64.sign() * (F32_MAX / far) * shrink, s64)
+        scale = finalize_scale(lowered, scheme)
+        zero = zero_point_from_range(lo, scale, scheme)
+    raise ScaleOverflowError(  # not reached for finite ranges; kept so a bug cannot give inf
+        f"no {scheme.scale_dtype} scale keeps every level of {scheme.describe()} finite"
+    )
 
 
 def check_qparams_shape(qp: QParams, shape: tuple) -> None:
