@@ -84,3 +84,17 @@ def test_ordinary_ranges_keep_their_exact_scale():
     assert float(qp.scale) == pytest.approx(4 / 255, rel=2**-23) and int(qp.zero_point) == 64
     assert qparams.grid_is_finite(torch.tensor([M / 256]), s)
     assert not qparams.grid_is_finite(torch.tensor([M / 254]), s)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("gran", [cz.PerChannel(0), cz.PerGroup(16)], ids=["channel", "group16"])
+def test_the_native_one_pass_kernel_agrees(monkeypatch, symmetric, gran):
+    """The one-pass kernel computes its own scales: rows near the maximum go to the general
+    path (and its clamp), so both paths give the same finite result."""
+    from tests.helpers.native import native_everywhere, same_result, torch_path
+
+    native_everywhere(monkeypatch)
+    x, s = _extreme_tensor(), cz.QScheme(bits=4, symmetric=symmetric, granularity=gran)
+    got = cz.quantize_tensor(x, s)
+    same_result(got, torch_path(lambda: cz.quantize_tensor(x, s), monkeypatch))
+    assert bool(torch.isfinite(cz.dequantize(*got)).all())
