@@ -2,8 +2,10 @@
 
 Only ``cuantiza.json`` and the safetensors files it lists are opened (never a pickle beside
 them); every entry, shape and checksum is checked before the model is touched, and a corrupt,
-truncated or changed file raises ``CorruptFileError`` naming it (FAULTS 25). The skeleton is
-left as it was: the result is a copy.
+truncated or changed file raises ``CorruptFileError`` naming it (FAULTS 25). A skeleton whose
+module tree (names and classes, parameterless modules included) differs from the one the save
+records is refused, naming the difference (FAULTS 40). The skeleton is left as it was: the
+result is a copy.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def load(dir, model: nn.Module) -> nn.Module:
             ) from None
         fmt.check_replaces(name, float_mod, qmod)
         set_module(m, name, qmod)
+    _check_tree(m, doc.get("tree"), folder / MANIFEST)
     _load_state(m, doc["state"], tensors)
     m.cuantiza_info = _info(doc, folder / MANIFEST)
     return m.train(bool(doc["training"]))
@@ -200,6 +203,23 @@ def _refold(m: nn.Module, folded: list) -> None:
         with torch.no_grad():
             fold_bn_into_conv(conv, bn)
         set_module(m, bn_name, nn.Identity())
+
+
+def _check_tree(m: nn.Module, saved, path: Path) -> None:
+    """PlanError naming the differences when the rebuilt model's modules (names and classes,
+    parameterless ones included) are not the saved model's (FAULTS 40). Saves made before the
+    tree was recorded, and checkpoint folders, have none: nothing to compare."""
+    if saved is None:
+        return
+    if not isinstance(saved, dict) or not all(isinstance(v, str) for v in saved.values()):
+        raise _corrupt(path, "field 'tree' must map module names to class names")
+    diff = fmt.tree_differences(saved, fmt.module_tree(m))
+    if diff:
+        raise PlanError(
+            f"the model's modules differ from the saved model's: {'; '.join(diff[:5])}"
+            + (f" (and {len(diff) - 5} more)" if len(diff) > 5 else "")
+            + "; pass an instance of the saved architecture"
+        )
 
 
 def _load_state(m: nn.Module, state: dict, tensors: dict) -> None:

@@ -15,8 +15,8 @@ zero points, activation qparams of static layers, and the model's remaining ``st
 (biases, float layers, buffers) under its own keys; a tensor shared by several keys (tied
 parameters) is stored once. ``cuantiza.json`` holds the format name and version, the cuantiza
 version, the workflow, one entry per quantized module (``saveformat``), the state-key map, the
-folded BatchNorms, the notes, observer counts and plan of ``cuantiza_info``, and the SHA-256
-of the tensors file.
+module tree (every module's name and class, checked by ``load``), the folded BatchNorms, the
+notes, observer counts and plan of ``cuantiza_info``, and the SHA-256 of the tensors file.
 Nothing is pickled, and ``load`` opens these two files only (or the shards ``files`` lists, for
 ``cuantiza.llm`` checkpoints): a ``*.bin`` / ``*.pt`` beside them is never read.
 
@@ -119,6 +119,7 @@ def _payload(qmodel: nn.Module) -> tuple[dict, dict]:
         "training": qmodel.training,
         "modules": modules,
         "state": _state_map(qmodel, tensors),
+        "tree": fmt.module_tree(qmodel),
         **_info_to_json(getattr(qmodel, "cuantiza_info", None)),
     }
     flat = {

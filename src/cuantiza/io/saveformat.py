@@ -34,6 +34,7 @@ from ..core.qtensor import QTensor
 from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
 from ..errors import PlanError, ShapeError
 from ..nn import DynamicQuantLinear, QuantConv, QuantEmbedding, QuantLinear
+from ..nn.fake import FakeQuantConv, FakeQuantEmbedding, FakeQuantLinear
 from ..nn.layer_math import conv_args
 from ..nn.plan import LayerPlan, Plan
 
@@ -48,6 +49,37 @@ MODULE_TYPES = {
     "QuantConv": (QuantConv, (nn.Conv1d, nn.Conv2d)),
     "QuantEmbedding": (QuantEmbedding, (nn.Embedding,)),
 }
+
+
+def module_tree(model: nn.Module) -> dict[str, str]:
+    """The manifest's optional ``"tree"``: every module's name (the model itself is "") -> its
+    class name, parameterless modules included, so that ``load`` can refuse a skeleton that
+    differs even where the state_dict does not show it (an extra activation, FAULTS 40). A
+    fake-quant module that convert left in float (``unobserved="float"``) computes as its float
+    layer and loads as one: it is recorded as that layer."""
+    return {name: _class_name(mod) for name, mod in model.named_modules()}
+
+
+def _class_name(mod: nn.Module) -> str:
+    if isinstance(mod, FakeQuantLinear):
+        return "Linear"
+    if isinstance(mod, FakeQuantEmbedding):
+        return "Embedding"
+    if isinstance(mod, FakeQuantConv):
+        return f"Conv{mod.conv['dims']}d"
+    return type(mod).__name__
+
+
+def tree_differences(saved: dict, model: dict) -> list[str]:
+    """What differs between two ``module_tree``s, as short phrases (empty when equal)."""
+    out = [f"{n or '(the model)'} ({model[n]}) only in the model" for n in model if n not in saved]
+    out += [f"{n or '(the model)'} ({saved[n]}) only in the save" for n in saved if n not in model]
+    out += [
+        f"{n or '(the model)'} is a {model[n]} in the model, a {saved[n]} in the save"
+        for n in model
+        if n in saved and saved[n] != model[n]
+    ]
+    return out
 
 
 def scheme_to_json(s: QScheme) -> dict:
