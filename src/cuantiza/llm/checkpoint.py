@@ -4,8 +4,9 @@ One tensor at a time is read (``shards.Checkpoint.read``), quantized and written
 (``writer.ShardedWriter``), so the memory needed is about the largest tensor, not the model.
 Each input shard is one output unit: an interrupted run resumes after the last finished shard
 and gives the same bytes. The output folder is a cuantiza save (format 1, several shards)
-that ``cuantiza.load(dst, LlamaForCausalLM(config))`` reads, plus the input's ``config.json``
-and tokenizer files.
+that ``cuantiza.load(dst, LlamaForCausalLM(config))`` reads, plus the input's tokenizer files
+and its ``config.json`` with a ``quantization_config`` naming cuantiza, so that transformers
+refuses the folder rather than loading it as a float model with missing weights (FAULTS 36).
 
 What is quantized is decided up front from the shard headers (``tensorplan``): Linear and
 Embedding weights of LLaMA-style decoders, each through ``config.resolve(module)`` as in
@@ -27,7 +28,7 @@ import time
 from ..errors import ConfigError
 from ..nn.config import CALIBRATED_METHODS, QuantConfig
 from ..progress import bar
-from .checkpoint_units import SIDE_FILES, Summary, Unit, do_job, fingerprint, manifest, summarize
+from .checkpoint_units import Summary, Unit, do_job, fingerprint, manifest, side_files, summarize
 from .shards import Checkpoint, open_checkpoint
 from .tensorplan import plan_checkpoint
 from .writer import ShardedWriter
@@ -107,7 +108,7 @@ def quantize_checkpoint(
                     summary.params_run += meta["params"]
                 entries.update(meta["modules"])
                 metas.append(meta)
-            side = {n: ckpt.dir / n for n in SIDE_FILES if (ckpt.dir / n).is_file()}
+            side = side_files(ckpt, config)
             out = w.finish(manifest(ckpt, metas, config), order=list(units), files=side)
     finally:
         pbar.close()

@@ -27,7 +27,7 @@ from ..nn.plan import LayerPlan
 from ..progress import bar
 from .blocks import Decoder, decoder_parts, first_layer_inputs, layer_groups, run_layer
 from .calibrated import awq_group, calibration_batches, gptq_group, head_awq, head_gptq
-from .checkpoint_units import SIDE_FILES, Summary, Unit, do_job, fingerprint, manifest, summarize
+from .checkpoint_units import Summary, Unit, do_job, fingerprint, manifest, side_files, summarize
 from .shards import Checkpoint, open_checkpoint
 from .tensorplan import plan_checkpoint
 from .writer import ShardedWriter
@@ -206,7 +206,7 @@ def quantize_checkpoint_calibrated(
             entries.update(meta["modules"])
             metas.append(meta)
             pbar.update(1)
-        side = {n: ckpt.dir / n for n in SIDE_FILES if (ckpt.dir / n).is_file()}
+        side = side_files(ckpt, config)
         doc = manifest(ckpt, metas, config)
         out = w.finish(doc, files=side)
     pbar.close()

@@ -30,11 +30,10 @@ from ..nn.plan import LayerPlan
 from ..nn.workflows import (
     quantize_layer_weight,
 )  # the in-memory dispatch: same bits as quantize_weights
-from .shards import CONFIG, INDEX, Checkpoint
+from .shards import CONFIG, INDEX, PRODUCER, Checkpoint
 from .tensorplan import Job
 
 SIDE_FILES = (
-    CONFIG,
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
@@ -163,6 +162,35 @@ def do_job(job: Job, name: str, t, s, u: Unit, entries: dict, qts: dict | None =
                 "reason": job.note,
             }
         )
+
+
+def output_config(ckpt: Checkpoint, config: QuantConfig) -> bytes:
+    """The output's config.json: the input's, plus a ``quantization_config`` naming cuantiza
+    (FAULTS 36). It has no ``quant_method`` on purpose: transformers' ``from_pretrained`` then
+    raises ("no `quant_method` attribute") instead of building the float model with its
+    weights missing. cuantiza's readers drop it (``evaluate.transformers_config``)."""
+    cfg = dict(ckpt.config)
+    cfg["quantization_config"] = {
+        "producer": PRODUCER,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cuantiza_version": __version__,
+        "manifest": "cuantiza.json",
+        "method": config.method,
+        "bits": config.weight.bits,
+        "weights": config.weight.describe(),
+        "load_with": "cuantiza: cuantiza.load(folder, skeleton), `cuantiza generate`, "
+        "`cuantiza eval-ppl`; transformers cannot load this folder",
+    }
+    return (json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def side_files(ckpt: Checkpoint, config: QuantConfig) -> dict:
+    """Files published with the output besides the shards: config.json (``output_config``) and
+    the input's tokenizer and generation files, copied."""
+    side: dict = {n: ckpt.dir / n for n in SIDE_FILES if (ckpt.dir / n).is_file()}
+    side[CONFIG] = output_config(ckpt, config)
+    return side
 
 
 def fingerprint(ckpt: Checkpoint, config: QuantConfig) -> dict:

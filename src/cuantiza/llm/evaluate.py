@@ -1,10 +1,11 @@
 """Load a causal LM folder (float Hugging Face or cuantiza output) and measure its perplexity.
 
-A float folder is ``config.json`` + safetensors shards (read by transformers, which never
-unpickles safetensors). A cuantiza folder also has ``cuantiza.json``: a skeleton of the
-architecture is built from ``config.json`` and ``cuantiza.load`` fills it with the quantized
-layers, so the integer weights that are evaluated are the ones on disk. Computation is float32
-(the float layers kept in the file's dtype are upcast after loading).
+A float folder is ``config.json`` + safetensors shards, checked by ``shards.open_checkpoint``
+first (a folder of pickle checkpoints is refused before any library opens it) and read by
+transformers with ``use_safetensors=True``. A cuantiza folder also has ``cuantiza.json``: a
+skeleton of the architecture is built from ``config.json`` and ``cuantiza.load`` fills it with
+the quantized layers, so the integer weights that are evaluated are the ones on disk.
+Computation is float32 (the float layers kept in the file's dtype are upcast after loading).
 
 Text is tokenized with the folder's ``tokenizer.json`` when there is one (the ``tokenizers``
 package), else as UTF-8 bytes (vocabulary 256, as the committed Shakespeare model).
@@ -22,16 +23,23 @@ from torch import nn
 from ..errors import ConfigError
 from ..io.safetensors_file import SafetensorsFile
 from ..progress import is_quiet
-from .shards import CONFIG, read_config
+from .shards import is_cuantiza_config, open_checkpoint
 from .text import require_transformers
 
 MANIFEST = "cuantiza.json"
 
 
 def transformers_config(folder: Path):
-    """The folder's transformers config, after ``shards.read_config`` checked the file."""
-    read_config(folder / CONFIG)
-    return require_transformers().AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    """The folder's transformers config, after ``shards.open_checkpoint`` checked the folder
+    (config.json, safetensors shards and their headers; a pickle-only folder is refused before
+    transformers sees it, FAULTS 35). The ``quantization_config`` a cuantiza output carries (so
+    that transformers refuses to load it as a float model, FAULTS 36) is dropped: the skeleton
+    built from this config is the float architecture ``cuantiza.load`` fills."""
+    open_checkpoint(folder)
+    cfg = require_transformers().AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    if is_cuantiza_config(getattr(cfg, "quantization_config", None)):
+        del cfg.quantization_config
+    return cfg
 
 
 def _stored_float_dtype(folder: Path) -> torch.dtype:
@@ -57,8 +65,8 @@ def load_causal_lm(dir) -> nn.Module:
     if is_quiet():
         tf.utils.logging.disable_progress_bar()
     if not (folder / MANIFEST).is_file():
-        return tf.AutoModelForCausalLM.from_pretrained(
-            str(folder), local_files_only=True, dtype=torch.float32
+        return tf.AutoModelForCausalLM.from_pretrained(  # safetensors only: never a pickle
+            str(folder), local_files_only=True, dtype=torch.float32, use_safetensors=True
         ).eval()
     skeleton = tf.AutoModelForCausalLM.from_config(cfg).to(_stored_float_dtype(folder))
     m = load(folder, skeleton)

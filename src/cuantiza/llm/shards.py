@@ -23,6 +23,7 @@ from ..io.safetensors_file import SafetensorsFile, TensorInfo, read_range
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PRODUCER = "cuantiza"  # quantization_config["producer"] of the folders cuantiza writes
 
 
 class Checkpoint:
@@ -72,6 +73,12 @@ def open_checkpoint(dir) -> Checkpoint:
     else:
         _refuse_missing(d)
     return Checkpoint(d, config, files)
+
+
+def is_cuantiza_config(quantization_config) -> bool:
+    """Whether a config's ``quantization_config`` is the one cuantiza writes into its outputs
+    (``checkpoint_units.output_config``): ``"producer": "cuantiza"``."""
+    return isinstance(quantization_config, dict) and quantization_config.get("producer") == PRODUCER
 
 
 def read_config(path: Path) -> dict:

@@ -63,6 +63,18 @@ class Job:
 
 
 def _check_family(ckpt: Checkpoint) -> None:
+    if (ckpt.dir / "cuantiza.json").is_file():  # FAULTS 23: never quantize twice
+        raise PlanError(
+            f"{ckpt.dir} is a cuantiza output (it has cuantiza.json): already quantized; start "
+            "from the float model"
+        )
+    qc = ckpt.config.get("quantization_config")
+    if qc is not None:
+        how = qc.get("producer") or qc.get("quant_method") if isinstance(qc, dict) else None
+        raise PlanError(
+            f"{ckpt.dir / CONFIG} has a quantization_config ({how or 'unnamed'}): the model is "
+            "already quantized; start from the float model"
+        )
     mt = str(ckpt.config.get("model_type", "")).lower()
     archs = [str(a).lower() for a in ckpt.config.get("architectures") or []]
     if mt in LLAMA_STYLE or (not mt and any(a.startswith(f) for a in archs for f in LLAMA_STYLE)):
