@@ -51,4 +51,7 @@ class OutputExistsError(CuantizaError, FileExistsError):
 
 class WriteError(CuantizaError, OSError):
     """An output could not be written (read-only file system, no permission, disk full); nothing
-    was published and a previous output is intact. ``errno`` is the operating system's."""
+    was published and a previous output is intact. ``errno`` is the operating system's; ``path``
+    the output the message names."""
+
+    path: str | None = None

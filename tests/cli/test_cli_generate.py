@@ -82,9 +82,9 @@ def test_generate_prints_text_and_speeds(gptq4, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["-n", "0"], "-n must be"),
+        (["-n", "0"], "-n/--max-new-tokens: must be a whole number >= 1"),
         (["-n", "100"], "context of 64"),
-        (["--top-p", "2"], "top_p"),
+        (["--top-p", "2"], "--top-p: must be a number > 0.0 and <= 1.0"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(gptq4, capsys, argv, message):

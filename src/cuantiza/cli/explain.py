@@ -1,7 +1,8 @@
 """One number, explained (``cuantiza explain``): its IEEE-754 float32 fields, then its trip
 through cuantiza's quantization (choose_qparams, quantize, dequantize) at a given bit width.
 
-float32 (docs/primer.md, section 3): 1 sign bit s, 8 exponent bits E, 23 mantissa bits b_22..b_0::
+float32 (IEEE-754; docs/primer.md, point 3): 1 sign bit s, 8 exponent bits E, 23 mantissa
+bits b_22..b_0::
 
     normal     (0 < E < 255): v = (-1)^s x 2^(E - 127) x (1 + sum_{i=1..23} b_{23-i} 2^-i)
     subnormal  (E = 0, m > 0): v = (-1)^s x 2^(-126)    x (0 + sum_{i=1..23} b_{23-i} 2^-i)
@@ -134,6 +135,12 @@ class QuantStep:
         return abs(self.value - self.x_hat)
 
 
+def check_range(lo: float, hi: float) -> None:
+    """A --range is two finite numbers MIN <= MAX."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ConfigError(f"range must be two finite numbers MIN <= MAX, got [{lo}, {hi}]")
+
+
 def quantize_value(
     value: float,
     bits: int = 8,
@@ -158,9 +165,8 @@ def quantize_value(
                 f"{v} has no finite range; pass --range MIN MAX to see it saturate"
             )
         qp, lo, hi = tensor_qparams(x, scheme, name="VALUE"), v, v
-    elif not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise ConfigError(f"range must be two finite numbers MIN <= MAX, got [{lo}, {hi}]")
     else:
+        check_range(lo, hi)
         qp = choose_qparams(
             torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32), scheme
         )

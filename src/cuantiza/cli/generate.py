@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from .args import real, whole
 
 
 def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
@@ -29,11 +30,20 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
         "model", metavar="MODEL_DIR", help="a decoder folder (config.json + safetensors)"
     )
     g.add_argument("--prompt", required=True, help="the text to continue")
-    g.add_argument("-n", "--max-new-tokens", type=int, default=128, help="tokens to generate (128)")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
-    g.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p mass (1: all)")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the sampling (0)")
+    g.add_argument(
+        "-n", "--max-new-tokens", type=whole(1), default=128, help="tokens to generate (128)"
+    )
+    g.add_argument("--temperature", type=real(0.0), default=0.0, help="0 (default): greedy")
+    g.add_argument("--top-k", type=whole(0), default=0, help="sample from the k likeliest (0: all)")
+    g.add_argument(
+        "--top-p",
+        type=real(0.0, 1.0, open_lo=True),
+        default=1.0,
+        help="sample from the top-p mass, in (0, 1] (1: all)",
+    )
+    g.add_argument(
+        "--seed", type=whole(0, 2**63 - 1), default=0, help="random seed of the sampling (0)"
+    )
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
     g.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -43,8 +53,6 @@ def cmd_generate(args, quiet: bool) -> int:
 
     if not Path(args.model).is_dir():
         raise ConfigError(f"{args.model}: not a folder (a decoder folder holds config.json)")
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"-n must be a whole number >= 1, got {args.max_new_tokens}")
     g = generate(
         args.model,
         args.prompt,

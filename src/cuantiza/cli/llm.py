@@ -9,10 +9,15 @@ files, perplexity, and the change against the first folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, CuantizaError, WriteError
+from .args import whole
+
+DEFAULT_GROUP = 128  # folders: one scale per 128 weights unless --group-size / --per-channel
 
 
 def add_eval_parser(sub, quiet: argparse.ArgumentParser) -> None:
@@ -27,9 +32,11 @@ def add_eval_parser(sub, quiet: argparse.ArgumentParser) -> None:
         "models", nargs="+", metavar="MODEL_DIR", help="model folders; the first is the baseline"
     )
     e.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text to evaluate on")
-    e.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
     e.add_argument(
-        "--max-chars", type=int, metavar="N", help="evaluate on the first N characters only"
+        "--seq-len", type=whole(2), default=256, help="tokens per window, >= 2 (default 256)"
+    )
+    e.add_argument(
+        "--max-chars", type=whole(1), metavar="N", help="evaluate on the first N characters only"
     )
     e.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -117,10 +124,16 @@ def add_folder_args(q: argparse.ArgumentParser) -> None:
         help="leave the token embedding (and a tied head) in float",
     )
     g.add_argument(
-        "--seq-len", type=int, default=256, help="tokens per calibration window (default 256)"
+        "--seq-len",
+        type=whole(2),
+        default=256,
+        help="tokens per calibration (and --eval-text) window, >= 2 (default 256)",
     )
     g.add_argument(
-        "--samples", type=int, default=128, help="calibration windows at most (default 128)"
+        "--samples",
+        type=whole(1),
+        default=128,
+        help="calibration windows at most, >= 1 (default 128)",
     )
     g.add_argument(
         "--eval-text",
@@ -138,7 +151,11 @@ def folder_config(args):
         raise ConfigError("model folders are quantized weight-only; drop --static / --weight-only")
     if args.asymmetric and args.symmetric:
         raise ConfigError("choose one of --symmetric and --asymmetric")
-    gran = PerChannel(0) if args.per_channel else PerGroup(args.group_size or 128)
+    gran = (
+        PerChannel(0)
+        if args.per_channel
+        else PerGroup(DEFAULT_GROUP if args.group_size is None else args.group_size)
+    )
     sym = bool(args.symmetric)
     w = QScheme(
         bits=args.bits,
@@ -152,6 +169,7 @@ def folder_config(args):
         weight_range=MSE() if args.mse else MinMax(),
         method=args.method,
         exclude=tuple(args.exclude),
+        group_remainder=args.group_remainder,
         quantize_embeddings=not args.keep_embeddings,
     )
 
@@ -171,6 +189,29 @@ def _calibration(args, config):
     return tokenize(args.model, _read_text(args.calibration, None))
 
 
+@contextlib.contextmanager
+def _resume_hint(out: str):
+    """After Ctrl-C, SIGTERM or a failed write (disk full) the finished shards stay in the
+    staging folder: the error names the output and its note says that rerunning resumes."""
+    from ..io.atomic import is_write_failure, write_error
+    from ..llm.writer import staging_folder
+
+    try:
+        yield
+    except (KeyboardInterrupt, OSError) as e:
+        named = isinstance(e, WriteError) and e.path == os.path.abspath(out)  # says it already
+        err = write_error(Path(out), e, rename=True) if is_write_failure(e) and not named else None
+        staging = staging_folder(out)
+        kept = not isinstance(e, CuantizaError) or isinstance(e, WriteError)
+        if kept and staging.is_dir():
+            (err or e).add_note(
+                f"the finished part is kept in {staging}: run the same command again to resume"
+            )
+        if err is None:
+            raise
+        raise err from e
+
+
 def cmd_quantize_folder(args, quiet: bool) -> int:
     from .. import progress
     from ..llm.checkpoint import quantize_checkpoint
@@ -182,15 +223,16 @@ def cmd_quantize_folder(args, quiet: bool) -> int:
     if quiet:
         progress.set_quiet(True)
     kw = {"seq_len": args.seq_len, "n_samples": args.samples} if calibration is not None else {}
-    summary = quantize_checkpoint(
-        args.model,
-        args.output,
-        config,
-        calibration=calibration,
-        overwrite=args.overwrite,
-        progress=not quiet,
-        **kw,
-    )
+    with _resume_hint(args.output):
+        summary = quantize_checkpoint(
+            args.model,
+            args.output,
+            config,
+            calibration=calibration,
+            overwrite=args.overwrite,
+            progress=not quiet,
+            **kw,
+        )
     print(summary)
     if text is not None:
         results = [

@@ -13,8 +13,9 @@
     cuantiza eval-ppl MODEL_DIR [MODEL_DIR ...] --text FILE [--seq-len 256] [--json]
 
 ``--quiet`` (before or after the command) prints results only, without notes. Errors from
-cuantiza (``cuantiza.errors``) print one line, ``cuantiza: error: ...``, and exit with status 2,
-as argparse does for malformed arguments.
+cuantiza (``cuantiza.errors``) and from the operating system (read-only folder, disk full) print
+one line, ``cuantiza: error: ...``, and exit with status 2, as malformed arguments do; Ctrl-C
+exits with 130 and SIGTERM with 143, also after one line (``failures``).
 """
 
 from __future__ import annotations
@@ -23,25 +24,18 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from ..errors import ConfigError, CuantizaError
-from . import demo_core, explain, sizes
+from . import demo_core, explain, failures, sizes
 from . import generate as cli_generate
 from . import llm as cli_llm
 from . import quantize as cli_quantize
-
-
-def _value(text: str) -> str:
-    """A number argparse accepts; the text is kept (explain shows how it rounds to float32)."""
-    try:
-        float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    return text.strip()
+from .args import Parser, number_text, option_strings, protect_negative_numbers, whole
 
 
 def _parser() -> argparse.ArgumentParser:
-    quiet = argparse.ArgumentParser(add_help=False)
+    quiet = Parser(add_help=False)
     quiet.add_argument(
         "--quiet",
         "-q",
@@ -49,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="print results only, no notes",
     )
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cuantiza",
         parents=[quiet],
         description="Quantize neural networks to 1-8-bit integers.",
@@ -83,7 +77,7 @@ def _add_size(sub, quiet: argparse.ArgumentParser) -> None:
         help="comma-separated: 32, 16 (float) or 1..8 (integer)",
     )
     s.add_argument(
-        "--group-size", type=int, default=128, help="weights sharing one scale (default 128)"
+        "--group-size", type=whole(1), default=128, help="weights sharing one scale (default 128)"
     )
     s.add_argument(
         "--scheme",
@@ -111,11 +105,11 @@ def _add_explain(sub, quiet: argparse.ArgumentParser) -> None:
     )
     e.add_argument(
         "value",
-        type=_value,
+        type=number_text,
         metavar="VALUE",
         help="the number (a leading '-' is fine: -2.5, -1e-3)",
     )
-    e.add_argument("--bits", type=int, default=8, help="bit width 1..8 (default 8)")
+    e.add_argument("--bits", type=whole(1, 8), default=8, help="bit width 1..8 (default 8)")
     e.add_argument(
         "--asymmetric", action="store_true", help="affine: q in [0, 2^n - 1] with a zero point"
     )
@@ -211,7 +205,9 @@ def cmd_size(args, quiet: bool) -> int:
 
 def cmd_explain(args, quiet: bool) -> int:
     lo, hi = args.range if args.range else (None, None)
-    if not quiet:
+    if args.range:
+        explain.check_range(lo, hi)  # before printing anything
+    if not quiet:  # the value's bits, even for inf or nan, whose quantization is refused next
         print(explain.describe_float32(args.value) + "\n")
     st = explain.quantize_value(float(args.value), args.bits, not args.asymmetric, lo, hi)
     if quiet:
@@ -226,6 +222,10 @@ def cmd_explain(args, quiet: bool) -> int:
 
 
 def cmd_demo(args, quiet: bool) -> int:
+    from ..io.atomic import check_writable
+
+    if not args.core or args.out != "cuantiza-demo":  # before minutes of training
+        check_writable(Path(args.out) / "report.md")
     if args.core:
         out = args.out if args.out != "cuantiza-demo" else None
         demo_core.run(quick=args.quick, out=out, echo=print, notes=not quiet)
@@ -257,33 +257,23 @@ COMMANDS = {
 }
 
 
-def _protect_negative_numbers(argv: list[str]) -> list[str]:
-    """argparse (Python < 3.12) reads '-1e-3' or '-inf' as an unknown option; a leading space
-    keeps such a number an argument (float() ignores the space)."""
-    out = []
-    for a in argv:
-        try:
-            is_number = a.startswith("-") and not a.startswith("--") and (float(a) or True)
-        except ValueError:
-            is_number = False
-        out.append(" " + a if is_number else a)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
     try:
-        args = _parser().parse_args(_protect_negative_numbers(argv))
+        args = parser.parse_args(protect_negative_numbers(argv))
     except SystemExit as e:  # --help (0) or bad arguments (2)
         return e.code if isinstance(e.code, int) else 2
     try:
-        return COMMANDS[args.command](args, getattr(args, "quiet", False))
-    except CuantizaError as e:
-        print(f"cuantiza: error: {e}", file=sys.stderr)
-        return 2
+        with failures.signals_as_interrupts():
+            return COMMANDS[args.command](args, getattr(args, "quiet", False))
     except BrokenPipeError:  # `cuantiza ... | head`: not an error (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (CuantizaError, OSError, KeyboardInterrupt) as e:  # one line, no traceback
+        line, code = failures.describe(e, option_strings(parser, args.command))
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 streamed (``cuantiza.llm.quantize_checkpoint``; see ``cli_llm``).
 
 Flags map onto a ``QuantConfig``: ``--bits`` (weights, 1..8), ``--per-channel`` or
-``--group-size N`` (default one scale per tensor), ``--asymmetric`` (weights with a zero
-point), ``--exclude GLOB`` (ONNX node names). The mode is dynamic (int8 activations quantized
+``--group-size N`` (default one scale per tensor), ``--group-remainder`` (a layer whose
+reduction length is not a multiple of N: refuse, pad the last group, or per-channel scales for
+that layer), ``--asymmetric`` (weights with a zero point), ``--exclude GLOB`` (ONNX node names;
+a pattern that matches nothing is refused). The mode is dynamic (int8 activations quantized
 at run time) unless ``--static --calibration data.npz`` (activation ranges from the
 calibration set, with a progress bar) or ``--weight-only``. The summary gives the bytes in and
 out, their ratio, and every layer quantized or kept in float with the reason.
@@ -18,14 +20,16 @@ from pathlib import Path
 
 from ..core.scheme import PerChannel, PerGroup, PerTensor, QScheme
 from ..errors import ConfigError, OutputExistsError
-from ..nn.config import QuantConfig
+from ..nn.config import REMAINDER_MODES, QuantConfig
+from .args import whole
 
 
 def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     q = sub.add_parser(
         "quantize",
         parents=[quiet],
-        help="quantize a float ONNX model (dynamic, static or weight-only)",
+        help="quantize a float ONNX model (dynamic, static or weight-only) or a Hugging Face "
+        "model folder (weight-only)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,7 +41,7 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     q.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="where the quantized model goes"
     )
-    q.add_argument("--bits", type=int, default=8, help="weight bit width 1..8 (default 8)")
+    q.add_argument("--bits", type=whole(1, 8), default=8, help="weight bit width 1..8 (default 8)")
     mode = q.add_mutually_exclusive_group()
     mode.add_argument(
         "--static", action="store_true", help="static activations, calibrated on --calibration"
@@ -57,9 +61,16 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     )
     gran.add_argument(
         "--group-size",
-        type=int,
+        type=whole(1),
         metavar="N",
         help="one weight scale per N weights along the reduction axis (folders: default 128)",
+    )
+    q.add_argument(
+        "--group-remainder",
+        choices=REMAINDER_MODES,
+        default="error",
+        help="a layer whose reduction length is not a multiple of N: error (default), pad (a "
+        "shorter last group) or per_channel (per-channel scales for that layer)",
     )
     q.add_argument(
         "--asymmetric",
@@ -89,7 +100,9 @@ def config_from(args) -> QuantConfig:
         else PerTensor()
     )
     weight = QScheme(bits=args.bits, symmetric=not args.asymmetric, granularity=gran)
-    return QuantConfig(weight=weight, exclude=tuple(args.exclude))
+    return QuantConfig(
+        weight=weight, exclude=tuple(args.exclude), group_remainder=args.group_remainder
+    )
 
 
 def mode_from(args) -> str:

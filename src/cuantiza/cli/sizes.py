@@ -73,7 +73,10 @@ def parse_count(text: str | float | int) -> int:
             f"parameter count must be a number such as 70e9 or 70B, got {text!r}"
         ) from None
     if not (1 <= value < 1e18 and value == int(value)):
-        raise ConfigError(f"parameter count must be a whole number >= 1, got {text!r}")
+        raise ConfigError(
+            f"parameter count must be a whole number from 1 up to 1e18 (one quintillion), "
+            f"got {text!r}"
+        )
     return int(value)
 
 

@@ -178,6 +178,7 @@ def write_error(path: Path, e: BaseException, *, rename: bool = False) -> WriteE
     kept = "; the previous one is intact" if os.path.lexists(path) else ""
     err = WriteError(f"cannot write {path}: {why}{'; ' + hint if hint else ''}{kept}")
     err.errno = e.errno  # strerror and filename stay unset: str(err) is the message
+    err.path = os.path.abspath(path)
     return err
 
 
@@ -201,7 +202,7 @@ def check_writable(out: Path) -> None:
         folder = folder.parent
     if not folder.is_dir():
         err = WriteError(f"cannot write {out}: {folder} is a file, not a folder")
-        err.errno = errno.ENOTDIR
+        err.errno, err.path = errno.ENOTDIR, os.path.abspath(out)
         raise err
     if os.access(folder, os.W_OK | os.X_OK):
         return
@@ -215,5 +216,5 @@ def check_writable(out: Path) -> None:
         f"{'on a read-only file system' if read_only else 'not writable (permission denied)'}; "
         f"{_HINTS[code]}"
     )
-    err.errno = code
+    err.errno, err.path = code, os.path.abspath(out)
     raise err

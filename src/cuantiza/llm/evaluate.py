@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..io.safetensors_file import SafetensorsFile
-from ..progress import is_quiet
+from ..progress import shown
 from .shards import is_cuantiza_config, open_checkpoint
 from .text import require_transformers
 
@@ -62,7 +62,7 @@ def load_causal_lm(dir) -> nn.Module:
     folder = Path(dir)
     cfg = transformers_config(folder)
     tf = require_transformers()
-    if is_quiet():
+    if not shown():  # quiet, or stderr is not a terminal: transformers' bars off too
         tf.utils.logging.disable_progress_bar()
     if not (folder / MANIFEST).is_file():
         return tf.AutoModelForCausalLM.from_pretrained(  # safetensors only: never a pickle

@@ -28,7 +28,7 @@ Shard bytes depend only on what was added (tensors sorted by alignment then name
 timestamps), so an interrupted and resumed run gives the same bytes as an uninterrupted one.
 On a cuantiza error (bad data, a plan problem) the staging folder is removed; on anything
 else (Ctrl-C, SIGTERM, disk full or another ``WriteError``, a crash) it stays for the next run
-to resume (``staging_folder(dst)`` names it).
+to resume (``staging_folder(dst)`` names it), unless no unit had finished.
 """
 
 from __future__ import annotations
@@ -100,24 +100,27 @@ class ShardedWriter:
 
     def __enter__(self) -> ShardedWriter:
         self.dst.parent.mkdir(parents=True, exist_ok=True)
-        old = self._read_progress()
-        if old is None or canonical(old.get("fingerprint")) != canonical(self.fingerprint):
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging.mkdir()
-        else:
-            self._keep_valid(old.get("units", []))
-        self._clean_strays()
-        self._write_progress()
+        try:
+            old = self._read_progress()
+            if old is None or canonical(old.get("fingerprint")) != canonical(self.fingerprint):
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging.mkdir()
+            else:
+                self._keep_valid(old.get("units", []))
+            self._clean_strays()
+            self._write_progress()
+        except BaseException as e:  # disk full already: the same clean-up as inside the block
+            self.__exit__(type(e), e, None)
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if (
-            exc_type is not None
-            and issubclass(exc_type, CuantizaError)
-            and not issubclass(exc_type, WriteError)  # disk full: the finished units stay
-        ):
+        if exc_type is None:
+            return False
+        bad_input = issubclass(exc_type, CuantizaError) and not issubclass(exc_type, WriteError)
+        if bad_input or not self._units:  # nothing finished: nothing to resume, no debris
             self.discard()
-        return False
+        return False  # else (Ctrl-C, disk full, a crash) the finished units stay
 
     def discard(self) -> None:
         """Remove the staging folder (nothing left to resume)."""

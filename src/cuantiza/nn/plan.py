@@ -94,7 +94,8 @@ def weight_scheme(name: str, k: int, cfg: QuantConfig) -> tuple[QScheme, str]:
             if cfg.group_remainder == "error":
                 raise PlanError(
                     f"{name}: {k} columns are not a multiple of group size {g.size}; set "
-                    "group_remainder='pad' (shorter last group) or 'per_channel', or exclude it"
+                    "group_remainder='pad' (a shorter last group) or "
+                    "group_remainder='per_channel' (per-channel scales for it), or exclude it"
                 )
             if cfg.group_remainder == "per_channel":
                 return dataclasses.replace(
