@@ -70,6 +70,14 @@ class QScheme:
     scale_dtype: str = "float32"
     restricted: bool = True  # symmetric only; False: full signed range, see ``full_range``
 
+    # immutable (frozen, fields of immutable values): a copy is the object itself, which keeps
+    # QuantConfig's "activation left out" (an identity test) true in copied configs
+    def __copy__(self) -> QScheme:
+        return self
+
+    def __deepcopy__(self, memo) -> QScheme:
+        return self
+
     def __post_init__(self):
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
             raise ConfigError(f"bits must be an integer in 1..8, got {self.bits!r}")

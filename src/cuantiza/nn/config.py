@@ -7,9 +7,14 @@
 
 * ``weight``: the weight scheme (default int8 symmetric per output channel).
 * ``activation``: the activation scheme for static PTQ, QAT and dynamic quantization (default
-  uint8 asymmetric per tensor); ``quantize_weights`` ignores it.
+  uint8 asymmetric per tensor, for static and QAT; see ``dynamic`` for what dynamic layers take
+  when it is left out); ``quantize_weights`` ignores it.
 * ``observer``: the range spec for activations; ``weight_range`` the one for weights.
-* ``dynamic``: ``"per_tensor"`` or ``"per_token"`` activation ranges at run time.
+* ``dynamic``: activation ranges at run time: ``"per_tensor"`` or ``"per_token"`` run
+  ``activation`` as written; ``"auto"`` (default) runs the scheme that measures best when
+  ``activation`` is left out, ``FAST_DYNAMIC_ACTIVATION`` per token (symmetric 7-bit codes: the
+  native u8 x s8 GEMM's exact input on AVX2, more accurate on MiniLM than torch.ao's per-tensor
+  8-bit and faster, benchmarks/RESULTS.md), and ``activation`` per tensor when it is given.
 * ``include`` / ``exclude``: fnmatch globs over module names; ``overrides``: glob -> dict of
   fields to change for matching modules (later globs win), or ``None`` to keep them in float.
 * ``group_remainder``: what to do when a layer's reduction length is not a multiple of the
@@ -35,7 +40,11 @@ from ..core.range_specs import MinMax, RangeSpec
 from ..core.scheme import PerChannel, PerTensor, QScheme
 from ..errors import ConfigError
 
-DYNAMIC_MODES = ("per_tensor", "per_token")
+DYNAMIC_MODES = ("auto", "per_tensor", "per_token")
+DEFAULT_ACTIVATION = QScheme(bits=8, symmetric=False, granularity=PerTensor())
+# codes |q| <= 63 (+ 64 as u8): vpmaddubsw's int16 pair sums cannot saturate, so the native GEMM is
+# exact without VNNI; per-token ranges win back the bit (bench_minilm.py: cosine above torch.ao's)
+FAST_DYNAMIC_ACTIVATION = QScheme(bits=7, symmetric=True)
 REMAINDER_MODES = ("error", "pad", "per_channel")
 METHODS = ("rtn", "hqq", "gptq", "awq")
 CALIBRATED_METHODS = ("gptq", "awq")
@@ -44,10 +53,10 @@ CALIBRATED_METHODS = ("gptq", "awq")
 @dataclass(frozen=True)
 class QuantConfig:
     weight: QScheme = QScheme(bits=8, symmetric=True, granularity=PerChannel(0))
-    activation: QScheme | None = QScheme(bits=8, symmetric=False, granularity=PerTensor())
+    activation: QScheme | None = DEFAULT_ACTIVATION
     observer: RangeSpec = MinMax()
     weight_range: RangeSpec = MinMax()
-    dynamic: str = "per_tensor"
+    dynamic: str = "auto"
     include: tuple = ("*",)
     exclude: tuple = ()
     overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -56,8 +65,13 @@ class QuantConfig:
     quantize_embeddings: bool = True
     method: str = "rtn"
     method_options: Mapping[str, Any] = field(default_factory=dict)
+    # whether ``activation`` was left out (the default object itself), decided once when built:
+    # a copy keeps it, and ``dataclasses.replace`` passes the same object on, so it survives both
+    # (compared: two configs that run different schemes are not equal)
+    activation_left_out: bool = field(init=False, repr=False, default=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "activation_left_out", self.activation is DEFAULT_ACTIVATION)
         if not isinstance(self.weight, QScheme):
             raise ConfigError(f"weight must be a QScheme, got {self.weight!r}")
         if self.activation is not None and not isinstance(self.activation, QScheme):
@@ -79,12 +93,26 @@ class QuantConfig:
         for name in ("include", "exclude"):
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
-        fields = {f.name for f in dataclasses.fields(self)} - {"include", "exclude", "overrides"}
+        fields = {f.name for f in dataclasses.fields(self) if f.init} - {
+            "include",
+            "exclude",
+            "overrides",
+        }
         for glob, change in dict(self.overrides).items():
             if change is not None and not set(change) <= fields:
                 raise ConfigError(
                     f"override {glob!r} sets unknown fields {sorted(set(change) - fields)}"
                 )
+
+    def dynamic_activation(self) -> tuple[QScheme | None, bool]:
+        """(scheme, per_token) that dynamic layers run: ``activation`` as written under
+        ``"per_tensor"`` / ``"per_token"``; under ``"auto"`` the fast per-token scheme if
+        ``activation`` was left out, else ``activation`` per tensor."""
+        if self.dynamic == "auto":
+            if self.activation_left_out:
+                return FAST_DYNAMIC_ACTIVATION, True
+            return self.activation, False
+        return self.activation, self.dynamic == "per_token"
 
     def resolve(self, name: str) -> QuantConfig | None:
         """The config that applies to module ``name``, or None to keep it in float."""

@@ -132,6 +132,8 @@ def _layer(name: str, mod: nn.Module, cfg: QuantConfig | None, workflow: str) ->
     check_finite(w.detach(), f"{name}.weight")
     wscheme, note = _weight_scheme(name, mod, cfg)
     act = None if workflow == "weight_only" or isinstance(mod, nn.Embedding) else cfg.activation
+    if workflow == "dynamic" and act is not None:
+        act = cfg.dynamic_activation()[0]  # what the layer will run (``dynamic="auto"``)
     if act is not None and isinstance(wscheme.granularity, PerGroup):
         raise PlanError(
             f"{name}: integer activations need per-tensor or per-channel weight scales, "

@@ -100,6 +100,7 @@ class DynamicQuantLinear(_QuantWeight):
         # the hot path of dynamic transformers, one call per layer instead of the general path's
         # dozens
         self.fused = not scalar_zp and self.kernel == "onednn" and fused_rows_ok(act_scheme)
+        self.fallback = None if self.fused else _dynamic_slow_reason(self, act_scheme, scalar_zp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -118,6 +119,33 @@ class DynamicQuantLinear(_QuantWeight):
             self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias
         )
         return y.reshape(*lead, -1)
+
+
+# the change that reaches the fast path, named in the layer's repr and the report
+_FAST_DYNAMIC_FIX = (
+    "QuantConfig() without an activation (dynamic='auto'), or activation=QScheme(bits=7, "
+    "symmetric=True) with dynamic='per_token', runs the native u8 x s8 GEMM"
+)
+
+
+def _dynamic_slow_reason(layer: DynamicQuantLinear, act: QScheme, scalar_zp: bool) -> str:
+    """Why a dynamic layer is off the fused per-token GEMM, and the config change that fixes
+    it (issue 13: no silent slow paths)."""
+    if layer.kernel == "onednn":
+        why = "per-tensor activation ranges: quantize, GEMM and exit as separate torch ops"
+    elif act.qmax - act.qmin + 1 > 128:
+        kind = "symmetric" if act.symmetric else "asymmetric"
+        why = (
+            f"{act.bits}-bit {kind} activation codes: a u8 x s8 GEMM's int16 pair sums could "
+            f"saturate without VNNI, so the exact {layer.kernel} path runs"
+        )
+    elif not layer.w_int.is_int8:
+        why = f"asymmetric weights (int16 w - z): the exact {layer.kernel} path runs"
+    elif not scalar_zp and not act.symmetric:
+        why = f"per-token zero points: the exact {layer.kernel} path runs"
+    else:
+        why = f"oneDNN's int8 GEMM is not available here: the exact {layer.kernel} path runs"
+    return f"{why}; {_FAST_DYNAMIC_FIX}"
 
 
 class QuantConv(_QuantWeight):

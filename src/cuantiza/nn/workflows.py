@@ -113,12 +113,19 @@ def _convert_plain(
             if weights and lp.name in weights
             else cache.get(mod.weight, lp, info.notes)
         )
-        dyn = config.dynamic if workflow == "dynamic" else None
+        dyn = _dynamic_mode(lp, config) if workflow == "dynamic" else None
         if dyn and isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             info.notes.setdefault(lp.name, "dynamic: convolutions run weight-only")
         set_module(m, lp.name, _quant_module(mod, lp, qt, None, dyn))
     m.cuantiza_info = info
     return m.eval()
+
+
+def _dynamic_mode(lp: LayerPlan, config: QuantConfig) -> str:
+    """``"per_token"`` or ``"per_tensor"`` for a dynamic layer, from its own config (overrides
+    included), ``dynamic="auto"`` resolved."""
+    per_token = (lp.config or config).dynamic_activation()[1]
+    return "per_token" if per_token else "per_tensor"
 
 
 def quantize_weights(model: nn.Module, config: QuantConfig = QuantConfig()) -> nn.Module:
