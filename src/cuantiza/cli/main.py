@@ -11,6 +11,7 @@
     cuantiza quantize MODEL_DIR -o OUT_DIR [--bits 4] [--group-size 128] [--method rtn|hqq|gptq|awq]
              [--calibration text.txt] [--symmetric] [--mse] [--eval-text text.txt]
     cuantiza eval-ppl MODEL_DIR [MODEL_DIR ...] --text FILE [--seq-len 256] [--json]
+    cuantiza export MODEL_DIR --format gguf [--type Q4_0] -o OUT.gguf [--overwrite]
 
 ``--quiet`` (before or after the command) prints results only, without notes. Errors from
 cuantiza (``cuantiza.errors``) and from the operating system (read-only folder, disk full) print
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, CuantizaError
 from . import demo_core, explain, failures, sizes
+from . import export as cli_export
 from . import generate as cli_generate
 from . import llm as cli_llm
 from . import quantize as cli_quantize
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_quantize.add_parser(sub, quiet)
     cli_llm.add_eval_parser(sub, quiet)
     cli_generate.add_parser(sub, quiet)
+    cli_export.add_parser(sub, quiet)
     return p
 
 
@@ -254,6 +257,7 @@ COMMANDS = {
     "report": cmd_report,
     "quantize": cli_quantize.cmd_quantize,
     "generate": cli_generate.cmd_generate,
+    "export": cli_export.cmd_export,
 }
 
 

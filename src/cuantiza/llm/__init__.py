@@ -24,6 +24,7 @@ _LAZY = {
     "load_causal_lm": "evaluate",
     "generate": "generation",
     "load_runtime": "runtime_load",
+    "export_gguf": "gguf_export",
 }
 
 __all__ = [

@@ -1,0 +1,227 @@
+"""GGUF export (``llm.gguf_export``, ``gguf_quants``, ``gguf_blocks``), held to gguf-py, the
+format's own Python implementation: its quantizers, its dequantizer and its reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cuantiza.core.qtensor import QTensor
+from cuantiza.core.scheme import PerChannel, PerGroup, QScheme
+from cuantiza.errors import OutputExistsError, PlanError, ShapeError
+from cuantiza.llm import gguf_blocks as gb
+from cuantiza.llm import gguf_quants as gq
+from cuantiza.llm.checkpoint import quantize_checkpoint
+from cuantiza.llm.gguf_export import export_gguf
+from cuantiza.nn.config import QuantConfig
+from tests.helpers.llama import hf_llama, tiny_llama
+
+gguf = pytest.importorskip("gguf")
+from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
+from gguf.quants import quantize as gguf_quantize  # noqa: E402
+
+TYPES = tuple(gb.BLOCK_TYPES)
+
+
+def _same_bits(a, b) -> bool:
+    """Equal as float32 bit patterns (so -0.0 != 0.0 and NaNs compare)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def _awkward_rows(seed=0) -> np.ndarray:
+    """Rows of 256 with blocks that stress the rules: zeros, one value, ties, tiny and big."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((24, 256)) * rng.uniform(1e-3, 30, (24, 1))).astype(np.float32)
+    x[0, :32] = 0  # d = 0
+    x[1, :32] = 0.75  # one value: d = 0 for the _1 types
+    x[2, :32] = np.float32(0.49999997) * np.arange(32, dtype=np.float32)
+    x[3, 32:64] = -x[3, 32:64]
+    x[4, :32] = 1e-8
+    return x
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_block_layout_and_quantizer_are_gguf_pys_byte_for_byte(name):
+    qtype = gguf.GGMLQuantizationType[name]
+    bt = gb.BLOCK_TYPES[name]
+    assert (bt.ggml_id, (gb.QK, bt.nbytes)) == (int(qtype), gguf.GGML_QUANT_SIZES[qtype])
+    x = _awkward_rows()
+    ours = gb.pack(bt, *gb.quantize_ref(bt, x.reshape(-1, gb.QK)))
+    assert np.array_equal(ours.reshape(x.shape[0], -1), gguf_quantize(x, qtype))
+    theirs = gguf_dequantize(ours.reshape(x.shape[0], -1), qtype)
+    assert _same_bits(gb.dequantize(bt, ours).reshape(x.shape), theirs)
+    levels, d, m = gb.unpack(bt, ours)
+    assert np.array_equal(gb.pack(bt, levels, d, m), ours)
+
+
+def _f16_scheme(bits, symmetric, gran, restricted=True):
+    extra = {} if restricted or not symmetric else {"restricted": False}
+    return QScheme(bits=bits, symmetric=symmetric, granularity=gran, scale_dtype="float16", **extra)
+
+
+# (scheme, GGML type) pairs whose grids fit exactly: every block is repacked
+EXACT = [
+    (_f16_scheme(4, True, PerGroup(32), restricted=False), "Q4_0"),
+    (_f16_scheme(4, True, PerGroup(128)), "Q4_0"),
+    (_f16_scheme(3, True, PerChannel(0)), "Q4_0"),
+    (_f16_scheme(5, True, PerGroup(64), restricted=False), "Q5_0"),
+    (_f16_scheme(8, True, PerGroup(32)), "Q8_0"),
+    (_f16_scheme(8, True, PerGroup(32), restricted=False), "Q8_0"),
+    (_f16_scheme(4, False, PerGroup(32)), "Q5_1"),  # 4-bit q - z always has a float16 offset
+]
+
+
+@pytest.mark.parametrize("scheme,name", EXACT, ids=lambda v: getattr(v, "describe", lambda: v)())
+def test_repacked_blocks_dequantize_in_gguf_py_to_cuantizas_values_bit_for_bit(scheme, name):
+    torch.manual_seed(1)
+    qt = QTensor.from_float(torch.randn(40, 256) * 3, scheme)
+    c = gq.to_blocks(qt, gb.BLOCK_TYPES[name])
+    assert c.exact_blocks == c.total_blocks == 40 * 256 // 32 and c.sqnr_db == float("inf")
+    got = gguf_dequantize(c.blocks, gguf.GGMLQuantizationType[name])
+    assert _same_bits(got, qt.dequantize().numpy())
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_blocks_that_do_not_fit_are_requantized_by_llama_cpps_rule_and_reported(name):
+    """float32 scales are not float16: every block is requantized, from cuantiza's values."""
+    torch.manual_seed(2)
+    qt = QTensor.from_float(torch.randn(16, 128), QScheme(bits=4, granularity=PerGroup(32)))
+    c = gq.to_blocks(qt, gb.BLOCK_TYPES[name])
+    assert c.exact_blocks == 0
+    values = qt.dequantize().numpy()
+    qtype = gguf.GGMLQuantizationType[name]
+    assert np.array_equal(c.blocks, gguf_quantize(values, qtype))
+    assert c.sqnr_db == pytest.approx(gq.sqnr_db(values, gguf_dequantize(c.blocks, qtype)))
+    assert np.isfinite(c.sqnr_db) and c.sqnr_db > 20
+
+
+def test_q4_1_repacks_exactly_the_blocks_whose_offset_float16_holds():
+    """Asymmetric 4-bit: m = -s z needs up to 15 significant bits; blocks where it is not a
+    float16 are requantized, and the repacked ones keep cuantiza's values bit for bit."""
+    torch.manual_seed(3)
+    qt = QTensor.from_float(torch.randn(32, 256), _f16_scheme(4, False, PerGroup(32)))
+    bt = gb.BLOCK_TYPES["Q4_1"]
+    c = gq.to_blocks(qt, bt)
+    k, s = gq.grid(qt)
+    _, _, _, exact = gq.repackable(bt, k.reshape(-1, 32), s.reshape(-1, 32))
+    assert 0 < c.exact_blocks == int(exact.sum()) < c.total_blocks
+    got = gguf_dequantize(c.blocks, gguf.GGMLQuantizationType.Q4_1).reshape(-1, 32)
+    want = qt.dequantize().numpy().reshape(-1, 32)
+    assert _same_bits(got[exact], want[exact])
+    assert not np.array_equal(got[~exact], want[~exact])
+
+
+# --- whole folders ------------------------------------------------------------------------
+
+SYM4 = QuantConfig(weight=_f16_scheme(4, True, PerGroup(32), restricted=False))
+
+
+def _quantized_folder(tmp_path, config=SYM4, vocab=256, tie=False):
+    model = tiny_llama(tie=tie)
+    if vocab != model.config.vocab_size:
+        model.resize_token_embeddings(vocab)
+        model.config.vocab_size = vocab
+    src = hf_llama(tmp_path / "src", model)
+    quantize_checkpoint(src, tmp_path / "q", config, progress=False)
+    return tmp_path / "q", model.config
+
+
+def _permuted(x: np.ndarray, heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute, written out again for the test."""
+    return (
+        x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+    )
+
+
+def test_export_is_read_by_gguf_pys_reader_with_llamas_names_metadata_and_values(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from cuantiza.io.load import load
+
+    dst, cfg = _quantized_folder(tmp_path)
+    res = export_gguf(dst, tmp_path / "m.gguf", "Q4_0")
+    assert sum(t.exact_blocks for t in res.tensors) == sum(t.blocks for t in res.tensors) > 0
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    field = lambda k: r.fields[k].contents()  # noqa: E731
+    assert field("general.architecture") == "llama"
+    assert field("llama.block_count") == 2 and field("llama.attention.head_count_kv") == 2
+    assert field("llama.embedding_length") == 64 and field("general.file_type") == 2
+    assert (
+        field("tokenizer.ggml.model") == "llama" and field("tokenizer.ggml.add_bos_token") is False
+    )
+    tokens = field("tokenizer.ggml.tokens")
+    assert tokens[0x41] == "<0x41>" and tokens[0x20] == "\u2581" and len(tokens) == 256
+    model = load(dst, LlamaForCausalLM(cfg))
+    mods = dict(model.named_modules())
+    tensors = {t.name: t for t in r.tensors}
+    assert len(tensors) == 2 * 9 + 3 and "output.weight" in tensors
+    for name, hf, heads in (
+        ("blk.1.attn_q.weight", "model.layers.1.self_attn.q_proj", 4),
+        ("blk.0.attn_k.weight", "model.layers.0.self_attn.k_proj", 2),
+        ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj", None),
+        ("token_embd.weight", "model.embed_tokens", None),
+    ):
+        t = tensors[name]
+        assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+        want = mods[hf].weight_q.dequantize().numpy()
+        want = want if heads is None else _permuted(want, heads)
+        got = gguf_dequantize(np.asarray(t.data), t.tensor_type).reshape(want.shape)
+        assert _same_bits(got, want), name
+    norm = tensors["blk.0.attn_norm.weight"]
+    assert norm.tensor_type == gguf.GGMLQuantizationType.F32
+    assert _same_bits(norm.data, model.model.layers[0].input_layernorm.weight.detach())
+
+
+def test_a_tied_head_is_left_to_token_embd_and_other_vocabularies_are_noted(tmp_path):
+    dst, _ = _quantized_folder(tmp_path, vocab=96, tie=True)
+    res = export_gguf(dst, tmp_path / "t.gguf", "Q8_0")
+    r = gguf.GGUFReader(tmp_path / "t.gguf")
+    assert "output.weight" not in {t.name for t in r.tensors}
+    assert r.fields["tokenizer.ggml.model"].contents() == "none"
+    assert any("no vocabulary" in n for n in res.notes)
+
+
+def test_export_refuses_bad_input_before_writing_anything(tmp_path):
+    """FAULTS 41: rows that are not a multiple of 32, other architectures, an existing output."""
+    model = tiny_llama()
+    model.config.intermediate_size = 100  # down_proj rows of 100
+    sd = model.state_dict()
+    for i in range(2):
+        for n, shape in (
+            ("gate_proj", (100, 64)),
+            ("up_proj", (100, 64)),
+            ("down_proj", (64, 100)),
+        ):
+            sd[f"model.layers.{i}.mlp.{n}.weight"] = torch.randn(shape)
+    from tests.helpers.llama import write_hf
+
+    odd = write_hf(tmp_path / "odd", sd, model.config.to_dict())
+    with pytest.raises(ShapeError, match="down_proj.weight has shape .64, 100."):
+        export_gguf(odd, tmp_path / "odd.gguf")
+    dst, _ = _quantized_folder(tmp_path)
+    cfg_path = dst / "config.json"
+    good = cfg_path.read_text()
+    cfg_path.write_text(good.replace('"llama"', '"mistral"').replace("LlamaForCausalLM", "X"))
+    with pytest.raises(PlanError, match="supports LLaMA"):
+        export_gguf(dst, tmp_path / "m.gguf")
+    cfg_path.write_text(good)
+    (tmp_path / "m.gguf").write_bytes(b"keep")
+    with pytest.raises(OutputExistsError):
+        export_gguf(dst, tmp_path / "m.gguf")
+    assert (tmp_path / "m.gguf").read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "odd", "q", "src"]
+
+
+def test_float_folders_export_like_llama_quantize_pure(tmp_path):
+    """A float folder's matrices are quantized with llama.cpp's rule: gguf-py's quantize of the
+    same rows (after the q/k permutation, which moves whole rows) gives the same bytes."""
+    model = tiny_llama()
+    src = hf_llama(tmp_path / "src", model)
+    export_gguf(src, tmp_path / "f.gguf", "Q5_1")
+    r = gguf.GGUFReader(tmp_path / "f.gguf")
+    t = next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
+    w = _permuted(model.model.layers[0].self_attn.q_proj.weight.detach().numpy(), 4)
+    assert np.array_equal(np.asarray(t.data), gguf_quantize(w, gguf.GGMLQuantizationType.Q5_1))
