@@ -2,7 +2,8 @@
 
 ``src/cuantiza/backends/native/*.c`` is plain C (no Python headers) in three libraries loaded
 with ctypes: ``_rtn`` (rtn.c and rtn_fused.c, the round-to-nearest passes), ``_gemm`` (gemm.c,
-the per-token int8 linear layer) and ``_wo`` (wo.c, the weight-only linear layers at 1-8 bits).
+the per-token int8 linear layer) and ``_wo`` (wo.c, the weight-only linear layers at 1-8 bits;
+decode.c, a decoder's per-token RMSNorm and rotary steps).
 All are *optional* extensions: without a C compiler the install still succeeds and cuantiza
 uses its torch paths (``backends.native.rtn.available()`` is then False); the tests in
 ``tests/backends/`` fail if a compiler exists but a library is missing. The clones below are
@@ -46,9 +47,10 @@ setup(
         ),
         # The weight-only linear layers (wo.c): codes repacked once, dequantized exactly in
         # registers (decode) or into a GEMM's B panels (prefill); on torch's threads as _gemm.
+        # decode.c: a decoder's small per-token steps (RMSNorm, rotary + cache append).
         Extension(
             "cuantiza.backends.native._wo",
-            sources=["src/cuantiza/backends/native/wo.c"],
+            sources=["src/cuantiza/backends/native/wo.c", "src/cuantiza/backends/native/decode.c"],
             extra_compile_args=FLAGS + ["-fopenmp"],
             optional=True,
         ),

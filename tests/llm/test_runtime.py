@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import cuantiza as cz
+from cuantiza.backends.native import decode as native_steps
 from cuantiza.errors import ConfigError, PlanError
 from cuantiza.llm.evaluate import load_causal_lm
 from cuantiza.llm.runtime_load import load_runtime
@@ -51,7 +52,9 @@ def test_float_runtime_equals_transformers():
 def test_quantized_runtime_equals_transformers_on_the_same_weights(q4):
     rt = load_runtime(q4)
     if cz.backends.native.weight_only.built():
-        assert set(rt.kernels.values()) == {"native_wo"}  # q/k/v and gate/up fused
+        # q/k/v and gate/up fused; 4-bit layers decode with int8 activations
+        assert set(rt.kernels.values()) == {"native_wo (int8 activations below 8 rows)"}
+        assert set(load_runtime(q4, int8_activations=False).kernels.values()) == {"native_wo"}
         assert any("q_proj+k_proj+v_proj" in n for n in rt.kernels)
     got, ref = _logits(q4)
     assert (got - ref).abs().max() <= THRESHOLDS["runtime_logits_atol"]
@@ -67,6 +70,46 @@ def test_the_cache_gives_what_one_pass_gives():
     parts += [rt.forward(ids[i : i + 1], cache, i, all_logits=True) for i in range(20, 28)]
     got = torch.cat(parts)
     assert (got - whole[:28]).abs().max() <= THRESHOLDS["runtime_incremental_logits_atol"]
+
+
+def test_native_steps_equal_the_torch_steps(q4, monkeypatch):
+    """RMSNorm and rotary + cache append in C (backends.native.decode) against the runtime's
+    torch code: the cached keys and values bit for bit, logits within RMSNorm's bound."""
+    if not native_steps.available():
+        pytest.skip("the native library is not built")
+    ids = cz.llm.encode(TEXT)[:40]
+    rt = load_runtime(q4, int8_activations=False)
+
+    def run():
+        cache = rt.new_cache(64)
+        first = rt.forward(ids[:32], cache, 0, all_logits=True)  # prefill, then decode steps
+        rest = [rt.forward(ids[i : i + 1], cache, i) for i in range(32, 40)]
+        return torch.cat([first, *rest]), cache
+
+    fast, fast_cache = run()
+    monkeypatch.setattr(native_steps, "available", lambda: False)
+    ref, ref_cache = run()
+    scale = ref.abs().max()
+    assert (fast - ref).abs().max() <= THRESHOLDS["runtime_native_steps_rtol"] * scale
+    x = torch.randn(3, 64)
+    qkv = torch.randn(5, (4 + 2 * 2) * 16)
+    k1, v1, k2, v2 = (torch.zeros(2, 16, 16) for _ in range(4))
+    cos, sin = torch.randn(16, 16), torch.randn(16, 16)
+    q = native_steps.rope_append(qkv, 4, 2, cos, sin, 3, k1, v1)
+    shape = cz.llm.runtime.DecoderShape.from_config(
+        {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "num_hidden_layers": 1, "intermediate_size": 8,
+         "vocab_size": 8, "max_position_embeddings": 16}
+    )  # fmt: skip
+    cache = cz.llm.runtime.KVCache(shape, 16)
+    parts = list(qkv.split([64, 32, 32], dim=-1))
+    want = rt._rope_append.__func__(
+        type("R", (), {"shape": shape})(), 0, parts, cache, 3, cos[3:8, None], sin[3:8, None]
+    )
+    assert torch.equal(q, want) and torch.equal(k1, cache.k[0]) and torch.equal(v1, cache.v[0])
+    w = torch.randn(64)
+    want = cz.llm.runtime.rms_norm(x, w, 1e-5)
+    assert ((native_steps.rms_norm(x, w, 1e-5) - want).abs() <= 8 * 2**-24 * want.abs()).all()
 
 
 def test_perplexity_through_the_fast_path_equals_the_reference_path(q4, monkeypatch):

@@ -44,6 +44,12 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed", type=whole(0, 2**63 - 1), default=0, help="random seed of the sampling (0)"
     )
+    g.add_argument(
+        "--float-activations",
+        action="store_true",
+        help="4-bit layers decode with float activations (default: int8 per block of 32, as "
+        "llama.cpp does; faster, adds the activations' rounding)",
+    )
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")
     g.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -62,6 +68,7 @@ def cmd_generate(args, quiet: bool) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop_at_eos=not args.ignore_eos,
+        int8_activations=not args.float_activations,
     )
     if args.json:
         print(

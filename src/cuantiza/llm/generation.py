@@ -89,6 +89,7 @@ def generate(
     seed: int = 0,
     stop_at_eos: bool = True,
     runtime: DecoderRuntime | None = None,
+    int8_activations: bool = True,
 ) -> Generation:
     """Continue ``prompt`` (text, or token ids) with up to ``max_new_tokens`` tokens.
 
@@ -96,9 +97,10 @@ def generate(
     LLaMA-class model in memory; text is tokenized with the folder's tokenizer, or as UTF-8
     bytes (``llm.encode``) without one. ``runtime``: a decoder already built (``load_runtime``)
     to reuse across calls. Generation stops at the end-of-sequence token unless
-    ``stop_at_eos`` is False."""
+    ``stop_at_eos`` is False. ``int8_activations``: 4-bit layers decode with int8 activations
+    as llama.cpp does (faster); False keeps float activations (``load_runtime``)."""
     _check(max_new_tokens, temperature, top_k, top_p)
-    rt = runtime or load_runtime(model_or_dir)
+    rt = runtime or load_runtime(model_or_dir, int8_activations)
     ids = _prompt_ids(model_or_dir, prompt)
     limit = rt.shape.max_positions
     if not ids:

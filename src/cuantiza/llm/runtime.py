@@ -5,7 +5,9 @@ It computes what transformers' ``LlamaForCausalLM`` computes (RMSNorm in float32
 position embeddings, grouped-query attention with ``scaled_dot_product_attention``, SwiGLU)
 with the fewest calls per token: q/k/v are one projection, gate/up another (``Projection``:
 one fused weight where the parts share a scheme, else one call each), and the key/value cache is
-preallocated, so a decode step of a layer is a dozen torch ops and four linear kernels. The
+preallocated. RMSNorm and the rotary step with the cache append run in C where the native
+library is built (``backends.native.decode``; the torch code here is their reference), so a
+decode step of a layer is about ten torch ops, three C calls and four linear kernels. The
 linear kernels are cuantiza's (``backends.weight_only`` for quantized weights, ``F.linear``
 for float ones), chosen once when the decoder is built (``runtime_load``).
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backends.native import decode as native_steps
 from ..errors import ConfigError, PlanError
 
 
@@ -164,16 +167,33 @@ class DecoderRuntime:
     def _layer(self, i: int, layer: Layer, x, cache: KVCache, pos: int, cos, sin) -> torch.Tensor:
         s = self.shape
         t = x.shape[0]
-        q, k, v = layer.qkv(rms_norm(x, layer.attn_norm, s.rms_eps))
+        native = native_steps.available()
+        norm = native_steps.rms_norm if native else rms_norm
+        h = norm(x, layer.attn_norm, s.rms_eps)
+        if native and layer.qkv.fused:  # rotary and the cache append in one C call
+            q = native_steps.rope_append(
+                layer.qkv.parts[0](h), s.num_heads, s.num_kv_heads, self.cos, self.sin, pos,
+                cache.k[i], cache.v[i],
+            )  # fmt: skip
+        else:
+            q = self._rope_append(i, layer.qkv(h), cache, pos, cos, sin)
+        keys, values = cache.k[i, :, : pos + t], cache.v[i, :, : pos + t]  # (kv heads, S, d)
+        attn = _attention(q, keys, values, pos, 1.0 / math.sqrt(s.head_dim))  # (T, heads * d)
+        x = x + layer.o(attn)
+        gate, up = layer.gate_up(norm(x, layer.mlp_norm, s.rms_eps))
+        return x + layer.down(F.silu(gate).mul_(up))
+
+    def _rope_append(self, i: int, qkv: list, cache: KVCache, pos: int, cos, sin):
+        """The reference of ``native_steps.rope_append``: queries (T, heads, d) rotated, keys
+        rotated and values stored into layer i's cache."""
+        s = self.shape
+        q, k, v = qkv
+        t = q.shape[0]
         q = _rotate(q.view(t, s.num_heads, s.head_dim), cos, sin)  # (T, heads, d)
         k = _rotate(k.view(t, s.num_kv_heads, s.head_dim), cos, sin)
         cache.k[i, :, pos : pos + t] = k.transpose(0, 1)
         cache.v[i, :, pos : pos + t] = v.view(t, s.num_kv_heads, s.head_dim).transpose(0, 1)
-        keys, values = cache.k[i, :, : pos + t], cache.v[i, :, : pos + t]  # (kv heads, S, d)
-        attn = _attention(q, keys, values, pos, 1.0 / math.sqrt(s.head_dim))  # (T, heads * d)
-        x = x + layer.o(attn)
-        gate, up = layer.gate_up(rms_norm(x, layer.mlp_norm, s.rms_eps))
-        return x + layer.down(F.silu(gate) * up)
+        return q
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -66,8 +66,12 @@ def choose(qt: QTensor, prefer: str | None = None) -> tuple[str, str | None]:
 class WeightOnlyKernel:
     """y = x W^T (+ bias) for one weight-only layer, by the kernel ``choose`` picked."""
 
-    def __init__(self, qt: QTensor, prefer: str | None = None):
+    def __init__(self, qt: QTensor, prefer: str | None = None, int8_decode: bool = False):
+        """int8_decode: below 8 rows, 4-bit weights run with int8 activations (exact against
+        their own specification, not within the float bound; ``backends.native.weight_only``,
+        contract point 4). Generation turns it on; layers leave it off."""
         self.name, self.reason = choose(qt, prefer)
+        self.int8_decode = int8_decode
         self.out_features = qt.shape[0]
         self._qt: QTensor | None = qt
         self._packed: native.WeightOnlyLinear | None = None
@@ -93,8 +97,17 @@ class WeightOnlyKernel:
                 ops["step"],
                 packed_codes=self._qt.data,
                 shape=(ops["n"], ops["k"]),
+                int8_decode=self.int8_decode,
             )
         return self._packed
+
+    def describe(self) -> str:
+        """The kernel's name, why the reference runs, or that decode uses int8 activations."""
+        if self.reason is not None:
+            return f"{self.name} ({self.reason})"
+        if self.int8_decode and self._pack().int8_decode:
+            return f"{self.name} (int8 activations below {native.PREFILL_FROM_M} rows)"
+        return self.name
 
     @property
     def cache_bytes(self) -> int:

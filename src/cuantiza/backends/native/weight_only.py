@@ -47,6 +47,15 @@ Exactness contract
 3. Non-finite values: a NaN in row m of x makes row m of y NaN; +-Inf in x gives what the
    float32 operations give (Inf * 0 = NaN, Inf - Inf = NaN), as in F.linear.
 
+4. Int8 activations (opt-in, ``int8_decode=True``; 4-bit layers on AVX2, fewer than
+   ``PREFILL_FROM_M`` rows): x is quantized per block of 32 to int8 and each block's dot
+   product with the codes is exact in integers, as llama.cpp's Q4_0 x Q8_0 does, about 3x less
+   work a weight than the float decode. Its specification is
+   ``backends.weight_only_reference.int8_activation_linear``, which it equals bit for bit (every
+   operation and its order are fixed there); against float activations it adds x's quantization
+   error, bounded in that module. The prefill GEMM stays float, so a model's prompt and its
+   generated tokens see slightly different rounding, as in llama.cpp.
+
 ``supports`` says which layers the kernels take; for the rest, layers run the reference
 (``QTensor.dequantize``, then ``F.linear``; ``nn.weight_only``).
 """
@@ -166,6 +175,7 @@ class WeightOnlyLinear:
         step: int = 1,
         packed_codes: torch.Tensor | None = None,
         shape: tuple[int, int] | None = None,
+        int8_decode: bool = False,
     ):
         if codes is not None:
             n, k = codes.shape
@@ -188,6 +198,8 @@ class WeightOnlyLinear:
         self.n, self.k, self.bits, self.group, self.step = n, k, bits, group, step
         self._ptr = self.packed.data_ptr()
         self._q8_scratch: torch.Tensor | None = None  # forward_q8a's buffer, grown on demand
+        # below PREFILL_FROM_M rows, the int8-activation path (contract point 4) where it exists
+        self.int8_decode = int8_decode and bits == 4 and step == 1 and bool(_LIB.cz_wo_isa())
 
     @property
     def fx(self) -> bool:
@@ -227,6 +239,8 @@ class WeightOnlyLinear:
         if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
             bias = bias.to(torch.float32).contiguous()
         if not mode:
+            if m < PREFILL_FROM_M and self.int8_decode:
+                return self.forward_q8a(x, bias, out)
             mode = MODE_PREFILL if m >= PREFILL_FROM_M else MODE_DECODE
         rc = _LIB.cz_wo_linear(
             self._ptr,
@@ -244,29 +258,35 @@ class WeightOnlyLinear:
 
     __call__ = forward
 
-    def forward_q8a(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """The int8-activation ALTERNATIVE (4-bit layers, AVX2): x quantized per 32-block,
-        exact integer dot products per block. NOT exact in the sense of the module docstring (it
-        adds x's quantization error); measured in NOTES.md, never used by forward()."""
+    def forward_q8a(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """y through int8 activations (4-bit layers, AVX2): contract point 4, bit for bit
+        ``int8_activation_linear``. ValueError for a layer or CPU it does not take."""
         m, k = x.shape
+        if k != self.k or x.dtype != torch.float32:
+            raise ValueError("x must be float32 (M, in_features)")
         x = x.contiguous()
         need = m * k + 8 * m * (k // 32)
         if self._q8_scratch is None or self._q8_scratch.numel() < need:
             self._q8_scratch = torch.empty(need, dtype=torch.uint8)
-        y = torch.empty(m, self.n, dtype=torch.float32)
+        if out is None:
+            out = torch.empty(m, self.n, dtype=torch.float32)
+        if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+            bias = bias.to(torch.float32).contiguous()
         rc = _LIB.cz_wo_linear_q8a(
             self._ptr,
             x.data_ptr(),
             m,
             k,
             None if bias is None else bias.data_ptr(),
-            y.data_ptr(),
+            out.data_ptr(),
             torch.get_num_threads(),
             self._q8_scratch.data_ptr(),
         )
         if rc:
-            raise ValueError("forward_q8a takes 4-bit layers on AVX2 CPUs only")
-        return y
+            raise ValueError("the int8-activation path takes 4-bit layers on AVX2 CPUs only")
+        return out
 
     def dequantize(self) -> torch.Tensor:
         """The kernels' own dequantization of the packed weight, (N, K) float32 (debugging)."""

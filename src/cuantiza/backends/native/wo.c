@@ -35,8 +35,8 @@
  * columns), with an A panel pack and a 6 x 16 AVX2 FMA micro-kernel. A portable C path (scalar,
  * the same layout, the same exact dequantization) runs where AVX2+FMA is missing or when
  * forced (cz_wo_force_portable). No AVX-512 path: it could not be tested on the development
- * machine; the AVX2 path runs on AVX-512 CPUs. cz_wo_linear_q8a is a non-default, inexact
- * alternative (int8 activations) kept for the measurements in NOTES.md.
+ * machine; the AVX2 path runs on AVX-512 CPUs. cz_wo_linear_q8a is the int8-activation decode
+ * (4-bit), exact against its own specification (see its section).
  *
  * Threads: OpenMP, compiled with -fopenmp but not linked against libgomp: the GOMP_* symbols
  * bind at load time to the libgomp torch already loaded, so the kernels run on torch's pool.
@@ -747,12 +747,13 @@ static void linear_gemm_avx2(const geom *g, const float *x, int64_t m, int64_t l
     }
 }
 
-/* --- the int8-activation alternative (4-bit only, decode, NOT the default) ---------------------
- * What llama.cpp does: x is quantized per 32-block, q = nearbyint(x / d), d = max|x| / 127, and
- * each block's dot product is exact in integers: sum_t (c_t + off) q_t = sum c q + off sum q.
- * y = sum over blocks of fl(s d) * that, so the result carries x's quantization error (about
- * 1/254 of each block's largest |x|): measured and reported only (NOTES.md), never chosen by
- * forward(). A block of x is stored as 4 x 8 bytes, each 8 k as [q0 q2 q4 q6 | q1 q3 q5 q7]:
+/* --- int8 activations (4-bit only, decode; chosen by layers built with int8_decode) ---------
+ * What llama.cpp does: x is quantized per 32-block, q = nearbyint(x fl(1 / d)), d = max|x| / 127,
+ * and each block's dot product is exact in integers: sum_t (c_t + off) q_t = sum c q + off sum q.
+ * y = sum over blocks of fma(fl(s d), that, acc), in block order, so the result carries x's
+ * quantization error (about 1/254 of each block's largest |x|) and is otherwise fixed operation
+ * by operation: backends/weight_only_reference.py is its specification, equal bit for bit.
+ * A block of x is stored as 4 x 8 bytes, each 8 k as [q0 q2 q4 q6 | q1 q3 q5 q7]:
  * a word's low nibbles are its even k, so (w & 0x0F0F0F0F) lines up with the first 4 bytes. */
 
 /* x rows -> q (m, k) int8 in that order, d and sum q per block (float32; d NaN for a block
