@@ -225,3 +225,143 @@ def test_float_folders_export_like_llama_quantize_pure(tmp_path):
     t = next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
     w = _permuted(model.model.layers[0].self_attn.q_proj.weight.detach().numpy(), 4)
     assert np.array_equal(np.asarray(t.data), gguf_quantize(w, gguf.GGMLQuantizationType.Q5_1))
+
+
+# --- reading: load_gguf ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*TYPES, "F16", "F32"])
+def test_write_then_load_gguf_is_bit_exact_and_re_exports_the_same_bytes(tmp_path, name):
+    from cuantiza.llm.gguf_read import load_gguf
+
+    dst, _ = _quantized_folder(tmp_path, QuantConfig(weight=_f16_scheme(4, False, PerGroup(32))))
+    export_gguf(dst, tmp_path / "m.gguf", name)
+    got = load_gguf(tmp_path / "m.gguf")
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert [t.name for t in r.tensors] == list(got.tensors)
+    assert got.metadata["general.architecture"] == "llama" and got.version == 3
+    for t in r.tensors:
+        ours = got.tensors[t.name]
+        assert got.types[t.name] == t.tensor_type.name
+        want = gguf_dequantize(np.asarray(t.data), t.tensor_type).reshape(ours.shape)
+        if isinstance(ours, QTensor):  # cuantiza's integers: the same values bit for bit
+            assert _same_bits(ours.dequantize().numpy(), want), t.name
+            again = gq.to_blocks(ours, gb.BLOCK_TYPES[name])
+            assert again.exact_blocks == again.total_blocks, t.name
+            assert np.array_equal(again.blocks, np.asarray(t.data).reshape(again.blocks.shape))
+        else:
+            assert _same_bits(ours.to(torch.float32).numpy(), want), t.name
+    if name in ("Q4_0", "Q5_0", "Q8_0", "Q5_1"):
+        assert not got.float_reasons
+
+
+def _gguf_bytes(tensors, data: bytes, meta=(), version=3, align=32) -> bytes:
+    """A GGUF file written out by hand: ``tensors`` as (name, dims fastest first, type,
+    offset), ``meta`` as (key, u32 value) pairs."""
+    import struct
+
+    s = lambda t: struct.pack("<Q", len(t.encode())) + t.encode()  # noqa: E731
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(meta))
+    for key, v in meta:
+        out += s(key) + struct.pack("<II", 4, v)
+    for name, dims, kind, offset in tensors:
+        out += s(name) + struct.pack("<I", len(dims)) + struct.pack(f"<{len(dims)}Q", *dims)
+        out += struct.pack("<IQ", kind, offset)
+    return out + b"\0" * (-len(out) % align) + data
+
+
+def _q8_block(scale=1.0) -> bytes:
+    return np.float16(scale).tobytes() + np.arange(-16, 16, dtype=np.int8).tobytes()
+
+
+def test_load_gguf_of_a_hand_written_file_reads_what_gguf_py_reads(tmp_path):
+    from cuantiza.llm.gguf_read import load_gguf
+
+    p = tmp_path / "ok.gguf"
+    data = _q8_block(0.5) + _q8_block(-2.0) + b"\0" * 28 + np.ones(3, "<f4").tobytes()
+    p.write_bytes(_gguf_bytes([("w", (32, 2), 8, 0), ("n", (3,), 0, 96)], data))
+    got = load_gguf(p)
+    want = gguf_dequantize(np.frombuffer(data[:68], np.uint8).reshape(2, 34), 8)
+    assert _same_bits(got.tensors["w"].dequantize().numpy(), want)
+    assert got.tensors["n"].tolist() == [1.0, 1.0, 1.0]
+
+
+BAD_FILES = {  # FAULTS 41: name -> (file bytes, error type, message)
+    "bad magic": (b"GGUX" + b"\0" * 40, "CorruptFileError", "not a GGUF file"),
+    "truncated header": (
+        _gguf_bytes([("w", (32, 2), 8, 0)], b"")[:30],
+        "CorruptFileError",
+        "truncated",
+    ),
+    "truncated data": (
+        _gguf_bytes([("w", (32, 2), 8, 0)], _q8_block() + _q8_block()[:20]),
+        "CorruptFileError",
+        "past the end",
+    ),
+    "offset past the end": (
+        _gguf_bytes([("w", (32, 1), 8, 1 << 40)], _q8_block()),
+        "CorruptFileError",
+        "past the end",
+    ),
+    "duplicate names": (
+        _gguf_bytes([("w", (32, 1), 8, 0), ("w", (32, 1), 8, 64)], _q8_block() * 3),
+        "CorruptFileError",
+        "appears twice",
+    ),
+    "duplicate keys": (
+        _gguf_bytes([], b"", meta=(("general.alignment", 32), ("general.alignment", 32))),
+        "CorruptFileError",
+        "appears twice",
+    ),
+    "overlap": (
+        _gguf_bytes([("a", (32, 2), 8, 0), ("b", (32, 1), 8, 32)], _q8_block() * 3),
+        "CorruptFileError",
+        "overlap",
+    ),
+    "unsupported type": (
+        _gguf_bytes([("w", (256, 1), 12, 0)], b"\0" * 144),
+        "UnsupportedDtypeError",
+        "GGML type 12",
+    ),
+    "rows not whole blocks": (
+        _gguf_bytes([("w", (16, 2), 8, 0)], _q8_block()),
+        "CorruptFileError",
+        "not whole blocks",
+    ),
+    "non-finite scale": (
+        _gguf_bytes([("w", (32, 1), 8, 0)], _q8_block(float("inf"))),
+        "NonFiniteError",
+        "non-finite",
+    ),
+    "version 1": (_gguf_bytes([], b"", version=1), "CorruptFileError", "version 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_gguf_files_raise_typed_errors(tmp_path, case):
+    """FAULTS 41: truncated data, duplicate names, offsets past the end, unsupported types,
+    packing that does not match the shape -> a typed error naming the file."""
+    from cuantiza import errors
+    from cuantiza.llm.gguf_read import load_gguf
+
+    data, kind, says = BAD_FILES[case]
+    p = tmp_path / "bad.gguf"
+    p.write_bytes(data)
+    with pytest.raises(getattr(errors, kind), match=says) as e:
+        load_gguf(p)
+    assert str(p) in str(e.value)
+    assert [x.name for x in tmp_path.iterdir()] == ["bad.gguf"]
+
+
+def test_llama_style_q4_1_offsets_load_as_their_float_values_with_the_reason(tmp_path):
+    """min/max offsets (gguf-py's and llama-quantize's Q4_1) are not integer multiples of d:
+    the tensor is gguf's float32 values, and float_reasons says so."""
+    from cuantiza.llm.gguf_read import load_gguf
+
+    rng = np.random.default_rng(0)
+    blocks = gguf_quantize(rng.standard_normal((4, 64)).astype(np.float32), 3)
+    p = tmp_path / "q41.gguf"
+    p.write_bytes(_gguf_bytes([("w", (64, 4), 3, 0)], blocks.tobytes()))
+    got = load_gguf(p)
+    assert "not integer multiples" in got.float_reasons["w"]
+    assert _same_bits(got.tensors["w"].numpy(), gguf_dequantize(blocks, 3))

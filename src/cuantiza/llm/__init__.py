@@ -25,6 +25,7 @@ _LAZY = {
     "generate": "generation",
     "load_runtime": "runtime_load",
     "export_gguf": "gguf_export",
+    "load_gguf": "gguf_read",
 }
 
 __all__ = [
