@@ -127,6 +127,10 @@ THRESHOLDS = {
     # models/shakespeare-llama has learned: held-out byte perplexity below this (uniform over
     # bytes is 256).
     "shakespeare_llama_heldout_ppl_max": 12.0,
+    # llama-perplexity on cuantiza's repacked Q4_0 GGUF vs cuantiza's own perplexity of the same
+    # folder, same windows (issue 14's target: within 0.5 %); bench_interop measured -0.001 %
+    # (the two runtimes differ only in float summation order, and llama.cpp's int8 activations).
+    "gguf_llamacpp_vs_cuantiza_ppl_rtol": 0.005,
     # all-MiniLM-L6-v2 with dynamic int8 (and 7-bit symmetric) activations: cosine of each
     # sentence embedding to the float one, mean and worst over 34 sentences.
     "minilm_dynamic_cosine_mean": 0.993,

@@ -365,3 +365,38 @@ def test_llama_style_q4_1_offsets_load_as_their_float_values_with_the_reason(tmp
     got = load_gguf(p)
     assert "not integer multiples" in got.float_reasons["w"]
     assert _same_bits(got.tensors["w"].numpy(), gguf_dequantize(blocks, 3))
+
+
+# --- llama.cpp itself, where it is built ----------------------------------------------------
+
+
+def test_llama_cpp_runs_the_exported_committed_decoder_with_cuantizas_perplexity(tmp_path):
+    """llama-perplexity on `cuantiza export --type Q4_0` of the committed byte-level decoder
+    (symmetric 4-bit g32 fp16: every block repacked) agrees with cuantiza's perplexity of the
+    same folder under llama-perplexity's protocol; it also shows llama.cpp tokenizes the text
+    with the byte vocabulary to cuantiza's ids (any other id sequence would not agree)."""
+    import sys
+    from pathlib import Path
+
+    from tests.thresholds import THRESHOLDS
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import _llamacpp
+        import bench_interop
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    if _llamacpp.find_tools() is None:
+        print("skipped: no built llama.cpp (benchmarks/_llamacpp.py build())")
+        pytest.skip("llama.cpp tools (llama-perplexity) not built")
+    from cuantiza.llm.text import encode, load_text
+
+    q = tmp_path / "q4"
+    cfg = QuantConfig(weight=_f16_scheme(4, True, PerGroup(32), restricted=False))
+    quantize_checkpoint(bench_interop.MODEL, q, cfg, progress=False)
+    export_gguf(q, tmp_path / "m.gguf", "Q4_0")
+    ids = torch.as_tensor(encode(load_text(bench_interop.TEXT)), dtype=torch.long)
+    theirs = _llamacpp.perplexity(tmp_path / "m.gguf", bench_interop.TEXT, 256, 2, chunks=4)
+    ours = bench_interop.cuantiza_ppl_llama_protocol(q, ids, 256, 4)
+    assert theirs == pytest.approx(ours, rel=THRESHOLDS["gguf_llamacpp_vs_cuantiza_ppl_rtol"])
