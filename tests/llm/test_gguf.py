@@ -400,3 +400,25 @@ def test_llama_cpp_runs_the_exported_committed_decoder_with_cuantizas_perplexity
     theirs = _llamacpp.perplexity(tmp_path / "m.gguf", bench_interop.TEXT, 256, 2, chunks=4)
     ours = bench_interop.cuantiza_ppl_llama_protocol(q, ids, 256, 4)
     assert theirs == pytest.approx(ours, rel=THRESHOLDS["gguf_llamacpp_vs_cuantiza_ppl_rtol"])
+
+
+def test_a_failure_while_writing_leaves_no_file_and_keeps_a_previous_one(tmp_path, monkeypatch):
+    """FAULTS 41 (nothing written half): an error in the fifth tensor's conversion (injected into
+    cuantiza's own converter) leaves the previous output as it was and no temporary file."""
+    dst, _ = _quantized_folder(tmp_path)
+    out = tmp_path / "m.gguf"
+    out.write_bytes(b"previous")
+    calls = []
+    real = gq.to_blocks
+
+    def fail_on_fifth(weight, bt):
+        calls.append(1)
+        if len(calls) == 5:
+            raise ShapeError("injected")
+        return real(weight, bt)
+
+    monkeypatch.setattr(gq, "to_blocks", fail_on_fifth)
+    with pytest.raises(ShapeError, match="injected"):
+        export_gguf(dst, out, "Q4_0", overwrite=True)
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "q", "src"]

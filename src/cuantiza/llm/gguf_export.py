@@ -177,6 +177,7 @@ def _plan(folder: _Folder) -> list[tuple[str, str]]:
     embed_key = folder.key("model.embed_tokens")
     for gname, hname in _modules(cfg):
         if hname.endswith(NORMS) or hname == "model.norm":
+            folder._stored(f"{hname}.weight")  # present, before any work
             plan.append((gname, hname))
             continue
         if hname == "lm_head" and folder.key("lm_head") in (None, embed_key):
@@ -310,16 +311,18 @@ def export_gguf(src, out, type: str = "Q4_0", *, overwrite: bool = False) -> GGU
     result = GGUFExport(str(out), kind)
     with staged_file(out) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
-        _write_hparams(writer, folder.config, folder.dir.name, kind)
-        _write_vocab(writer, folder, result.notes)
-        for gname, hname in plan:
-            data, tkind, report = _convert(folder, gname, hname, kind)
-            _add_tensor(writer, gname, data, tkind)
-            result.tensors.append(report)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        try:
+            _write_hparams(writer, folder.config, folder.dir.name, kind)
+            _write_vocab(writer, folder, result.notes)
+            for gname, hname in plan:
+                data, tkind, report = _convert(folder, gname, hname, kind)
+                _add_tensor(writer, gname, data, tkind)
+                result.tensors.append(report)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()  # also on failure: staged_file then removes the partial file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     result.nbytes = out.stat().st_size
