@@ -182,6 +182,7 @@ def test_a_tied_head_is_left_to_token_embd_and_other_vocabularies_are_noted(tmp_
     assert "output.weight" not in {t.name for t in r.tensors}
     assert r.fields["tokenizer.ggml.model"].contents() == "none"
     assert any("no vocabulary" in n for n in res.notes)
+    assert not any("requantized" in n for n in res.notes)  # 4-bit integers fit Q8_0
 
 
 def test_export_refuses_bad_input_before_writing_anything(tmp_path):
@@ -220,7 +221,9 @@ def test_float_folders_export_like_llama_quantize_pure(tmp_path):
     same rows (after the q/k permutation, which moves whole rows) gives the same bytes."""
     model = tiny_llama()
     src = hf_llama(tmp_path / "src", model)
-    export_gguf(src, tmp_path / "f.gguf", "Q5_1")
+    res = export_gguf(src, tmp_path / "f.gguf", "Q5_1")
+    assert any("blocks requantized with llama.cpp's rule" in n for n in res.notes)
+    assert not any("requantized" in n for n in export_gguf(src, tmp_path / "g.gguf", "F32").notes)
     r = gguf.GGUFReader(tmp_path / "f.gguf")
     t = next(t for t in r.tensors if t.name == "blk.0.attn_q.weight")
     w = _permuted(model.model.layers[0].self_attn.q_proj.weight.detach().numpy(), 4)

@@ -326,4 +326,18 @@ def export_gguf(src, out, type: str = "Q4_0", *, overwrite: bool = False) -> GGU
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     result.nbytes = out.stat().st_size
+    _note_requantized(result)
     return result
+
+
+def _note_requantized(result: GGUFExport) -> None:
+    """Say how many blocks were requantized, and which folders repack exactly instead."""
+    total = sum(t.blocks for t in result.tensors)
+    rounded = total - sum(t.exact_blocks for t in result.tensors)
+    if rounded:
+        result.notes.append(
+            f"{rounded} of {total} blocks requantized with llama.cpp's rule (SQNR per tensor "
+            "above); exact repacks need one float16 scale per 32 weights and integers in the "
+            "type's range: `cuantiza quantize --symmetric --group-size 32` (or 64, 128) with "
+            "--bits 4 for Q4_0, 5 for Q5_0, 8 for Q8_0; asymmetric 4-bit fits Q5_1"
+        )
