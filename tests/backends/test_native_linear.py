@@ -132,6 +132,31 @@ def test_leading_dims_and_non_contiguous_input():
     assert torch.equal(got, _general(layer, x))
 
 
+@needs_layer
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("shape", [(64,), (0, 64), (2, 0, 64), (1, 1, 64)])
+def test_any_leading_shape_and_dtype_without_reshapes(shape, native, monkeypatch):
+    """The hot path takes x as it comes and makes y in its final shape (issue 13, item 3): the
+    same values and shape as the general path, float64 input and empty batches included, on the
+    native layer and on its torch ops."""
+    monkeypatch.setenv("CUANTIZA_NATIVE", native)
+    layer = _layer(64, 24)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        got = layer(x)
+    assert got.shape == (*shape[:-1], 24) and got.dtype == torch.float32
+    assert torch.equal(got, _general(layer, x))
+
+
+@needs_layer
+def test_wrong_feature_count_is_refused_not_read_past():
+    layer = _layer(64, 24)
+    with pytest.raises(ValueError, match="takes 64 features"):
+        layer(torch.randn(2, 60))
+    with pytest.raises(ValueError, match="takes 64 features"):
+        layer.w_int.native_linear(63).forward(torch.randn(2, 68), layer.s_w, None)
+
+
 def test_built_when_a_compiler_is_present():
     """As test_native's check for _rtn: a missing _gemm library must not pass unnoticed."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:

@@ -169,21 +169,24 @@ def per_token_linear(
     bias: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """The whole dynamic layer for symmetric per-token activation codes (restricted range,
-    float32 scales, ``act_qmax`` <= 63) on the ``onednn`` kernel, from float x2 (M, K): codes,
-    GEMM and exit (acc * s_w) * s_x + bias. Bit for bit ``linear``'s result after the general
-    activation quantization; None where that path must run instead (another kernel, or a row
-    that is not finite, for which it raises the typed error)."""
+    float32 scales, ``act_qmax`` <= 63) on the ``onednn`` kernel, from float32 x (..., K), one
+    token a row: codes, GEMM and exit (acc * s_w) * s_x + bias, y (..., N). Bit for bit
+    ``linear``'s result after the general activation quantization; None where that path must
+    run instead (another kernel, or a row that is not finite, for which it raises the typed
+    error)."""
     if kernel != "onednn":
         return None
     native = w.native_linear(act_qmax)
     if native is not None:
         return native.forward(x2, s_w, bias)
+    lead, x2 = x2.shape[:-1], x2.reshape(-1, x2.shape[-1])
     got = row_kernels(x2).quantize_absmax_rows(x2, act_qmax, SYM_CODE_OFFSET, torch.uint8)
     if got is None:
         return None
     q_u8, s_x = got
     y = w.onednn().acc(q_u8, SYM_CODE_OFFSET, s_w).mul_(s_x)
-    return y.add_(bias) if bias is not None else y
+    y = y.add_(bias) if bias is not None else y
+    return y.reshape(*lead, y.shape[-1])  # -1 is ambiguous for an empty batch
 
 
 # Weight-only layers (float activations): the native kernel where it takes the layer, else the

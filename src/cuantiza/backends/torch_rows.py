@@ -82,7 +82,7 @@ def minmax_rows(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hi = torch.stack([p.amax() for p in parts]).amax()
         return lo.reshape(1), hi.reshape(1)
     chunks = [xb[rows] for rows in row_chunks(n, length)]
-    if len(chunks) == 1:
+    if len(chunks) <= 1:  # also no rows at all (an empty batch): empty results
         return xb.amin(dim=1), xb.amax(dim=1)
     los = [c.amin(dim=1) for c in chunks]
     his = [c.amax(dim=1) for c in chunks]

@@ -103,14 +103,15 @@ class DynamicQuantLinear(_QuantWeight):
         self.fallback = None if self.fused else _dynamic_slow_reason(self, act_scheme, scalar_zp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)  # (M, K)
-        if self.fused:
+        if self.fused:  # x as it comes, y made in its shape: no reshapes on the hot path
+            xf = x if x.dtype == torch.float32 else x.to(torch.float32)
             y = kernels.per_token_linear(
-                self.kernel, x2, self.act_scheme.qmax, self.w_int, self.s_w, self.bias
+                self.kernel, xf, self.act_scheme.qmax, self.w_int, self.s_w, self.bias
             )
             if y is not None:
-                return y.reshape(*lead, -1)
+                return y
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.float32)  # (M, K)
         qp = dynamic_qparams(x2, self.act_scheme, self.per_token)
         q_x = quantize_2d(x2, qp)
         z_x = qp.zero_point.reshape(-1, 1) if self.per_token else qp.zero_point
@@ -118,7 +119,7 @@ class DynamicQuantLinear(_QuantWeight):
         y = kernels.linear(
             self.kernel, q_x, z_x, self.w_int, self.s_w, s_x.to(torch.float32), self.bias
         )
-        return y.reshape(*lead, -1)
+        return y.reshape(*lead, self.out_features)  # -1 is ambiguous for an empty batch
 
 
 # the change that reaches the fast path, named in the layer's repr and the report

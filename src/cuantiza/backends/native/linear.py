@@ -106,11 +106,17 @@ class NativeLinear:
     def forward(
         self, x2d: torch.Tensor, s_w: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """y (M, N) float32 for x (M, K) float32, or None when a row is not finite."""
+        """y (..., N) float32 for x (..., K) float32 (M rows: the leading dimensions), or None
+        when a row is not finite. y is made in its final shape: reshaping x and y cost ~3 us of
+        a 384 -> 384 layer's ~30 us call for one token (fastest of many rounds, 2-core AVX2)."""
+        if x2d.ndim == 0 or x2d.shape[-1] != self.k:  # the C code would read past x
+            raise ValueError(
+                f"input of shape {tuple(x2d.shape)}: the layer takes {self.k} features"
+            )
         x = x2d if x2d.is_contiguous() else x2d.contiguous()
-        m = x.shape[0]
+        m = x.numel() // self.k
         s_wp, bp = self._exit_params(s_w, bias)
-        y = torch.empty(m, self.n, dtype=torch.float32)
+        y = torch.empty((*x.shape[:-1], self.n), dtype=torch.float32)
         bad = _LIB.cz_dyn_linear(
             x.data_ptr(),
             m,
