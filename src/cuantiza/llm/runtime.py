@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..backends.native import decode as native_steps
 from ..errors import ConfigError, PlanError
+from ..nn.weight_only import WeightOnlyKernel
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,17 @@ class Projection:
         return [p(h) for p in self.parts]
 
 
+class KernelLinear:
+    """A weight-only projection (``nn.weight_only.WeightOnlyKernel``) as a callable; its packed
+    weight can also be handed to the native layer steps."""
+
+    def __init__(self, kernel: WeightOnlyKernel):
+        self.kernel = kernel
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return self.kernel(h, None)
+
+
 @dataclass
 class Layer:
     attn_norm: torch.Tensor  # (hidden,) float32
@@ -144,6 +156,31 @@ class DecoderRuntime:
         freqs = torch.arange(shape.max_positions).float()[:, None] * inv_freq  # (P, d / 2)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = emb.cos(), emb.sin()  # (P, d), as transformers computes them
+        self.native_layers = self._native_layers()
+
+    def _native_layers(self) -> native_steps.LayerSteps | None:
+        """Whole layers in C for one token, where every projection is fused and on the native
+        weight-only kernel (else None: the torch steps run)."""
+        if not native_steps.available():
+            return None
+        packed = []
+        for layer in self.layers:
+            linears = [layer.qkv.parts[0], layer.o, layer.gate_up.parts[0], layer.down]
+            if not (layer.qkv.fused and layer.gate_up.fused):
+                return None
+            kernels = [lin.kernel if isinstance(lin, KernelLinear) else None for lin in linears]
+            natives = [k.native_layer() if k is not None else None for k in kernels]
+            if any(n is None for n in natives):
+                return None
+            packed.append(natives)
+        s = self.shape
+        dims = {"hidden": s.hidden_size, "heads": s.num_heads, "kv": s.num_kv_heads,
+                "d": s.head_dim, "inter": s.intermediate_size, "eps": s.rms_eps,
+                "scale": 1.0 / math.sqrt(s.head_dim)}  # fmt: skip
+        norms = [
+            (layer.attn_norm.contiguous(), layer.mlp_norm.contiguous()) for layer in self.layers
+        ]
+        return native_steps.LayerSteps(dims, norms, packed, self.cos, self.sin)
 
     def new_cache(self, max_len: int | None = None) -> KVCache:
         return KVCache(self.shape, max_len or self.shape.max_positions)
@@ -159,8 +196,14 @@ class DecoderRuntime:
             raise ConfigError(f"{pos + t} tokens do not fit the cache of {cache.max_len}")
         x = self.embed(tokens.reshape(-1)).to(torch.float32)  # (T, hidden)
         cos, sin = self.cos[pos : pos + t, None, :], self.sin[pos : pos + t, None, :]
-        for i, layer in enumerate(self.layers):
-            x = self._layer(i, layer, x, cache, pos, cos, sin)
+        if t == 1 and self.native_layers is not None and native_steps.available():
+            x = x.contiguous()
+            self.native_layers.bind(cache.k, cache.v)
+            for i in range(len(self.layers)):
+                self.native_layers.step(i, x, pos)  # in place
+        else:
+            for i, layer in enumerate(self.layers):
+                x = self._layer(i, layer, x, cache, pos, cos, sin)
         h = x if all_logits else x[-1:]
         return self.head(rms_norm(h, self.norm, self.shape.rms_eps))
 

@@ -26,7 +26,7 @@ from ..io import saveformat as fmt
 from ..io.load import read_manifest, verify_files
 from ..nn.quantized import QuantEmbedding, QuantLinear
 from ..nn.weight_only import WeightOnlyKernel
-from .runtime import DecoderRuntime, DecoderShape, Layer, Linear, Projection
+from .runtime import DecoderRuntime, DecoderShape, KernelLinear, Layer, Linear, Projection
 from .shards import Checkpoint, open_checkpoint
 
 MANIFEST = fmt.MANIFEST
@@ -51,7 +51,7 @@ def _linear(src: Source, kernels: _Kernels, name: str) -> Linear:
         k = WeightOnlyKernel(src, int8_decode=kernels.int8_decode)
         k.release_weight()
         kernels.chosen[name] = k.describe()
-        return lambda h: k(h, None)
+        return KernelLinear(k)
     if isinstance(src, torch.Tensor):
         w = src.detach().to(torch.float32)
         kernels.chosen[name] = "float"

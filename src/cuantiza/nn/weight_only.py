@@ -101,6 +101,11 @@ class WeightOnlyKernel:
             )
         return self._packed
 
+    def native_layer(self) -> native.WeightOnlyLinear | None:
+        """The packed weight the native kernels run (None on the reference), for callers that
+        chain native steps themselves (``llm.runtime``)."""
+        return self._pack() if self.name == "native_wo" else None
+
     def describe(self) -> str:
         """The kernel's name, why the reference runs, or that decode uses int8 activations."""
         if self.reason is not None:
