@@ -113,7 +113,9 @@ def main() -> None:
     body = run(args.chunks)
     print(body)
     if not args.no_write:
-        write_section("Interop: cuantiza's GGUF in llama.cpp (bench_interop.py)", body)
+        write_section(
+            "bench_interop", f"## cuantiza's GGUF in llama.cpp (`bench_interop.py`)\n\n{body}"
+        )
 
 
 if __name__ == "__main__":
