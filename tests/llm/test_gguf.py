@@ -84,11 +84,13 @@ def test_repacked_blocks_dequantize_in_gguf_py_to_cuantizas_values_bit_for_bit(s
     assert _same_bits(got, qt.dequantize().numpy())
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("name", TYPES)
-def test_blocks_that_do_not_fit_are_requantized_by_llama_cpps_rule_and_reported(name):
+def test_blocks_that_do_not_fit_are_requantized_by_llama_cpps_rule_and_reported(name, symmetric):
     """float32 scales are not float16: every block is requantized, from cuantiza's values."""
     torch.manual_seed(2)
-    qt = QTensor.from_float(torch.randn(16, 128), QScheme(bits=4, granularity=PerGroup(32)))
+    scheme = QScheme(bits=4, symmetric=symmetric, granularity=PerGroup(32))
+    qt = QTensor.from_float(torch.randn(16, 128), scheme)
     c = gq.to_blocks(qt, gb.BLOCK_TYPES[name])
     assert c.exact_blocks == 0
     values = qt.dequantize().numpy()

@@ -56,13 +56,15 @@ def grid(qt: QTensor) -> tuple[np.ndarray, np.ndarray]:
     shape. Both come from cuantiza's own ``dequantize`` (its broadcasting of any granularity):
     s = dequantize(1 with zero points 0) and -z = dequantize(0 with scales 1)."""
     qp, shape = qt.qparams, qt.shape
-    zeros = torch.zeros(shape, dtype=torch.int32)
     s = dequantize(
         torch.ones(shape, dtype=torch.int32),
         QParams(qp.scale, torch.zeros_like(qp.zero_point), qp.scheme),
     )
-    minus_z = dequantize(zeros, QParams(torch.ones_like(qp.scale), qp.zero_point, qp.scheme))
-    k = qt.int_repr().to(torch.int32) + minus_z.to(torch.int32)
+    k = qt.int_repr().to(torch.int32)
+    if bool(qp.zero_point.any()):  # symmetric schemes skip this pass
+        zeros = torch.zeros(shape, dtype=torch.int32)
+        ones = torch.ones_like(qp.scale)
+        k += dequantize(zeros, QParams(ones, qp.zero_point, qp.scheme)).to(torch.int32)
     return k.numpy(), s.numpy()
 
 
@@ -115,7 +117,8 @@ def to_blocks(weight: QTensor | torch.Tensor, bt: BlockType) -> Converted:
     if isinstance(weight, QTensor):
         k, s = grid(weight)
         levels, d, m, exact = repackable(bt, k.reshape(nb, QK), s.reshape(nb, QK))
-        source = weight.dequantize().numpy().reshape(nb, QK)
+        # cuantiza's dequantize computes fl32(fl32(q - z) * s) with q - z exact: this is it
+        source = (k.astype(np.float32) * s).reshape(nb, QK)
     else:
         source = weight.detach().to(torch.float32).numpy().reshape(nb, QK)
         exact = np.zeros(nb, dtype=bool)
