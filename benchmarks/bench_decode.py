@@ -17,7 +17,7 @@ Part 2, decoding (``--decode``): a LLaMA of TinyLlama-1.1B's shape with seeded r
 128 tokens after a 128-token prompt, batch 1, 2 threads, each run in its own process (peak
 RSS); side by side, round-robin, with llama.cpp's ``llama-bench -p 128 -n 128 -t 2`` on Q8_0 /
 Q4_0 GGUF files of the same weights (the vendored converter + ``llama-quantize``) and with fp32
-transformers (``generate``, greedy). cuantiza's 4-bit layers decode with int8 activations
+transformers (``generate``, greedy). cuantiza's 4- and 8-bit layers decode with int8 activations
 (generation's default, as llama.cpp's Q4_0 x Q8_0); the g128 folder runs once more with float
 activations. Needs a built llama.cpp (``_llamacpp.build()``).
 
@@ -55,7 +55,10 @@ OURS = {  # name -> scheme, as `cuantiza quantize --bits B --group-size G` write
     "cuantiza 3-bit g128": cz.QScheme(3, False, cz.PerGroup(128), "float16"),
     "cuantiza 2-bit g128": cz.QScheme(2, False, cz.PerGroup(128), "float16"),
 }
-OURS_NAMES = tuple(n for k, v in OURS.items() for n in (k, k + " int8-act")[: 1 + (v.bits == 4)])
+INT8_ACT = (4, 8)  # widths whose decode has an int8-activation path
+OURS_NAMES = tuple(
+    n for k, v in OURS.items() for n in (k, k + " int8-act")[: 1 + (v.bits in INT8_ACT)]
+)
 TORCH = ("fp32", "bf16", "torch int8pack", "torch int4pack g32", "torch int4pack g128")
 
 
@@ -97,7 +100,7 @@ def _our_variants(n: int, k: int, m: int, x: torch.Tensor, gen) -> dict:
         qt = cz.QTensor.from_float(w, scheme)
         layers = [QuantLinear(qt) for _ in range(_copies(qt.nbytes, m))]  # each packs its copy
         out[name] = [lambda layer=layer: layer(x) for layer in layers]
-        if scheme.bits == 4:  # generation's decode: int8 activations below 8 rows
+        if scheme.bits in INT8_ACT:  # generation's decode: int8 activations below 8 rows
             kernels = [WeightOnlyKernel(qt, int8_decode=True) for _ in layers]
             out[name + " int8-act"] = [lambda k=k: k(x, None) for k in kernels]
     return out

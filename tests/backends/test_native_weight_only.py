@@ -170,15 +170,16 @@ def test_refusals_say_why():
     assert wo.supports(8, 64, 4, 32) is None
 
 
-# (d) int8 activations: 4-bit layers, AVX2
+# (d) int8 activations: 4- and 8-bit layers, AVX2
 
 
 @pytest.mark.skipif(PATHS[0] != "avx2", reason="the int8-activation path is AVX2 only")
 @pytest.mark.parametrize("kind,group,grid", [("sym", 32, "float16"), ("asym", 128, "fp32"),
                                              ("symfull", K, "bfloat16")])  # fmt: skip
 @pytest.mark.parametrize("m", [1, 2, 7])
-def test_int8_activations_equal_their_specification(kind, group, grid, m):
-    p = make(4, kind, 45, K, group, grid, seed=m)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_equal_their_specification(kind, group, grid, m, bits):
+    p = make(bits, kind, 45, K, group, grid, seed=m)
     x = torch.randn(m, K, generator=torch.Generator().manual_seed(m)) * 5
     x[0, 32:64] = 0  # a block of zeros: d = 0
     x[-1, 100] = 3e5  # one block dominated by an outlier
@@ -207,5 +208,5 @@ def test_int8_activations_nonfinite_blocks_and_other_widths():
         y,
         int8_activation_linear(x, *lin.unpack()),
     ) or torch.equal(y.isnan(), int8_activation_linear(x, *lin.unpack()).isnan())
-    assert not layer(make(8, "asym", 16, 128, 32), int8_decode=True).int8_decode  # 4-bit only
+    assert not layer(make(5, "asym", 16, 128, 32), int8_decode=True).int8_decode  # 4 and 8 only
     assert torch.equal(layer(p).forward(x[:1]), layer(p, int8_decode=False).forward(x[:1]))

@@ -47,7 +47,7 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--float-activations",
         action="store_true",
-        help="4-bit layers decode with float activations (default: int8 per block of 32, as "
+        help="4- and 8-bit layers decode with float activations (default: int8 per block of 32, as "
         "llama.cpp does; faster, adds the activations' rounding)",
     )
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence")

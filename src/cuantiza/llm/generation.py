@@ -97,7 +97,7 @@ def generate(
     LLaMA-class model in memory; text is tokenized with the folder's tokenizer, or as UTF-8
     bytes (``llm.encode``) without one. ``runtime``: a decoder already built (``load_runtime``)
     to reuse across calls. Generation stops at the end-of-sequence token unless
-    ``stop_at_eos`` is False. ``int8_activations``: 4-bit layers decode with int8 activations
+    ``stop_at_eos`` is False. ``int8_activations``: 4- and 8-bit layers decode with int8 activations
     as llama.cpp does (faster); False keeps float activations (``load_runtime``)."""
     _check(max_new_tokens, temperature, top_k, top_p)
     rt = runtime or load_runtime(model_or_dir, int8_activations)

@@ -212,7 +212,7 @@ def runtime_from_folder(dir, int8_activations: bool = True) -> DecoderRuntime:
 def load_runtime(model_or_dir, int8_activations: bool = True) -> DecoderRuntime:
     """``runtime_from_model`` for a module, ``runtime_from_folder`` for a path.
 
-    int8_activations: 4-bit weight-only layers decode (fewer than 8 rows) with activations
+    int8_activations: 4- and 8-bit weight-only layers decode (fewer than 8 rows) with activations
     quantized per block of 32 to int8 and exact integer dot products, as llama.cpp does (about
     1.3x the tokens/s of float activations here); False keeps float activations, within the
     float bound of the dequantized model (``backends.native.weight_only``)."""

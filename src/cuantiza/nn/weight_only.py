@@ -67,7 +67,7 @@ class WeightOnlyKernel:
     """y = x W^T (+ bias) for one weight-only layer, by the kernel ``choose`` picked."""
 
     def __init__(self, qt: QTensor, prefer: str | None = None, int8_decode: bool = False):
-        """int8_decode: below 8 rows, 4-bit weights run with int8 activations (exact against
+        """int8_decode: below 8 rows, 4- and 8-bit weights run with int8 activations (exact against
         their own specification, not within the float bound; ``backends.native.weight_only``,
         contract point 4). Generation turns it on; layers leave it off."""
         self.name, self.reason = choose(qt, prefer)

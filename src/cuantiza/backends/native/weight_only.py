@@ -47,7 +47,7 @@ Exactness contract
 3. Non-finite values: a NaN in row m of x makes row m of y NaN; +-Inf in x gives what the
    float32 operations give (Inf * 0 = NaN, Inf - Inf = NaN), as in F.linear.
 
-4. Int8 activations (opt-in, ``int8_decode=True``; 4-bit layers on AVX2, fewer than
+4. Int8 activations (opt-in, ``int8_decode=True``; 4- and 8-bit layers on AVX2, fewer than
    ``PREFILL_FROM_M`` rows): x is quantized per block of 32 to int8 and each block's dot
    product with the codes is exact in integers, as llama.cpp's Q4_0 x Q8_0 does, about 3x less
    work a weight than the float decode. Its specification is
@@ -74,6 +74,7 @@ WIDTHS = (1, 2, 3, 4, 5, 6, 8)
 # benchmarks/bench_decode.py's per-layer table).
 PREFILL_FROM_M = 8
 MODE_DECODE, MODE_PREFILL = 1, 2
+INT8_DECODE_WIDTHS = (4, 8)  # widths with an int8-activation decode (contract point 4)
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -199,7 +200,9 @@ class WeightOnlyLinear:
         self._ptr = self.packed.data_ptr()
         self._q8_scratch: torch.Tensor | None = None  # forward_q8a's buffer, grown on demand
         # below PREFILL_FROM_M rows, the int8-activation path (contract point 4) where it exists
-        self.int8_decode = int8_decode and bits == 4 and step == 1 and bool(_LIB.cz_wo_isa())
+        self.int8_decode = (
+            int8_decode and bits in INT8_DECODE_WIDTHS and step == 1 and bool(_LIB.cz_wo_isa())
+        )
 
     @property
     def fx(self) -> bool:
@@ -261,7 +264,7 @@ class WeightOnlyLinear:
     def forward_q8a(
         self, x: torch.Tensor, bias: torch.Tensor | None = None, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """y through int8 activations (4-bit layers, AVX2): contract point 4, bit for bit
+        """y through int8 activations (4- and 8-bit layers, AVX2): contract point 4, bit for bit
         ``int8_activation_linear``. ValueError for a layer or CPU it does not take."""
         m, k = x.shape
         if k != self.k or x.dtype != torch.float32:
@@ -285,7 +288,7 @@ class WeightOnlyLinear:
             self._q8_scratch.data_ptr(),
         )
         if rc:
-            raise ValueError("the int8-activation path takes 4-bit layers on AVX2 CPUs only")
+            raise ValueError("the int8-activation path takes 4- and 8-bit layers on AVX2 CPUs")
         return out
 
     def dequantize(self) -> torch.Tensor:

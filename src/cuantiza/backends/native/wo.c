@@ -36,7 +36,7 @@
  * the same layout, the same exact dequantization) runs where AVX2+FMA is missing or when
  * forced (cz_wo_force_portable). No AVX-512 path: it could not be tested on the development
  * machine; the AVX2 path runs on AVX-512 CPUs. cz_wo_linear_q8a is the int8-activation decode
- * (4-bit), exact against its own specification (see its section).
+ * (4 and 8 bits), exact against its own specification (see its section).
  *
  * Threads: OpenMP, compiled with -fopenmp but not linked against libgomp: the GOMP_* symbols
  * bind at load time to the libgomp torch already loaded, so the kernels run on torch's pool.
@@ -747,7 +747,7 @@ static void linear_gemm_avx2(const geom *g, const float *x, int64_t m, int64_t l
     }
 }
 
-/* --- int8 activations (4-bit only, decode; chosen by layers built with int8_decode) ---------
+/* --- int8 activations (4- and 8-bit, decode; chosen by layers built with int8_decode) -------
  * What llama.cpp does: x is quantized per 32-block, q = nearbyint(x fl(1 / d)), d = max|x| / 127,
  * and each block's dot product is exact in integers: sum_t (c_t + off) q_t = sum c q + off sum q.
  * y = sum over blocks of fma(fl(s d), that, acc), in block order, so the result carries x's
@@ -759,7 +759,7 @@ static void linear_gemm_avx2(const geom *g, const float *x, int64_t m, int64_t l
 /* x rows -> q (m, k) int8 in that order, d and sum q per block (float32; d NaN for a block
  * with a NaN or Inf, so the row's outputs become NaN). */
 AVX2 static void quantize_q8(const float *x, int64_t m, int64_t k, int64_t ldx, int8_t *q, float *d,
-                             float *qs)
+                             float *qs, const int nibbles)
 {
     for (int64_t r = 0; r < m; r++)
         for (int64_t b = 0; b < k / KCH; b++) {
@@ -776,7 +776,7 @@ AVX2 static void quantize_q8(const float *x, int64_t m, int64_t k, int64_t ldx, 
             int8_t *qb = q + r * k + b * KCH;
             for (int t = 0; t < KCH; t++) {
                 const int32_t v = finite ? (int32_t)__builtin_nearbyintf(xb[t] * inv) : 0;
-                const int slot = (t / 8) * 8 + (t % 2) * 4 + (t % 8) / 2;
+                const int slot = nibbles ? (t / 8) * 8 + (t % 2) * 4 + (t % 8) / 2 : t;
                 qb[slot] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
                 sum += qb[slot];
             }
@@ -827,6 +827,49 @@ AVX2 static void dec_q8_block(const uint8_t *blk, const geom *g, const int8_t *q
     store_row(y, acc, 2, bias, cols);
 }
 
+/* One row against one 8-bit block. Codes c in [0, 255] become c - 128 in int8 (an XOR of the
+ * top bit) and each product (c - 128) q is formed as |c - 128| (q sign(c - 128)), llama.cpp's
+ * Q8_0 trick: vpmaddubsw pair sums reach 2 x 128 x 127 = 32512 at most (no saturation), summed
+ * to int32 by vpmaddwd. Then sum (c + off) q = that + (off + 128) sum q, exact below 2^24. x's
+ * block is in natural order: byte i of word j is k = 4 j + i. */
+AVX2 static void dec_q8_block8(const uint8_t *blk, const geom *g, const int8_t *q, const float *d,
+                               const float *qs, const float *bias, float *y, int cols)
+{
+    const __m256i top = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    const uint8_t *p = blk;
+    int64_t b = 0;
+    for (int64_t gi = 0; gi < g->groups; gi++) {
+        __m256 sc[2], off[2];
+        for (int h = 0; h < 2; h++) {
+            sc[h] = _mm256_loadu_ps((const float *)p + 8 * h);
+            off[h] = _mm256_cvtepi32_ps(_mm256_add_epi32(
+                _mm256_loadu_si256((const __m256i *)(p + 4 * NB + 32 * h)), _mm256_set1_epi32(128)));
+        }
+        p += HDR;
+        for (int64_t ch = 0; ch < g->chunks; ch++, b++, p += 64 * 8) {
+            __m256i s32[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+            for (int j = 0; j < 8; j++) {
+                int32_t x4;
+                memcpy(&x4, q + b * KCH + j * 4, 4);
+                const __m256i xv = _mm256_set1_epi32(x4);
+                for (int h = 0; h < 2; h++) {
+                    const __m256i w = _mm256_xor_si256(
+                        _mm256_loadu_si256((const __m256i *)(p + j * 64 + h * 32)), top);
+                    const __m256i prod = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+                    s32[h] = _mm256_add_epi32(s32[h], _mm256_madd_epi16(prod, ones));
+                }
+            }
+            const __m256 db = _mm256_set1_ps(d[b]), sq = _mm256_set1_ps(qs[b]);
+            for (int h = 0; h < 2; h++) {
+                const __m256 dot = _mm256_fmadd_ps(off[h], sq, _mm256_cvtepi32_ps(s32[h]));
+                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(sc[h], db), dot, acc[h]);
+            }
+        }
+    }
+    store_row(y, acc, 2, bias, cols);
+}
+
 typedef struct {
     const geom *g;
     const int8_t *q;
@@ -846,8 +889,9 @@ AVX2 static void run_q8(q8job *j)
         for (int64_t b = p * j->per; b < (p + 1) * j->per && b < g->blocks; b++) {
             const int cols = g->n - b * NB < NB ? (int)(g->n - b * NB) : NB;
             for (int64_t r = 0; r < j->m; r++)
-                dec_q8_block(g->base + b * g->bstride, g, j->q + r * g->k, j->d + r * nb, j->qs + r * nb,
-                             j->bias ? j->bias + b * NB : NULL, j->y + r * g->n + b * NB, cols);
+                (g->bits == 8 ? dec_q8_block8 : dec_q8_block)(
+                    g->base + b * g->bstride, g, j->q + r * g->k, j->d + r * nb, j->qs + r * nb,
+                    j->bias ? j->bias + b * NB : NULL, j->y + r * g->n + b * NB, cols);
         }
     }
 }
@@ -993,21 +1037,22 @@ int32_t cz_wo_linear(const uint8_t *packed, const float *x, int64_t m, int64_t l
     return j.status;
 }
 
-/* The alternative: y ~ x W^T through int8 activations (4-bit weights, AVX2 only). scratch: m k
+/* y ~ x W^T through int8 activations (4- and 8-bit weights, AVX2 only). scratch: m k
  * bytes + 8 m k / 32 bytes, from the caller (no allocation per call). Returns 0, -1 if the
  * layer or CPU does not qualify. */
 int32_t cz_wo_linear_q8a(const uint8_t *packed, const float *x, int64_t m, int64_t ldx,
                          const float *bias, float *y, int32_t threads, void *scratch)
 {
     geom g;
-    if (read_geom(packed, &g) || g.bits != 4 || g.step != 1 || !have_avx2() || ldx < g.k || m < 0)
+    if (read_geom(packed, &g) || (g.bits != 4 && g.bits != 8) || g.step != 1 || !have_avx2() ||
+        ldx < g.k || m < 0)
         return -1;
 #if !defined(WO_X86)
     (void)x, (void)bias, (void)y, (void)threads, (void)scratch;
 #else
     int8_t *q = scratch;
     float *d = (float *)(q + m * g.k), *qs = d + m * (g.k / KCH);
-    quantize_q8(x, m, g.k, ldx, q, d, qs);
+    quantize_q8(x, m, g.k, ldx, q, d, qs, g.bits == 4);
     if (threads < 1 || g.n * g.k * m < MIN_PARALLEL_WORK)
         threads = 1;
     q8job j = {&g, q, d, qs, bias, y, m, 1, 0, 0};
