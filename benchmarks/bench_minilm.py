@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -239,7 +240,8 @@ def targets(rows) -> str:
 
 
 if __name__ == "__main__":
-    rows = main()
+    # rounds at batch 1 (half as many at batch 32): fewer when the shared machine is busy
+    rows = main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
     body = (
         f"## all-MiniLM-L6-v2, dynamic int8 (`bench_minilm.py`)\n\n{machine()}; 200 sentences; "
         "speed = fp32 PyTorch latency / variant latency (medians, all variants timed round-robin); "
@@ -247,6 +249,8 @@ if __name__ == "__main__":
         "rounds (latency ratios, < 1 is faster):\n\n" + versus_torch_ao(rows) + "\n\n"
         "Targets (issue 13), judged on the configs a user writes without choosing a scheme:\n\n"
         + targets(rows)
+        + f"\n\n{len(rows[0]['t1_rounds'])} rounds at b1, {len(rows[0]['t32_rounds'])} at b32; "
+        f"load average {os.getloadavg()[0]:.2f} at the end (other jobs share the 2 cores)."
     )
     write_section("bench_minilm", body)
     print(body)
