@@ -31,7 +31,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -57,7 +57,7 @@ CMAKE_FLAGS = (
 )
 
 # TinyLlama/TinyLlama-1.1B-Chat-v1.0's config.json, but float16 (the original is bfloat16).
-TINYLLAMA_CONFIG = {
+TINYLLAMA_CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "hidden_size": 2048,
@@ -228,7 +228,8 @@ def _write_safetensors(
     """
     code = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}[dtype]
     itemsize = torch.empty((), dtype=dtype).element_size()
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
     for name, shape in tensors:
         size = itemsize * torch.Size(shape).numel()
         header[name] = {

@@ -110,11 +110,13 @@ def _measure(variants: dict, rounds: int, per_round: int) -> dict:
     """Round-robin medians (seconds): each round every variant makes ``per_round`` calls on
     successive weight copies. Variants over 1 s a call run 2 rounds only."""
     times, pos, slow = {n: [] for n in variants}, dict.fromkeys(variants, 0), set()
-    for name, calls in variants.items():  # warm-up: first touch, packing
+    for name, calls in variants.items():  # warm-up: first touch and packing of every copy
         t = time.perf_counter()
         calls[0]()
         if time.perf_counter() - t > 1.0:
             slow.add(name)
+        for f in calls[1:]:
+            f()
     for r in range(rounds):
         for name, calls in variants.items():
             if name in slow and r >= 2:
@@ -249,6 +251,11 @@ def decode_table(rounds: int) -> list[str]:
         if r == 0:  # fp32 transformers: slow (4.4 GB of weights a token); one round
             runs["transformers fp32"] = [_child(HF_CHILD, src)]
         print(f"round {r + 1}: " + json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
+    return decode_rows(runs, ours, ggufs)
+
+
+def decode_rows(runs: dict, ours: dict, ggufs: dict) -> list[str]:
+    """The table and verdicts from every round's measurements (``runs``: variant -> rounds)."""
     med = {
         k: {f: statistics.median(x[f] for x in v) for f in ("pp", "tg")} for k, v in runs.items()
     }
@@ -302,29 +309,22 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
     torch.set_num_threads(2)
-    parts = []
-    if a.layers or not a.decode:
-        parts += [
-            "### One layer (median ms, and speed vs fp32 `F.linear` in the same rounds)",
-            "",
-            *layer_table(a.rounds),
-            "",
-        ]
-    if a.decode or not a.layers:
-        parts += [
-            "### Decoding a TinyLlama-shaped LLaMA (prompt 128, generate 128, batch 1)",
-            "",
-            *decode_table(max(1, a.rounds // 2)),
-            "",
-        ]
-    body = [
-        "## Weight-only layers and decoding (`bench_decode.py`)",
-        "",
-        f"Machine: {machine()}.",
-        "",
-        *parts,
-    ]
-    write_section("bench_decode", "\n".join(body))
+    both = not (a.layers or a.decode)
+    # decoding first: a child process inherits this one's peak RSS at exec (Linux keeps the
+    # larger of the two in its rusage), and the layer table grows it by gigabytes
+    if a.decode or both:
+        rows = decode_table(max(1, a.rounds // 2))
+        write_section("bench_decode", _section("Decoding a TinyLlama-shaped LLaMA (prompt 128, "
+                                               "generate 128, batch 1)", rows))  # fmt: skip
+    if a.layers or both:
+        rows = layer_table(a.rounds)
+        title = "One weight-only layer (median ms, and speed vs fp32 `F.linear` in the same rounds)"
+        write_section("bench_decode_layers", _section(title, rows))
+
+
+def _section(title: str, rows: list[str]) -> str:
+    head = f"## {title} (`bench_decode.py`)"
+    return "\n".join([head, "", f"Machine: {machine()}.", "", *rows, ""])
 
 
 if __name__ == "__main__":
