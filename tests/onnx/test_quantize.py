@@ -83,14 +83,17 @@ def test_gather_and_matmul(tmp_path, mode):
     src = float_onnx(m, tokens(2, 0), tmp_path / "text.onnx")
     batches = [tokens(8, s) for s in range(3)]
     cal = [{"input": b.numpy()} for b in batches] if mode == "static" else None
-    s = cz.quantize_onnx(src, tmp_path / "q.onnx", cz.QuantConfig(), cal)
+    # the activation scheme written out on both sides: quantize_dynamic's default is per-token
+    # 7-bit codes (its fast kernel), quantize_onnx's stays 8-bit per tensor
+    cfg = cz.QuantConfig(activation=cz.QScheme(bits=8, symmetric=False))
+    s = cz.quantize_onnx(src, tmp_path / "q.onnx", cfg, cal)
     assert [r.op for r in s.layers] == ["Gather", "MatMul", "MatMul"]
     if mode == "static":
-        p = cz.prepare(m, cz.QuantConfig())
+        p = cz.prepare(m, cfg)
         cz.calibrate(p, batches)
         qm = cz.convert(p)
     else:
-        qm = cz.quantize_dynamic(m)
+        qm = cz.quantize_dynamic(m, cfg)
     check_numerics(
         compare(tmp_path / "q.onnx", s, qm, tokens(16, 5), module_of), exact_codes=mode == "dynamic"
     )
