@@ -204,3 +204,15 @@ def test_large_outputs_split_by_rows(n):
         torch.set_num_threads(before)
     assert got.numel() * 4 >= 16 << 20 or n % 8
     assert torch.equal(got, _general(layer, x))
+
+
+def test_weight_only_library_built_when_a_compiler_is_present():
+    """The same for _wo (wo.c and decode.c): its tests skip when it is missing, so a failed
+    optional build (a decode.c compile error once did this silently) is caught here."""
+    from cuantiza.backends.native import decode, weight_only
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the optional extension is legitimately absent")
+    assert weight_only.built() and decode.available(), (
+        "a C compiler exists but cuantiza/backends/native/_wo*.so was not built or failed to load"
+    )
