@@ -41,6 +41,14 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
     q.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="where the quantized model goes"
     )
+    _add_scheme_args(q)
+    from .llm import add_folder_args
+
+    add_folder_args(q)
+
+
+def _add_scheme_args(q: argparse.ArgumentParser) -> None:
+    """What to quantize and how: widths, mode, calibration, granularity, exclusions."""
     q.add_argument("--bits", type=whole(1, 8), default=8, help="weight bit width 1..8 (default 8)")
     mode = q.add_mutually_exclusive_group()
     mode.add_argument(
@@ -86,9 +94,6 @@ def add_parser(sub, quiet: argparse.ArgumentParser) -> None:
         help="ONNX node names, or module names in a folder (lm_head), to keep in float",
     )
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    from .llm import add_folder_args
-
-    add_folder_args(q)
 
 
 def config_from(args) -> QuantConfig:
