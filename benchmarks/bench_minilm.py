@@ -109,6 +109,9 @@ def accuracy(name, model, size, enc_all, ref):
     }
 
 
+SETTLE_S = 0.2  # seconds between timed calls
+
+
 def interleaved_latency(rows, key: str, enc: dict, repeats: int, warmup: int = 2) -> None:
     """Median latency per variant, timed round-robin (every round runs each variant once), so
     a slow spell of this shared machine hits all variants alike; ``key + '_rounds'`` keeps the
@@ -119,6 +122,9 @@ def interleaved_latency(rows, key: str, enc: dict, repeats: int, warmup: int = 2
     rounds = {id(r): [] for r in rows}
     for _ in range(repeats):
         for r in rows:
+            # ONNX Runtime's pool spins for a while after a run: untimed, let it go idle, or
+            # the next variant in the round pays for it (measured: 2.5x at batch 1)
+            time.sleep(SETTLE_S)
             t = time.perf_counter()
             minilm.embed(r["model"], enc)
             rounds[id(r)].append(time.perf_counter() - t)
