@@ -785,6 +785,29 @@ AVX2 static void quantize_q8(const float *x, int64_t m, int64_t k, int64_t ldx, 
         }
 }
 
+/* A group's header for the int8-activation kernels: the 16 scales and the offsets + shift (as
+ * float: small integers, exact), one 8-column half each. */
+AVX2 INL void q8_header(const uint8_t *p, int32_t shift, __m256 sc[2], __m256 off[2])
+{
+    for (int h = 0; h < 2; h++) {
+        sc[h] = _mm256_loadu_ps((const float *)p + 8 * h);
+        off[h] = _mm256_cvtepi32_ps(_mm256_add_epi32(
+            _mm256_loadu_si256((const __m256i *)(p + 4 * NB + 32 * h)), _mm256_set1_epi32(shift)));
+    }
+}
+
+/* One block of 32 k into the accumulators: dot = sum c q + off sum q (integers below 2^24, so
+ * exact in float32), acc = fma(fl(s d), dot, acc), the specification's one rounding a block. */
+AVX2 INL void q8_accumulate(const __m256i s32[2], const __m256 sc[2], const __m256 off[2],
+                            float d, float qs, __m256 acc[2])
+{
+    const __m256 db = _mm256_set1_ps(d), sq = _mm256_set1_ps(qs);
+    for (int h = 0; h < 2; h++) {
+        const __m256 dot = _mm256_fmadd_ps(off[h], sq, _mm256_cvtepi32_ps(s32[h]));
+        acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(sc[h], db), dot, acc[h]);
+    }
+}
+
 /* One row against one 4-bit block: per chunk, two 16-bit partial sums per column half (at most
  * 4 words x 2 x 2 x 15 x 127 = 30480: no overflow), one vpmaddwd to int32, then float. */
 AVX2 static void dec_q8_block(const uint8_t *blk, const geom *g, const int8_t *q, const float *d,
@@ -796,10 +819,7 @@ AVX2 static void dec_q8_block(const uint8_t *blk, const geom *g, const int8_t *q
     int64_t b = 0;
     for (int64_t gi = 0; gi < g->groups; gi++) {
         __m256 sc[2], off[2];
-        for (int h = 0; h < 2; h++) {
-            sc[h] = _mm256_loadu_ps((const float *)p + 8 * h);
-            off[h] = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(p + 4 * NB + 32 * h)));
-        }
+        q8_header(p, 0, sc, off);
         p += HDR;
         for (int64_t ch = 0; ch < g->chunks; ch++, b++, p += 64 * 4) {
             __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
@@ -816,12 +836,8 @@ AVX2 static void dec_q8_block(const uint8_t *blk, const geom *g, const int8_t *q
                                                                        _mm256_maddubs_epi16(hi, xo)));
                 }
             }
-            const __m256 db = _mm256_set1_ps(d[b]), sq = _mm256_set1_ps(qs[b]);
-            for (int h = 0; h < 2; h++) {
-                /* sum c q + off sum q: integers below 2^24, so exact in float32 */
-                const __m256 dot = _mm256_fmadd_ps(off[h], sq, _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[h], ones)));
-                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(sc[h], db), dot, acc[h]);
-            }
+            const __m256i s32[2] = {_mm256_madd_epi16(s16[0], ones), _mm256_madd_epi16(s16[1], ones)};
+            q8_accumulate(s32, sc, off, d[b], qs[b], acc);
         }
     }
     store_row(y, acc, 2, bias, cols);
@@ -841,11 +857,7 @@ AVX2 static void dec_q8_block8(const uint8_t *blk, const geom *g, const int8_t *
     int64_t b = 0;
     for (int64_t gi = 0; gi < g->groups; gi++) {
         __m256 sc[2], off[2];
-        for (int h = 0; h < 2; h++) {
-            sc[h] = _mm256_loadu_ps((const float *)p + 8 * h);
-            off[h] = _mm256_cvtepi32_ps(_mm256_add_epi32(
-                _mm256_loadu_si256((const __m256i *)(p + 4 * NB + 32 * h)), _mm256_set1_epi32(128)));
-        }
+        q8_header(p, 128, sc, off);
         p += HDR;
         for (int64_t ch = 0; ch < g->chunks; ch++, b++, p += 64 * 8) {
             __m256i s32[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
@@ -860,11 +872,7 @@ AVX2 static void dec_q8_block8(const uint8_t *blk, const geom *g, const int8_t *
                     s32[h] = _mm256_add_epi32(s32[h], _mm256_madd_epi16(prod, ones));
                 }
             }
-            const __m256 db = _mm256_set1_ps(d[b]), sq = _mm256_set1_ps(qs[b]);
-            for (int h = 0; h < 2; h++) {
-                const __m256 dot = _mm256_fmadd_ps(off[h], sq, _mm256_cvtepi32_ps(s32[h]));
-                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(sc[h], db), dot, acc[h]);
-            }
+            q8_accumulate(s32, sc, off, d[b], qs[b], acc);
         }
     }
     store_row(y, acc, 2, bias, cols);
